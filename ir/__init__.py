@@ -1,0 +1,31 @@
+"""erasec.ir — the data model: plain data and math, no torch, nothing else of erasec."""
+
+from .arrays import frozen_array, structurally_equal
+from .errors import ErasecError, VerifyError
+from .program import EditProgram, SpaceProgram
+from .rows import EraseRows, HardRows, PreserveRows, Provenance, empty_hard, empty_preserve
+from .solution import DtypeReport, LayerFactors, Solution, SolveReport, SpaceSolution
+from .target import KeySpace, LinearSite, ModelTarget
+
+__all__ = [
+    "DtypeReport",
+    "EditProgram",
+    "ErasecError",
+    "EraseRows",
+    "HardRows",
+    "KeySpace",
+    "LayerFactors",
+    "LinearSite",
+    "ModelTarget",
+    "PreserveRows",
+    "Provenance",
+    "Solution",
+    "SolveReport",
+    "SpaceProgram",
+    "SpaceSolution",
+    "VerifyError",
+    "empty_hard",
+    "empty_preserve",
+    "frozen_array",
+    "structurally_equal",
+]

@@ -1,0 +1,113 @@
+"""Stable text for IR objects: goldens, ``--print-ir-after``.
+
+Fixed order; counts, shapes and provenance exactly; norms and condition numbers to 3 significant
+digits and residuals as an order of magnitude, so BLAS noise cannot change the text; never
+digests of computed floats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .program import EditProgram, SpaceProgram
+from .rows import EraseRows, HardRows, PreserveRows, Provenance
+from .solution import SpaceSolution
+
+MAX_ROWS = 12
+
+
+def fmt(value: float) -> str:
+    """3 significant digits, stable across tiny perturbations in all but boundary cases."""
+    if value == 0:
+        return "0"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.3g}"
+
+
+def magnitude(value: float, floor: float = 1e-10) -> str:
+    """An upper bound as a power of ten (``<1e-3``); anything below ``floor`` prints as ``<floor``,
+    so rounding noise (residuals of 1e-16 vs 3e-15) cannot change the text."""
+    if value < floor:
+        return f"<{floor:.0e}"
+    return f"<1e{math.floor(math.log10(value)) + 1}"
+
+
+def _prov(p: Provenance) -> str:
+    return f"{p.request!r} prompt={p.prompt!r} token={p.token}"
+
+
+def _rows(lines: list[str], indent: str, count: int, render) -> None:
+    for i in range(min(count, MAX_ROWS)):
+        lines.append(f"{indent}[{i}] {render(i)}")
+    if count > MAX_ROWS:
+        lines.append(f"{indent}... {count - MAX_ROWS} more")
+
+
+def _erase(lines: list[str], rows: EraseRows) -> None:
+    form = "guide" if rows.shared else "per-layer"
+    lines.append(f"    erase rows={rows.count} target={form}")
+
+    def render(i: int) -> str:
+        text = f"{_prov(rows.provenance[i])} w={fmt(rows.weights[i])} |k|={fmt(np.linalg.norm(rows.keys[i]))}"
+        if rows.guides is not None:
+            text += f" |g-k|={fmt(np.linalg.norm(rows.guides[i] - rows.keys[i]))}"
+        return text
+
+    _rows(lines, "      ", rows.count, render)
+
+
+def _preserve(lines: list[str], rows: PreserveRows) -> None:
+    lines.append(f"    preserve rows={rows.count}")
+    _rows(
+        lines,
+        "      ",
+        rows.count,
+        lambda i: f"{_prov(rows.provenance[i])} w={fmt(rows.weights[i])} |k|={fmt(np.linalg.norm(rows.keys[i]))}",
+    )
+
+
+def _hard(lines: list[str], label: str, rows: HardRows) -> None:
+    lines.append(f"    {label} rows={rows.count}")
+    _rows(lines, "      ", rows.count, lambda i: f"{_prov(rows.provenance[i])} |k|={fmt(np.linalg.norm(rows.keys[i]))}")
+
+
+def print_space(space: SpaceProgram, dim: int, sites: int) -> list[str]:
+    lines = [f"  space {space.space} dim={dim} sites={sites} lambda={fmt(space.lam)}"]
+    _erase(lines, space.erase)
+    _preserve(lines, space.preserve)
+    _hard(lines, "hard", space.hard)
+    _hard(lines, "invariant-rows", space.invariant_rows)
+    return lines
+
+
+def print_solution(solution: SpaceSolution) -> list[str]:
+    report = solution.report
+    lines = [
+        f"  solution {solution.space} form={solution.form} rank={solution.rank} "
+        f"condition={fmt(report.condition)} residual={magnitude(report.residual)} hard-rank={report.hard_rank}"
+    ]
+    if solution.form == "shared":
+        lines.append(f"    T-I = left{list(solution.left.shape)} @ right{list(solution.right.shape)}^T")
+    else:
+        for layer in solution.layers:
+            lines.append(f"    {layer.module_path} up{list(layer.up.shape)} down{list(layer.down.shape)}")
+    if solution.dtype is not None:
+        lines.append(f"    dtype {solution.dtype.dtype} rounding={magnitude(solution.dtype.max_rel_error)}")
+    return lines
+
+
+def print_program(program: EditProgram) -> str:
+    target = program.target
+    lines = [f"program family={target.family} model={target.name!r} requests={len(program.requests)}"]
+    for request in program.requests:
+        lines.append(f"  request {request!r}")
+    for space in program.spaces:
+        key_space = target.space(space.space)
+        lines.extend(print_space(space, key_space.dim, len(key_space.sites)))
+    if program.solution is not None:
+        for solution in program.solution.spaces:
+            lines.extend(print_solution(solution))
+    return "\n".join(lines) + "\n"

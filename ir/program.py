@@ -1,0 +1,104 @@
+"""The program a compilation transforms: per key space, the rows of one ridge least squares.
+
+For each key space the objective over every site W0_l it feeds is (DESIGN.md §4)
+
+    Σ_i w_i‖W k_i − v*_i‖² + Σ_j p_j‖W k_j − W0 k_j‖² + λ‖W − W0‖²,   subject to ΔW h = 0 (hard rows)
+
+``invariant_rows`` are rows the model frontend knows to be prompt-independent or to drive the
+unconditional branch (BOS, the empty prompt's rows); they do nothing until the ``invariants``
+pass turns them into hard rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import VerifyError
+from .rows import EraseRows, HardRows, PreserveRows
+from .solution import Solution
+from .target import ModelTarget
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class SpaceProgram:
+    space: str
+    lam: float  # ridge λ
+    erase: EraseRows
+    preserve: PreserveRows
+    hard: HardRows
+    invariant_rows: HardRows
+
+    def verify(self, target: ModelTarget) -> None:
+        where = f"spaces[{self.space}]"
+        try:
+            space = target.space(self.space)
+        except KeyError:
+            raise VerifyError(f"{where}: the model has no key space {self.space!r}") from None
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise VerifyError(f"{where}.lam: {self.lam} is not a finite number ≥ 0")
+        for name, rows in (
+            ("erase", self.erase),
+            ("preserve", self.preserve),
+            ("hard", self.hard),
+            ("invariant_rows", self.invariant_rows),
+        ):
+            if rows.keys.shape[1] != space.dim:
+                raise VerifyError(f"{where}.{name}.keys: width {rows.keys.shape[1]}, the space has {space.dim}")
+            for i, prov in enumerate(rows.provenance):
+                if not prov.request:
+                    raise VerifyError(f"{where}.{name}[{i}]: no provenance")
+        if self.erase.residuals is not None:
+            paths = [path for path, _ in self.erase.residuals]
+            expected = sorted(site.module_path for site in space.sites)
+            if paths != expected:
+                raise VerifyError(f"{where}.erase.residuals: sites {paths} do not match the space's {expected}")
+            for path, residual in self.erase.residuals:
+                out = space.site(path).out_features
+                if residual.shape[0] != out:
+                    raise VerifyError(f"{where}.erase.residuals[{path}]: {residual.shape[0]} rows, site has {out}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class EditProgram:
+    target: ModelTarget
+    requests: tuple[str, ...]  # erase request names, in spec order
+    spaces: tuple[SpaceProgram, ...]
+    solution: Solution | None = None
+
+    def space(self, name: str) -> SpaceProgram:
+        for space in self.spaces:
+            if space.space == name:
+                return space
+        raise KeyError(name)
+
+    def verify(self) -> None:
+        """Check the whole program; raise ``VerifyError`` naming the first bad path."""
+        names = [space.space for space in self.spaces]
+        if len(set(names)) != len(names):
+            raise VerifyError(f"spaces: key space listed twice in {names}")
+        if len(set(self.requests)) != len(self.requests):
+            raise VerifyError(f"requests: duplicate request name in {list(self.requests)}")
+        known = set(self.requests) | {"preserve", "invariant"}
+        for space in self.spaces:
+            space.verify(self.target)
+            for i, prov in enumerate(space.erase.provenance):
+                if prov.request not in self.requests:
+                    raise VerifyError(f"spaces[{space.space}].erase[{i}]: unknown request {prov.request!r}")
+            for i, prov in enumerate(space.hard.provenance):
+                if prov.request not in known:
+                    raise VerifyError(f"spaces[{space.space}].hard[{i}]: unknown request {prov.request!r}")
+        if self.solution is not None:
+            solved = sorted(s.space for s in self.solution.spaces)
+            if solved != sorted(names):
+                raise VerifyError(f"solution: solves key spaces {solved}, the program has {sorted(names)}")
+            for sol in self.solution.spaces:
+                space = self.target.space(sol.space)
+                if sol.form == "shared":
+                    if sol.left.shape[0] != space.dim:
+                        raise VerifyError(f"solution[{sol.space}].left: {sol.left.shape[0]} rows, space has {space.dim}")
+                else:
+                    paths = sorted(layer.module_path for layer in sol.layers)
+                    expected = sorted(site.module_path for site in space.sites)
+                    if paths != expected:
+                        raise VerifyError(f"solution[{sol.space}]: factors for {paths}, the space feeds {expected}")

@@ -1,0 +1,84 @@
+"""What a model exposes to erasure: its key spaces and the linear sites each one feeds.
+
+A *key space* is a text-embedding row space (SD1.x: CLIP-L final hidden state, d=768) and the
+cross-attention ``to_k``/``to_v`` matrices that read it (DESIGN.md §4, research/methods.md §0.3).
+Sites are named by their diffusers module path; backends map that name to a file key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import VerifyError
+
+Family = Literal["sd1", "sd2", "sdxl"]
+Role = Literal["k", "v"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinearSite:
+    """One bias-free ``Linear(in_features -> out_features)`` whose input is a key-space row."""
+
+    module_path: str  # diffusers path, e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+    out_features: int
+    in_features: int
+    role: Role
+
+    def __post_init__(self) -> None:
+        if self.out_features <= 0 or self.in_features <= 0:
+            raise VerifyError(f"site {self.module_path}: shape ({self.out_features}, {self.in_features}) is empty")
+        if self.role not in ("k", "v"):
+            raise VerifyError(f"site {self.module_path}: role {self.role!r} is not 'k' or 'v'")
+
+    @property
+    def weight_name(self) -> str:
+        """The tensor name in a diffusers UNet state dict."""
+        return f"{self.module_path}.weight"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeySpace:
+    name: str  # e.g. "clip-l"
+    dim: int
+    encoder: str  # the component that produces the rows, e.g. "text_encoder"
+    sites: tuple[LinearSite, ...]
+
+    def __post_init__(self) -> None:
+        if self.dim <= 0:
+            raise VerifyError(f"key space {self.name}: dimension {self.dim} is not positive")
+        seen = set()
+        for site in self.sites:
+            if site.in_features != self.dim:
+                raise VerifyError(
+                    f"key space {self.name}: site {site.module_path} reads {site.in_features} features, "
+                    f"the space has {self.dim}"
+                )
+            if site.module_path in seen:
+                raise VerifyError(f"key space {self.name}: site {site.module_path} listed twice")
+            seen.add(site.module_path)
+
+    def site(self, module_path: str) -> LinearSite:
+        for site in self.sites:
+            if site.module_path == module_path:
+                return site
+        raise KeyError(module_path)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelTarget:
+    """The description of one base model that a program edits."""
+
+    family: Family
+    name: str  # where it came from: a path or builtin:NAME (informational)
+    spaces: tuple[KeySpace, ...]
+
+    def space(self, name: str) -> KeySpace:
+        for space in self.spaces:
+            if space.name == name:
+                return space
+        raise KeyError(name)
+
+    @property
+    def sites(self) -> tuple[LinearSite, ...]:
+        return tuple(site for space in self.spaces for site in space.sites)

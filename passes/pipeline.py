@@ -1,0 +1,137 @@
+"""Pipeline strings and the pass manager.
+
+Grammar (whitespace allowed around ``,``; option values are bare words)::
+
+    pipeline := pass ("," pass)*
+    pass     := NAME [ "{" [ option (" "+ option)* ] "}" ]
+    option   := NAME "=" VALUE
+    NAME     := [a-z][a-z0-9-]*
+    VALUE    := any run of characters other than space, ",", "{", "}", "="
+
+``str(Pipeline.parse(text))`` is canonical — every option of every pass, in field order — and is
+what a patch records as ``erasec.pipeline``. Errors give the 1-based column of the bad token.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from erasec.ir import EditProgram, ErasecError
+
+from .base import EditPass
+from .errors import PipelineSyntaxError
+from .registry import get_pass_class, pass_names
+
+Callback = Callable[[EditPass | None, EditProgram, EditPass | None], None]
+
+_NAME = re.compile(r"[a-z][a-z0-9-]*")
+_VALUE = re.compile(r"[^\s,{}=]+")
+
+
+class _Reader:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def error(self, message: str, pos: int | None = None) -> PipelineSyntaxError:
+        column = (self.pos if pos is None else pos) + 1
+        return PipelineSyntaxError(f"pipeline {self.text!r}: column {column}: {message}")
+
+    def skip_space(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def match(self, pattern: re.Pattern, what: str) -> str:
+        found = pattern.match(self.text, self.pos)
+        if not found:
+            got = repr(self.peek()) if self.peek() else "the end"
+            raise self.error(f"expected {what}, found {got}")
+        self.pos = found.end()
+        return found.group()
+
+
+def _parse_pass(reader: _Reader) -> EditPass:
+    start = reader.pos
+    name = reader.match(_NAME, "a pass name")
+    cls = get_pass_class(name)
+    if cls is None:
+        close = difflib.get_close_matches(name, pass_names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; passes are: {', '.join(pass_names())}"
+        raise reader.error(f"unknown pass {name!r}{hint}", start)
+    options: dict[str, str] = {}
+    if reader.peek() == "{":
+        reader.pos += 1
+        reader.skip_space()
+        while reader.peek() != "}":
+            option_start = reader.pos
+            option = reader.match(_NAME, "an option name")
+            if option in options:
+                raise reader.error(f"{name}: option {option!r} given twice", option_start)
+            if reader.peek() != "=":
+                raise reader.error(f"expected '=' after option {option!r}")
+            reader.pos += 1
+            options[option] = reader.match(_VALUE, f"a value for {option!r}")
+            if reader.peek() not in (" ", "}") and not reader.peek().isspace():
+                raise reader.error("expected a space or '}' after an option")
+            reader.skip_space()
+        reader.pos += 1
+    try:
+        return cls.from_options(options)
+    except ErasecError as error:
+        raise reader.error(str(error), start) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """A frozen sequence of passes plus an optional callback(previous, program, next).
+
+    The driver's callback implements ``--verify-each`` and ``--print-ir-after``; ``verify()``
+    always runs before the first and after the last pass.
+    """
+
+    passes: tuple[EditPass, ...]
+    callback: Callback | None = None
+
+    @classmethod
+    def parse(cls, text: str, callback: Callback | None = None) -> "Pipeline":
+        reader = _Reader(text)
+        reader.skip_space()
+        if not reader.peek():
+            raise reader.error("empty pipeline; give at least one pass")
+        passes = [_parse_pass(reader)]
+        reader.skip_space()
+        while reader.peek():
+            if reader.peek() != ",":
+                raise reader.error(f"expected ',' or the end, found {reader.peek()!r}")
+            reader.pos += 1
+            reader.skip_space()
+            passes.append(_parse_pass(reader))
+            reader.skip_space()
+        return cls(tuple(passes), callback)
+
+    def __str__(self) -> str:
+        return ",".join(str(p) for p in self.passes)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.passes)
+
+    def apply(self, program: EditProgram) -> EditProgram:
+        program.verify()
+        if self.callback is not None:
+            self.callback(None, program, self.passes[0] if self.passes else None)
+        for index, edit_pass in enumerate(self.passes):
+            try:
+                program = edit_pass.apply(program)
+            except ErasecError as error:
+                raise type(error)(f"{edit_pass.name}: {error}") from error
+            if self.callback is not None:
+                following = self.passes[index + 1] if index + 1 < len(self.passes) else None
+                self.callback(edit_pass, program, following)
+        program.verify()
+        return program

@@ -1,0 +1,26 @@
+"""Pass name → lazy import, the one table of every pass (as xdsl/transforms/__init__.py does)."""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import EditPass
+
+_PASSES: dict[str, str] = {
+    "canonicalize": "erasec.passes.canonicalize:CanonicalizePass",
+    "compress": "erasec.passes.compress:CompressPass",
+    "invariants": "erasec.passes.invariants:InvariantsPass",
+    "solve": "erasec.passes.solve:SolvePass",
+}
+
+
+def pass_names() -> tuple[str, ...]:
+    return tuple(sorted(_PASSES))
+
+
+def get_pass_class(name: str) -> type[EditPass] | None:
+    target = _PASSES.get(name)
+    if target is None:
+        return None
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,118 @@
+"""solve — the closed-form ridge least squares of every key space, in float64.
+
+For one key space with erase rows K (weights w, targets V*), preserve rows Kp (weights p),
+hard rows H and ridge λ (DESIGN.md §4; research/methods.md §0.2, §8.1):
+
+    ΔW = B P,   B = (V* − W0 K) diag(w) Kᵀ,   A = λI + K diag(w) Kᵀ + Kp diag(p) Kpᵀ,
+    P = A⁻¹ − A⁻¹Q (QᵀA⁻¹Q)⁻¹ QᵀA⁻¹   (Q: orthonormal basis of the hard rows; P = A⁻¹ without them)
+
+which minimises the objective subject to ΔW H = 0. When every target is a guide row
+(v*_i = W0_l g_i: UCE, TIME, RECE, SPEED) the solution is ``W_l = W0_l T`` with one shared
+``T − I = (G − K) diag(w) Kᵀ P`` for all sites (Gandikota et al., 2024, arXiv 2308.14761, eq. 7
+with TIME's ridge; the shared form is derived and checked in research/methods.md §1.5). Otherwise
+each site gets ``ΔW_l = R_l diag(w) Kᵀ P`` from its residual ``R_l = V*_l − W0_l K``. Either way
+one Cholesky factorisation of A serves every site, and rank(ΔW) ≤ number of erase rows.
+
+The factors are stored as ``left @ right.T`` with orthonormal ``right`` (reduced QR), so the rank
+is min(m, d). The pass checks the condition number of A before trusting the solve and reports the
+relative residual of the (constrained) normal equations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import numpy as np
+
+from erasec.ir import EditProgram, LayerFactors, Solution, SolveReport, SpaceProgram, SpaceSolution
+from erasec.ir.linalg import ConstrainedSolver, orthonormal_right, orthonormal_span, spd_condition, weighted_gram
+
+from .base import EditPass
+from .errors import SolveError
+
+
+def system_matrix(space: SpaceProgram, dim: int) -> np.ndarray:
+    """``A = λI + K diag(w) Kᵀ + Kp diag(p) Kpᵀ``."""
+    matrix = weighted_gram(space.erase.keys, space.erase.weights)
+    matrix += weighted_gram(space.preserve.keys, space.preserve.weights)
+    matrix[np.diag_indices(dim)] += space.lam
+    return matrix
+
+
+def _relative_residual(delta: np.ndarray, matrix: np.ndarray, rhs: np.ndarray, basis: np.ndarray) -> float:
+    """Residual of ``ΔW A = B + ΛQᵀ``, ``ΔW Q = 0``: both parts relative to ‖B‖ and ‖ΔW‖."""
+    gap = delta @ matrix - rhs
+    if basis.shape[1]:
+        gap = gap - (gap @ basis) @ basis.T
+    scale = max(np.linalg.norm(rhs), np.finfo(float).tiny)
+    residual = np.linalg.norm(gap) / scale
+    if basis.shape[1]:
+        residual += np.linalg.norm(delta @ basis) / max(np.linalg.norm(delta), np.finfo(float).tiny)
+    return float(residual)
+
+
+@dataclass(frozen=True, slots=True)
+class SolvePass(EditPass):
+    name: ClassVar[str] = "solve"
+
+    max_condition: float = 1e12
+
+    def __post_init__(self) -> None:
+        self.check_range("max-condition", self.max_condition, 1.0, 1e15)
+
+    def _solve_space(self, program: EditProgram, space: SpaceProgram) -> SpaceSolution:
+        key_space = program.target.space(space.space)
+        dim = key_space.dim
+        erase = space.erase
+        if erase.count == 0:
+            raise SolveError(f"key space {space.space}: no erase rows; the spec must erase at least one concept")
+        matrix = system_matrix(space, dim)
+        condition = spd_condition(matrix)
+        if not np.isfinite(condition) or condition > self.max_condition:
+            raise SolveError(
+                f"key space {space.space}: the system is singular or ill-conditioned "
+                f"(condition number {condition:.2g} > {self.max_condition:.2g}); raise options.lambda "
+                f"(now {space.lam:g}) or add preserve prompts"
+            )
+        basis = orthonormal_span(space.hard.keys)
+        try:
+            solver = ConstrainedSolver.build(matrix, basis)
+        except np.linalg.LinAlgError:
+            raise SolveError(
+                f"key space {space.space}: the hard constraints leave no solvable system; "
+                f"drop some hard rows or raise options.lambda (now {space.lam:g})"
+            ) from None
+        right = solver.apply(erase.keys.T)  # P Kᵀ, (d, m)
+        if erase.shared:
+            left = (erase.guides - erase.keys).T * erase.weights  # (G − K) diag(w), (d, m)
+            left, right = orthonormal_right(left, right)
+            rhs = ((erase.guides - erase.keys).T * erase.weights) @ erase.keys
+            residual = _relative_residual(left @ right.T, matrix, rhs, basis)
+            return SpaceSolution(
+                space=space.space,
+                form="shared",
+                rank=right.shape[1],
+                left=left,
+                right=right,
+                report=SolveReport(condition=condition, residual=residual, hard_rank=basis.shape[1]),
+            )
+        q, r = np.linalg.qr(right, mode="reduced")
+        layers = []
+        residual = 0.0
+        for path, site_residual in erase.residuals:
+            up = (site_residual * erase.weights) @ r.T
+            layers.append(LayerFactors(module_path=path, up=up, down=q.T))
+            rhs = (site_residual * erase.weights) @ erase.keys
+            residual = max(residual, _relative_residual(up @ q.T, matrix, rhs, basis))
+        return SpaceSolution(
+            space=space.space,
+            form="per-layer",
+            rank=q.shape[1],
+            layers=tuple(layers),
+            report=SolveReport(condition=condition, residual=residual, hard_rank=basis.shape[1]),
+        )
+
+    def apply(self, program: EditProgram) -> EditProgram:
+        solution = Solution(spaces=tuple(self._solve_space(program, space) for space in program.spaces))
+        return replace(program, solution=solution)

@@ -1,0 +1,91 @@
+"""The patch manifest: every ``str → str`` header key a patch carries (DESIGN.md §7).
+
+``erasec.*`` keys describe the build; ``ss_*`` (kohya's minimum set plus name keys,
+research/ecosystem.md §2.2) and ``modelspec.*`` (Stability ModelSpec 1.0.1, §2.3) let UIs and hubs
+recognise the file; ``sshs_model_hash`` and ``modelspec.hash_sha256`` are the sha256 of the
+tensor bytes, filled in by ``write_patch`` once those bytes exist. No timestamps, unless
+``SOURCE_DATE_EPOCH`` is set, so builds are byte-identical.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from .pin import base_pin
+from .safetensors_io import atomic_write, data_sha256, serialize
+
+FORMAT_VERSION = "1"
+
+_FAMILY_KEYS = {
+    # family: (ss_v2, ss_base_model_version, modelspec.architecture, implementation, resolution)
+    "sd1": ("False", "sd_v1", "stable-diffusion-v1/lora", "diffusers", "512x512"),
+}
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    name: str
+    version: str
+    compiler: str  # erasec version
+    family: str
+    model: str  # the base model location as the user named it
+    spec_json: str  # canonical JSON of the resolved spec
+    pipeline: str  # canonical pipeline string
+    rank: int
+    spaces: tuple[dict, ...]  # per key space: name, form, rank, layers, condition
+    report: dict  # the build's evaluation summary
+
+    def metadata(self, base_weights: Mapping[str, object]) -> dict[str, str]:
+        ss_v2, base_version, architecture, implementation, resolution = _FAMILY_KEYS[self.family]
+        model_name = Path(self.model).name if not self.model.startswith("builtin:") else self.model
+        metadata = {
+            "erasec.format": FORMAT_VERSION,
+            "erasec.name": self.name,
+            "erasec.version": self.version,
+            "erasec.compiler": self.compiler,
+            "erasec.spec": self.spec_json,
+            "erasec.pipeline": self.pipeline,
+            "erasec.base": _json({"family": self.family, "model": self.model, **base_pin(base_weights)}),
+            "erasec.spaces": _json(list(self.spaces)),
+            "erasec.report": _json(self.report),
+            "ss_v2": ss_v2,
+            "ss_base_model_version": base_version,
+            "ss_network_module": "networks.lora",
+            "ss_network_dim": str(self.rank),
+            "ss_network_alpha": str(self.rank),
+            "ss_network_args": "{}",
+            "ss_output_name": self.name,
+            "ss_sd_model_name": model_name,
+            "ss_training_comment": "compiled by erasec (closed-form concept erasure; no training)",
+            "modelspec.sai_model_spec": "1.0.1",
+            "modelspec.architecture": architecture,
+            "modelspec.implementation": implementation,
+            "modelspec.title": f"{self.name} {self.version}",
+            "modelspec.resolution": resolution,
+            "modelspec.description": "concept-erasure patch compiled by erasec",
+        }
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        if epoch and epoch.isdigit():
+            moment = datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
+            metadata["modelspec.date"] = moment.isoformat()
+        return metadata
+
+
+def write_patch(path: Path, tensors: Mapping[str, object], metadata: Mapping[str, str]) -> int:
+    """Write a patch atomically, adding the tensor-bytes hashes; returns the file size in bytes."""
+    digest = data_sha256(serialize(tensors, metadata))
+    full = dict(metadata)
+    full["sshs_model_hash"] = digest
+    full["modelspec.hash_sha256"] = "0x" + digest
+    raw = serialize(tensors, full)
+    atomic_write(Path(path), raw)
+    return len(raw)

@@ -1,0 +1,109 @@
+"""Deterministic, atomic safetensors writing.
+
+The data section comes from ``safetensors`` itself (tensors sorted by dtype alignment, then name:
+research/ecosystem.md §2.1). Its header, however, is serialised from a Rust ``HashMap`` whose
+order changes from process to process (measured: three runs, three different headers), which
+would break byte-identical builds. So the header is re-serialised here with sorted keys — the
+format allows any key order — and the file is checked by reading it back before it is renamed
+into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from .errors import PatchError
+
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit (MAX_HEADER_SIZE)
+
+
+def _canonical_bytes(raw: bytes) -> bytes:
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    data = raw[8 + length :]
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def serialize(tensors: Mapping[str, "object"], metadata: Mapping[str, str]) -> bytes:
+    """The file bytes for torch ``tensors`` and ``str → str`` metadata, with a canonical header."""
+    from safetensors.torch import save
+
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise PatchError(f"metadata {key!r}: safetensors metadata is str → str, got {type(value).__name__}")
+    return _canonical_bytes(save(dict(tensors), metadata=dict(metadata)))
+
+
+def data_sha256(raw: bytes) -> str:
+    """sha256 of the bytes after the header: kohya's ``sshs_model_hash`` (the "addnet" hash)."""
+    (length,) = struct.unpack("<Q", raw[:8])
+    return hashlib.sha256(raw[8 + length :]).hexdigest()
+
+
+def atomic_write(path: Path, raw: bytes) -> None:
+    """Write ``raw`` to a temporary file beside ``path``, check it parses, then rename it over ``path``."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise PatchError(f"{path}: the folder {folder} does not exist")
+    try:
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise PatchError(f"{path}: cannot write here ({error.strerror})") from None
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(raw)
+        read_header(Path(temp))
+        os.replace(temp, path)
+    except OSError as error:
+        raise PatchError(f"{path}: cannot write ({error.strerror})") from None
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def read_header(path: Path) -> tuple[dict, dict[str, str]]:
+    """(tensor entries, metadata) of a safetensors file, size-checked, never executing anything."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as stream:
+            prefix = stream.read(8)
+            if len(prefix) < 8:
+                raise PatchError(f"{path}: truncated safetensors file (no header length)")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > MAX_HEADER_BYTES:
+                raise PatchError(f"{path}: header of {length} bytes exceeds safetensors' limit")
+            text = stream.read(length)
+            size = os.fstat(stream.fileno()).st_size
+    except OSError as error:
+        raise PatchError(f"{path}: cannot read ({error.strerror})") from None
+    if len(text) < length:
+        raise PatchError(f"{path}: truncated safetensors header")
+    try:
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise PatchError(f"{path}: the safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise PatchError(f"{path}: the safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", {}) or {}
+    try:
+        end = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
+    except (KeyError, TypeError, IndexError, ValueError):
+        raise PatchError(f"{path}: a tensor entry of the safetensors header has no valid data_offsets") from None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise PatchError(f"{path}: the safetensors metadata is not a str → str map")
+    if 8 + length + end != size:
+        raise PatchError(f"{path}: truncated or padded file ({size} bytes, header says {8 + length + end})")
+    return header, metadata
