@@ -1,0 +1,197 @@
+"""The driver of ``erasec build``: spec → IR → passes → backend → patch file.
+
+Each step is one call; the driver only sequences them, times them and collects the summary.
+Nothing is written until every step has succeeded, and then atomically (``erasec.patches``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from erasec.backends.kohya import KohyaOptions, build_kohya
+from erasec.ir import EditProgram
+from erasec.ir.printer import print_program
+from erasec.passes.base import EditPass
+from erasec.passes.pipeline import Pipeline
+from erasec.passes.presets import PRESETS
+from erasec.patches.manifest import Manifest, write_patch
+
+from .errors import BuildError, SpecError
+from .evaluate import Scores, score
+from .lowering import Lowering
+from .spec import Spec, load_spec
+from .version import erasec_version
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildOptions:
+    model: str | None = None  # overrides the spec's model
+    print_ir_after: tuple[str, ...] = ()  # pass names, or ("all",)
+    verify_each: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildResult:
+    output: Path
+    name: str
+    version: str
+    family: str
+    model: str
+    method: str
+    pipeline: str
+    erase_rows: int
+    preserve_rows: int
+    hard_rows: int
+    rank: int
+    layers: int
+    dtype: str
+    size_bytes: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    scores: Scores | None = None
+    condition: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "output": str(self.output),
+            "name": self.name,
+            "version": self.version,
+            "family": self.family,
+            "model": self.model,
+            "method": self.method,
+            "pipeline": self.pipeline,
+            "rows": {"erase": self.erase_rows, "preserve": self.preserve_rows, "hard": self.hard_rows},
+            "rank": self.rank,
+            "layers": self.layers,
+            "dtype": self.dtype,
+            "size_bytes": self.size_bytes,
+            "condition": float(f"{self.condition:.3g}"),
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "scores": None if self.scores is None else self.scores.as_dict(),
+        }
+
+
+def check_output_path(output: Path) -> None:
+    """Fail before any work if the output cannot be written."""
+    if output.is_dir():
+        raise BuildError(f"{output}: is a folder; give a file name such as {output / 'patch.safetensors'}")
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise BuildError(f"{output}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise BuildError(f"{output}: the folder {folder} is not writable")
+
+
+def pipeline_text(spec: Spec) -> str:
+    text = spec.options.pipeline or PRESETS[spec.method].pipeline
+    names = {part.split("{")[0].strip() for part in text.split(",")}
+    if "compress" not in names:
+        text = f"{text},compress{{dtype={spec.output.dtype}}}"
+    return text
+
+
+def _ir_callback(options: BuildOptions, emit: Callable[[str], None]):
+    wanted = set(options.print_ir_after)
+
+    def callback(previous: EditPass | None, program: EditProgram, following: EditPass | None) -> None:
+        if previous is None:
+            return
+        if options.verify_each:
+            program.verify()
+        if "all" in wanted or previous.name in wanted:
+            emit(f"// ----- IR after {previous} ----- //\n{print_program(program)}")
+
+    return callback
+
+
+def build(
+    spec_path: str | os.PathLike,
+    output: str | os.PathLike,
+    options: BuildOptions = BuildOptions(),
+    *,
+    emit_ir: Callable[[str], None] = lambda text: None,
+) -> BuildResult:
+    from .model import SD1Model  # torch and transformers load here, not at CLI start-up
+
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+    output = Path(output)
+    spec = load_spec(spec_path, methods=tuple(PRESETS))
+    if options.model is not None:
+        spec = spec.with_model(options.model)
+    if not spec.model:
+        raise SpecError(f"{spec_path}: model: no model given; set 'model:' in the spec or pass --model")
+    check_output_path(output)
+    preset = PRESETS[spec.method]
+    pipeline = Pipeline.parse(pipeline_text(spec), _ir_callback(options, emit_ir))
+
+    model = SD1Model.open(spec.model)
+    base_weights = model.kv_weights()
+    seconds["load"] = time.perf_counter() - clock
+
+    mark = time.perf_counter()
+    lowered = Lowering(model).lower(spec, preset)
+    seconds["encode"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    program = pipeline.apply(lowered)
+    seconds["solve"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    scores = score(lowered, program.solution, base_weights)
+    seconds["evaluate"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    rank_option = None if spec.output.rank == "auto" else int(spec.output.rank)
+    tensors, rank = build_kohya(
+        program.solution, program.target, base_weights, KohyaOptions(dtype=spec.output.dtype, rank=rank_option)
+    )
+    touched = {site.weight_name: base_weights[site.module_path] for site in program.target.sites}
+    manifest = Manifest(
+        name=spec.name,
+        version=spec.version,
+        compiler=erasec_version(),
+        family=program.target.family,
+        model=spec.model,
+        spec_json=spec.canonical_json(),
+        pipeline=str(pipeline),
+        rank=rank,
+        spaces=tuple(
+            {
+                "space": s.space,
+                "form": s.form,
+                "rank": s.rank,
+                "layers": sorted(site.module_path for site in program.target.space(s.space).sites),
+                "condition": float(f"{s.report.condition:.3g}"),
+            }
+            for s in program.solution.spaces
+        ),
+        report=scores.as_dict(),
+    )
+    size = write_patch(output, tensors, manifest.metadata(touched))
+    seconds["emit"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - clock
+
+    spaces = program.spaces
+    return BuildResult(
+        output=output,
+        name=spec.name,
+        version=spec.version,
+        family=program.target.family,
+        model=spec.model,
+        method=spec.method,
+        pipeline=str(pipeline),
+        erase_rows=sum(s.erase.count for s in spaces),
+        preserve_rows=sum(s.preserve.count for s in spaces),
+        hard_rows=sum(s.hard.count for s in spaces),
+        rank=rank,
+        layers=len(program.target.sites),
+        dtype=spec.output.dtype,
+        size_bytes=size,
+        seconds=seconds,
+        scores=scores,
+        condition=max(s.report.condition for s in program.solution.spaces),
+    )

@@ -1,0 +1,158 @@
+"""Lowering: a spec and a model become an ``EditProgram`` (text → key-space rows).
+
+Row selection follows the method (research/methods.md §1.2, §1.3, §10 items 1–9):
+
+* ``last_token`` (UCE 2025): one row per prompt at index ``len(ids) − 2`` — the last subject token;
+  0 (BOS) for the empty prompt. Guides the same way. Encoded at the prompt's real token length,
+  which is exact because CLIP is causal.
+* ``legacy_span`` (UCE original): prompt and guide padded to 77; with ``i``/``j`` their last-subject
+  indices and ``f = max(i, j)``, rows ``E_old[i : 77 − (f − i)]`` pair with ``E_new[j : 77 − (f − j)]``
+  position by position (padding included); every retain prompt contributes all 77 rows, the empty
+  prompt is always retained, and the preserve weight is ``max(0.1, 1/|retain|)``.
+
+Prompts for an erase entry: the concept and its synonyms, then each template applied to each of
+them; a template's guide is the same template applied to the anchor (as the reference's
+``--expand_prompts`` does); an empty anchor stands for the method's blank guide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from erasec.ir import EditProgram, EraseRows, HardRows, PreserveRows, Provenance, SpaceProgram, empty_hard
+from erasec.passes.presets import Preset
+
+from .spec import Spec
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """The method defaults after the spec's options are applied."""
+
+    lam: float
+    erase_scale: float
+    preserve_scale: float | None  # None: the legacy rule max(0.1, 1/|retain|)
+
+
+def resolve_settings(spec: Spec, preset: Preset) -> Settings:
+    options = spec.options
+    preserve = options.preserve_scale
+    if preserve is None and preset.preserve_scale != "legacy":
+        preserve = float(preset.preserve_scale)
+    return Settings(
+        lam=preset.lam if options.lam is None else options.lam,
+        erase_scale=preset.erase_scale if options.erase_scale is None else options.erase_scale,
+        preserve_scale=preserve,
+    )
+
+
+def erase_pairs(spec: Spec, preset: Preset) -> list[tuple[str, str, str, float]]:
+    """(request, prompt, guide, strength) for every erase prompt, in spec order."""
+    pairs = []
+    for entry in spec.erase:
+        names = (entry.concept, *entry.synonyms)
+        anchor = entry.anchor if entry.anchor.strip() else preset.blank_guide
+        for name in names:
+            pairs.append((entry.concept, name, anchor, entry.strength))
+        for template in entry.templates:
+            for name in names:
+                pairs.append((entry.concept, template.format(name), template.format(entry.anchor), entry.strength))
+    return pairs
+
+
+def retain_prompts(spec: Spec, preset: Preset) -> list[str]:
+    prompts = list(spec.preserve)
+    if preset.preserve_empty and "" not in prompts:
+        prompts.insert(0, "")
+    return prompts
+
+
+class Lowering:
+    """Turns prompts into rows with one model; caches encodings within one build."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def _encode(self, prompts: list[str], padded: bool) -> dict[str, np.ndarray]:
+        distinct = sorted(set(prompts))
+        rows = self.model.encode(distinct, padded=padded)
+        return dict(zip(distinct, rows))
+
+    def _last(self, prompts: list[str]) -> dict[str, int]:
+        distinct = sorted(set(prompts))
+        return {p: len(ids) - 2 for p, ids in zip(distinct, self.model.tokenize(distinct))}
+
+    def lower(self, spec: Spec, preset: Preset) -> EditProgram:
+        settings = resolve_settings(spec, preset)
+        space = self.model.target.spaces[0]
+        pairs = erase_pairs(spec, preset)
+        retain = retain_prompts(spec, preset)
+        texts = [p for _, p, _, _ in pairs] + [g for _, _, g, _ in pairs] + retain
+        last = self._last(texts)
+        padded = preset.rows == "legacy_span"
+        encoded = self._encode(texts + [""], padded)
+        if not padded:
+            # the empty prompt's 77 rows are the unconditional branch's input: always padded
+            encoded_empty = self.model.encode([""], padded=True)[0]
+        else:
+            encoded_empty = encoded[""]
+
+        keys, guides, weights, provenance = [], [], [], []
+        for request, prompt, guide, strength in pairs:
+            weight = settings.erase_scale * strength
+            if padded:
+                i, j = last[prompt], last[guide]
+                f = max(i, j)
+                old = encoded[prompt][i : 77 - (f - i)]
+                new = encoded[guide][j : 77 - (f - j)]
+                keys.append(old)
+                guides.append(new)
+                weights.extend([weight] * old.shape[0])
+                provenance.extend(Provenance(request=request, prompt=prompt, token=i + t) for t in range(old.shape[0]))
+            else:
+                keys.append(encoded[prompt][last[prompt]][None])
+                guides.append(encoded[guide][last[guide]][None])
+                weights.append(weight)
+                provenance.append(Provenance(request=request, prompt=prompt, token=last[prompt]))
+        erase = EraseRows(
+            keys=np.concatenate(keys),
+            guides=np.concatenate(guides),
+            weights=np.array(weights),
+            provenance=tuple(provenance),
+        )
+
+        preserve_scale = settings.preserve_scale
+        if preserve_scale is None:
+            preserve_scale = max(0.1, 1.0 / max(len(retain), 1))
+        p_keys, p_prov = [], []
+        for prompt in retain:
+            if padded:
+                p_keys.append(encoded[prompt])
+                p_prov.extend(Provenance(request="preserve", prompt=prompt, token=t) for t in range(77))
+            else:
+                p_keys.append(encoded[prompt][last[prompt]][None])
+                p_prov.append(Provenance(request="preserve", prompt=prompt, token=last[prompt]))
+        preserve = PreserveRows(
+            keys=np.concatenate(p_keys) if p_keys else np.zeros((0, space.dim)),
+            weights=np.full(len(p_prov), preserve_scale),
+            provenance=tuple(p_prov),
+        )
+        invariant_rows = HardRows(
+            keys=encoded_empty,
+            provenance=tuple(Provenance(request="invariant", prompt="", token=t) for t in range(encoded_empty.shape[0])),
+        )
+        program_space = SpaceProgram(
+            space=space.name,
+            lam=settings.lam,
+            erase=erase,
+            preserve=preserve,
+            hard=empty_hard(space.dim),
+            invariant_rows=invariant_rows,
+        )
+        return EditProgram(
+            target=self.model.target,
+            requests=tuple(entry.concept for entry in spec.erase),
+            spaces=(program_space,),
+        )

@@ -1,0 +1,127 @@
+"""The CLIP BPE tokenizer, built offline from the vocabulary file shipped in ``compiler/data``.
+
+SD1.x tokenizes with OpenAI's CLIP BPE (research/perf-baseline.md §3). The original vocabulary
+``bpe_simple_vocab_16e6.txt.gz`` (MIT, see ``data/LICENSE-clip-bpe.txt``) holds the merges; the
+Hugging Face ``vocab.json`` / ``merges.txt`` pair is derived from it exactly as
+``open_clip/tokenizer.py`` builds its encoder: 256 byte-level characters, the same with ``</w>``,
+one token per merge (the first 49152 - 256 - 2 of them), then the two special tokens — 49,408 ids.
+
+transformers 5 has only the ``tokenizers``-backed ``CLIPTokenizer`` (``CLIPTokenizerFast`` is an
+alias of it); ``from_pretrained`` on these files yields the real CLIP ids. Constructing it directly
+from ``vocab_file=``/``merges_file=`` keywords does not (the keywords are ignored and the ids are
+garbage), so loading always goes through a folder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import json
+import logging
+from pathlib import Path
+
+from .errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+MODEL_MAX_LENGTH = 77
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+_VOCAB_RESOURCE = "bpe_simple_vocab_16e6.txt.gz"
+# open_clip: merges = merges[1 : 49152 - 256 - 2 + 1]; line 0 is a header.
+_MERGES_END = 49152 - 256 - 2 + 1
+_VOCAB_SIZE = 49408
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character map (256 entries, byte order kept)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {byte: chr(code) for byte, code in zip(printable, codes)}
+
+
+def _read_merges() -> list[str]:
+    resource = importlib.resources.files("erasec.compiler") / "data" / _VOCAB_RESOURCE
+    lines = gzip.decompress(resource.read_bytes()).decode("utf-8").split("\n")
+    return lines[1:_MERGES_END]
+
+
+def _special_token(content: str) -> dict[str, object]:
+    # The AddedToken form of an SD1.5 tokenizer/ folder (research/perf-baseline.md §3).
+    return {"content": content, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+
+
+def write_clip_tokenizer(folder: Path) -> None:
+    """Write vocab.json, merges.txt, special_tokens_map.json and tokenizer_config.json.
+
+    The JSON is written by hand (sorted keys where order is free) so the folder is byte-identical
+    on every run; ``save_pretrained`` in transformers 5 records local paths and flags instead.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    merges = _read_merges()
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges] + [BOS_TOKEN, EOS_TOKEN]
+    if len(tokens) != _VOCAB_SIZE:
+        raise ModelError(
+            f"{_VOCAB_RESOURCE}: derived {len(tokens)} tokens, expected {_VOCAB_SIZE}; the packaged vocabulary is damaged"
+        )
+    vocab = {token: index for index, token in enumerate(tokens)}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    special = {
+        "bos_token": _special_token(BOS_TOKEN),
+        "eos_token": _special_token(EOS_TOKEN),
+        "pad_token": EOS_TOKEN,
+        "unk_token": _special_token(EOS_TOKEN),
+    }
+    config = {
+        "add_prefix_space": False,
+        "bos_token": {"__type": "AddedToken", **_special_token(BOS_TOKEN)},
+        "do_lower_case": True,
+        "eos_token": {"__type": "AddedToken", **_special_token(EOS_TOKEN)},
+        "errors": "replace",
+        "model_max_length": MODEL_MAX_LENGTH,
+        "pad_token": EOS_TOKEN,
+        "tokenizer_class": "CLIPTokenizer",
+        "unk_token": {"__type": "AddedToken", **_special_token(EOS_TOKEN)},
+    }
+    for name, content in (("special_tokens_map.json", special), ("tokenizer_config.json", config)):
+        (folder / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def load_clip_tokenizer(folder: Path):
+    """A ``transformers.CLIPTokenizer`` read from ``folder`` without network access.
+
+    Accepts the SD1.5 layout (vocab.json + merges.txt) or a transformers-5 save (tokenizer.json
+    only). ``model_max_length`` is forced to 77: a folder without it in its config gets 1e30, and
+    ``padding="max_length"`` then fails.
+    """
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    has_pair = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if not has_pair and not (folder / "tokenizer.json").is_file():
+        raise ModelError(
+            f"{folder}: no tokenizer files; expected vocab.json and merges.txt, or tokenizer.json"
+        )
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(
+            str(folder), local_files_only=True, model_max_length=MODEL_MAX_LENGTH
+        )
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"{folder}: cannot load the CLIP tokenizer ({first_line})") from error
+    tokenizer.model_max_length = MODEL_MAX_LENGTH
+    logger.debug("loaded CLIP tokenizer from %s (vocab %d)", folder, len(tokenizer))
+    return tokenizer

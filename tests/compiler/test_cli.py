@@ -1,0 +1,145 @@
+"""The ``erasec`` command as a user runs it: summaries, JSON, determinism, and clean failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from safetensors import safe_open
+
+from erasec.compiler.cli import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SPEC = """\
+erasec: 1
+name: no-van-gogh
+version: 1.2.0
+model: builtin:tiny-sd1
+erase:
+  - {concept: Van Gogh, anchor: art}
+  - {concept: Kelly McKernan}
+preserve: [Claude Monet, a photo of a cat]
+"""
+
+
+@pytest.fixture()
+def spec(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_build_prints_a_summary_and_writes_a_kohya_lora(spec, tmp_path):
+    out = tmp_path / "patch.safetensors"
+    result = _run("build", spec, "-o", out)
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert f"built {out}" in text and "model    builtin:tiny-sd1 (sd1)" in text
+    assert "rank     2 in each of 32 layers" in text
+    assert "Van Gogh" in text and "Kelly McKernan" in text and "specificity" in text
+    with safe_open(str(out), "np") as f:
+        keys = set(f.keys())
+        meta = f.metadata()
+    assert len(keys) == 96 and all(k.startswith("lora_unet_") for k in keys)
+    assert meta["erasec.name"] == "no-van-gogh" and meta["erasec.version"] == "1.2.0"
+    assert meta["ss_network_dim"] == meta["ss_network_alpha"] == "2"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert meta["erasec.pipeline"] == "canonicalize{eps=1e-09},solve{max-condition=1e+12},compress{dtype=fp32}"
+    assert json.loads(meta["erasec.spec"])["erase"][0]["concept"] == "Van Gogh"
+
+
+def test_json_summary(spec, tmp_path):
+    result = _run("build", spec, "-o", tmp_path / "p.safetensors", "--json")
+    assert result.exit_code == 0
+    summary = json.loads(result.output)
+    assert summary["rank"] == 2 and summary["layers"] == 32 and summary["method"] == "uce"
+    assert summary["rows"] == {"erase": 2, "preserve": 2, "hard": 0}
+    efficacy = summary["scores"]["efficacy"]
+    assert set(efficacy) == {"Van Gogh", "Kelly McKernan"}
+    assert all(0.5 < v <= 1.0 for v in efficacy.values())
+    assert 0.0 < summary["scores"]["specificity"] < 1.0
+    assert set(summary["seconds"]) >= {"load", "encode", "solve", "emit", "total"}
+
+
+def test_two_builds_are_byte_identical(spec, tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert _run("build", spec, "-o", a).exit_code == 0
+    assert _run("build", spec, "-o", b).exit_code == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_print_ir_after_all(spec, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["build", str(spec), "-o", str(tmp_path / "p.safetensors"), "--print-ir-after=all", "--verify-each"])
+    assert result.exit_code == 0
+    err = result.stderr
+    assert err.count("// ----- IR after") == 3
+    assert "// ----- IR after solve{max-condition=1e+12} ----- //" in err
+    assert "solution clip-l form=shared rank=2" in err
+
+
+def _fails(args, message, *, code=2):
+    result = _run(*args)
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("erasec: error: ")
+    assert message in lines[0], lines[0]
+    return lines[0]
+
+
+def test_bad_spec_is_one_line_exit_2_and_no_output(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPEC.replace("  - {concept: Kelly McKernan}\n", "  - {concept: Kelly McKernan, strength: -1}\n"))
+    out = tmp_path / "p.safetensors"
+    _fails(["build", bad, "-o", out], f"{bad}:7: erase[1].strength: -1")
+    assert not out.exists()
+
+
+def test_missing_model_folder(spec, tmp_path):
+    out = tmp_path / "p.safetensors"
+    _fails(["build", spec, "-o", out, "--model", tmp_path / "nowhere"], str(tmp_path / "nowhere"))
+    assert not out.exists()
+
+
+def test_unwritable_output_paths(spec, tmp_path):
+    _fails(["build", spec, "-o", tmp_path / "no" / "such" / "p.safetensors"], "does not exist")
+    _fails(["build", spec, "-o", tmp_path], "is a folder")
+
+
+def test_a_failed_build_leaves_no_file_and_keeps_an_old_one(tmp_path):
+    singular = tmp_path / "singular.yaml"
+    singular.write_text(SPEC + "options: {lambda: 0}\n")
+    out = tmp_path / "p.safetensors"
+    _fails(["build", singular, "-o", out], "solve: key space clip-l: the system is singular or ill-conditioned")
+    assert not out.exists()
+    out.write_bytes(b"previous patch")
+    _fails(["build", singular, "-o", out], "raise options.lambda (now 0)")
+    assert out.read_bytes() == b"previous patch"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_real_entry_point_exits_2_without_a_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("erasec: 1\nname: x\n")
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bin" / "erasec"), "build", str(bad), "-o", str(tmp_path / "p.safetensors")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"erasec: error: {bad}:")
+    assert len(proc.stderr.strip().splitlines()) == 1

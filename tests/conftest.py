@@ -1,0 +1,32 @@
+"""Shared fixtures: every test runs offline, with the erasec cache in a per-session temp folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# huggingface_hub reads these when it is first imported, which may happen while test modules are
+# collected, before any fixture runs: set them here, at conftest import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def erasec_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ERASEC_CACHE_DIR`` for the whole session, so no test writes to ``~/.cache/erasec``."""
+    cache = tmp_path_factory.mktemp("erasec-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ERASEC_CACHE_DIR", str(cache))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield cache
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1_path(erasec_cache_dir: Path) -> Path:
+    """The ``builtin:tiny-sd1`` diffusers folder, built once per session."""
+    from erasec.compiler.builtin import builtin_model_path
+
+    return builtin_model_path("tiny-sd1")
