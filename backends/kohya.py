@@ -75,7 +75,7 @@ def build_kohya(
                 raise BackendError(f"kohya: no base weight for {site.module_path}")
             up, down = space_solution.factors(site.module_path, base_weights[site.module_path])
             name = kohya_module_name(site.module_path)
-            tensors[f"{name}.lora_down.weight"] = torch.from_numpy(_padded(down, rank, 0)).to(dtype).contiguous()
-            tensors[f"{name}.lora_up.weight"] = torch.from_numpy(_padded(up, rank, 1)).to(dtype).contiguous()
+            tensors[f"{name}.lora_down.weight"] = torch.tensor(_padded(down, rank, 0)).to(dtype).contiguous()
+            tensors[f"{name}.lora_up.weight"] = torch.tensor(_padded(up, rank, 1)).to(dtype).contiguous()
             tensors[f"{name}.alpha"] = torch.tensor(float(rank), dtype=dtype)
     return tensors, rank
