@@ -75,14 +75,17 @@ class BuildResult:
 
 
 def check_output_path(output: Path) -> None:
-    """Fail before any work if the output cannot be written."""
+    """Fail before any work if the output cannot be written; missing folders are made at write time."""
     if output.is_dir():
         raise BuildError(f"{output}: is a folder; give a file name such as {output / 'patch.safetensors'}")
     folder = output.parent if str(output.parent) else Path(".")
-    if not folder.is_dir():
-        raise BuildError(f"{output}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise BuildError(f"{output}: the folder {folder} is not writable")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BuildError(f"{output}: cannot create folder {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK):
+        raise BuildError(f"{output}: the folder {existing} is not writable")
 
 
 def pipeline_text(spec: Spec) -> str:

@@ -50,6 +50,8 @@ _PLAIN_FLOAT_RE = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9
 _PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 _TAG = "tag:yaml.org,2002:"
+# Plain scalars YAML reads as something else, often meant as text (`concept: yes`, `version: 1.0`).
+_LOOKS_LIKE_TEXT = tuple(_TAG + kind for kind in ("int", "float", "bool", "timestamp"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,7 +168,9 @@ def dump_spec(spec: Spec) -> str:
         data["options"] = options
     else:
         del data["options"]
-    return yaml.dump(data, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return yaml.dump(
+        data, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, default_flow_style=False
+    )
 
 
 class _SpecDumper(yaml.SafeDumper):
@@ -293,7 +297,8 @@ class _Reader:
                 raise self.error(key, path, f"a key must be text, got {_kind(key)}")
             if key.value in explicit:
                 first = explicit[key.value][0].start_mark.line + 1
-                raise self.error(key, _key_path(path, key.value), f"duplicate key (first on line {first})")
+                what = f"duplicate key (first on line {first})"
+                raise self.error(key, _key_path(path, key.value), what)
             explicit[key.value] = (key, value)
         names = set(explicit)
         rest = []
@@ -326,7 +331,7 @@ class _Reader:
         if isinstance(node, ScalarNode) and node.tag == _TAG + "str":
             return node.value
         what = f"expected a string, got {_kind(node)}"
-        if isinstance(node, ScalarNode) and node.tag in (_TAG + "int", _TAG + "float", _TAG + "bool", _TAG + "timestamp"):
+        if isinstance(node, ScalarNode) and node.tag in _LOOKS_LIKE_TEXT:
             what += f"; write it in quotes ({json.dumps(node.value)}) if you mean the text"
         elif node.tag == _TAG + "null" and optional:
             what += "; remove the key to use the default"
@@ -337,7 +342,7 @@ class _Reader:
             try:
                 return yaml.constructor.SafeConstructor().construct_yaml_int(node)
             except (ValueError, OverflowError):
-                raise self.error(node, path, f"{_q(node.value)} is not a valid integer")
+                raise self.error(node, path, f"{_q(node.value)} is not a valid integer") from None
         raise self.error(node, path, f"expected an integer, got {_kind(node)}")
 
     def number(self, node: Node, path: str) -> float:
@@ -348,7 +353,7 @@ class _Reader:
             try:
                 value = yaml.constructor.SafeConstructor().construct_yaml_float(node)
             except (ValueError, OverflowError):
-                raise self.error(node, path, f"{_q(node.value)} is not a valid number")
+                raise self.error(node, path, f"{_q(node.value)} is not a valid number") from None
         elif (
             isinstance(node, ScalarNode)
             and node.tag == _TAG + "str"
@@ -370,15 +375,17 @@ class _Reader:
         value = self.string(node, path, optional=True)
         if value not in choices:
             allowed = ", ".join(_q(c) for c in choices) if choices else "(none)"
-            raise self.error(node, path, f"{_q(value)} is not one of {allowed}{_did_you_mean(value, choices)}")
+            what = f"{_q(value)} is not one of {allowed}{_did_you_mean(value, choices)}"
+            raise self.error(node, path, what)
         return value
 
     def text_list(self, items: dict, key: str, path: str) -> list[tuple[str, Node]]:
         """Stripped strings of an optional list key, each with its node."""
         if key not in items:
             return []
-        p = f"{path}.{key}"
-        return [(self.string(n, f"{p}[{i}]").strip(), n) for i, n in enumerate(self.sequence(items[key][1], p))]
+        path = f"{path}.{key}"
+        nodes = self.sequence(items[key][1], path)
+        return [(self.string(n, f"{path}[{i}]").strip(), n) for i, n in enumerate(nodes)]
 
     def list_file(self, key: Node, value: Node, path: str) -> tuple[str, list[tuple[str, int]]]:
         """The path as written and the (entry, line number) pairs of a ``file:`` list."""
@@ -402,17 +409,18 @@ class _Reader:
     def spec(self, root: Node) -> Spec:
         top = self.mapping(root, "", _TOP_KEYS)
         if "erasec" in top:  # first: a spec of another version may differ in any other key
-            version_node = top["erasec"][1]
-            if self.integer(version_node, "erasec") != FORMAT_VERSION:
-                what = f"format version {version_node.value} is not known; this erasec reads version {FORMAT_VERSION}"
-                raise self.error(version_node, "erasec", what)
+            node = top["erasec"][1]
+            if self.integer(node, "erasec") != FORMAT_VERSION:
+                what = f"format version {node.value} is not known; this erasec reads version 1"
+                raise self.error(node, "erasec", what)
         for key in _REQUIRED_KEYS:
             if key not in top:
                 raise self.error(root, key, "missing required key")
         name_node, semver_node = top["name"][1], top["version"][1]
         name = self.string(name_node, "name")
         if not _NAME_RE.fullmatch(name):
-            what = f"{_q(name)} is not a valid name; use a-z, 0-9, '.', '_' and '-', starting with a-z or 0-9"
+            what = f"{_q(name)} is not a valid name; use a-z, 0-9, '.', '_' and '-', "
+            what += "starting with a-z or 0-9"
             raise self.error(name_node, "name", what)
         version = self.string(semver_node, "version")
         if not _SEMVER_RE.fullmatch(version):
@@ -442,7 +450,8 @@ class _Reader:
             return self.choice(item[1], "method", self.methods)
         if DEFAULT_METHOD not in self.methods:
             allowed = ", ".join(_q(m) for m in self.methods)
-            raise self.error(root, "method", f"missing, and the default {DEFAULT_METHOD!r} is not available; set one of {allowed}")
+            what = f"missing, and the default {DEFAULT_METHOD!r} is not available; set one of {allowed}"
+            raise self.error(root, "method", what)
         return DEFAULT_METHOD
 
     def erase(self, node: Node) -> tuple[EraseEntry, ...]:
@@ -454,34 +463,16 @@ class _Reader:
         for index, item in enumerate(items):
             path = f"erase[{index}]"
             fields = self.mapping(item, path, _ERASE_KEYS)
-            if "concept" in fields and "file" in fields:
-                raise self.error(item, path, "give either 'concept' or 'file', not both")
-            if "file" in fields:
-                if "synonyms" in fields:
-                    what = "not allowed in a file entry; give the concept an entry of its own for synonyms"
-                    raise self.error(fields["synonyms"][0], f"{path}.synonyms", what)
-                key, value = fields["file"]
-                written, listed = self.list_file(key, value, f"{path}.file")
-                if not listed:
-                    raise self.error(key, f"{path}.file", f"{_q(written)} lists no concepts")
-                concepts = [(c, key, f"{path}.file", f" ({written} line {n})") for c, n in listed]
-            elif "concept" in fields:
-                value = fields["concept"][1]
-                concept = self.string(value, f"{path}.concept").strip()
-                if not concept:
-                    raise self.error(value, f"{path}.concept", "is empty")
-                concepts = [(concept, value, f"{path}.concept", "")]
-            else:
-                raise self.error(item, path, "missing key 'concept' (or 'file' for a list of concepts)")
-            anchor = self.string(fields["anchor"][1], f"{path}.anchor").strip() if "anchor" in fields else ""
-            synonyms = self.synonyms(fields, path, concepts[0][0])
-            templates = self.templates(fields, path)
-            strength = 1.0
-            if "strength" in fields:
-                value = fields["strength"][1]
-                strength = self.number(value, f"{path}.strength")
-                if not 0 < strength <= 1:
-                    raise self.error(value, f"{path}.strength", f"{value.value} is not in (0, 1]")
+            concepts = self.entry_concepts(item, fields, path)
+            anchor = ""
+            if "anchor" in fields:
+                anchor = self.string(fields["anchor"][1], f"{path}.anchor").strip()
+            shared = dict(
+                anchor=anchor,
+                synonyms=self.synonyms(fields, path, concepts[0][0]),
+                templates=self.templates(fields, path),
+                strength=self.strength(fields, path),
+            )
             for concept, where, where_path, detail in concepts:
                 if anchor.casefold() == concept.casefold():
                     if detail:
@@ -489,16 +480,36 @@ class _Reader:
                     else:
                         where, where_path = fields["anchor"][1], f"{path}.anchor"
                         what = f"{_q(anchor)} is the concept itself"
-                    raise self.error(where, where_path, what + "; pick another anchor, or \"\" for the empty prompt")
+                    fix = 'pick another anchor, or "" for the empty prompt'
+                    raise self.error(where, where_path, f"{what}; {fix}")
                 folded = concept.casefold()
                 if folded in seen:
                     what = f"{_q(concept)}{detail} repeats {seen[folded]}; remove one of them"
                     raise self.error(where, where_path, what)
                 seen[folded] = where_path + detail
-                entries.append(
-                    EraseEntry(concept=concept, anchor=anchor, synonyms=synonyms, templates=templates, strength=strength)
-                )
+                entries.append(EraseEntry(concept=concept, **shared))
         return tuple(entries)
+
+    def entry_concepts(self, item: Node, fields: dict, path: str) -> list[tuple[str, Node, str, str]]:
+        """(concept, node, key path, detail) of an erase entry: one, or one per line of its file."""
+        if "concept" in fields and "file" in fields:
+            raise self.error(item, path, "give either 'concept' or 'file', not both")
+        if "file" in fields:
+            if "synonyms" in fields:
+                what = "not allowed in a file entry; give the concept an entry of its own for synonyms"
+                raise self.error(fields["synonyms"][0], f"{path}.synonyms", what)
+            key, value = fields["file"]
+            written, listed = self.list_file(key, value, f"{path}.file")
+            if not listed:
+                raise self.error(key, f"{path}.file", f"{_q(written)} lists no concepts")
+            return [(c, key, f"{path}.file", f" ({written} line {n})") for c, n in listed]
+        if "concept" in fields:
+            value = fields["concept"][1]
+            concept = self.string(value, f"{path}.concept").strip()
+            if not concept:
+                raise self.error(value, f"{path}.concept", "is empty")
+            return [(concept, value, f"{path}.concept", "")]
+        raise self.error(item, path, "missing key 'concept' (or 'file' for a list of concepts)")
 
     def synonyms(self, fields: dict, path: str, concept: str) -> tuple[str, ...]:
         seen = {concept.casefold(): f"{path}.concept"}
@@ -508,7 +519,8 @@ class _Reader:
             if not synonym:
                 raise self.error(node, where, "is empty")
             if synonym.casefold() in seen:
-                raise self.error(node, where, f"{_q(synonym)} repeats {seen[synonym.casefold()]}; remove it")
+                what = f"{_q(synonym)} repeats {seen[synonym.casefold()]}; remove it"
+                raise self.error(node, where, what)
             seen[synonym.casefold()] = where
             out.append(synonym)
         return tuple(out)
@@ -518,12 +530,23 @@ class _Reader:
         for index, (template, node) in enumerate(self.text_list(fields, "templates", path)):
             where = f"{path}.templates[{index}]"
             if template.count("{}") != 1 or any(c in "{}" for c in template.replace("{}", "", 1)):
-                what = f"{_q(template)} must contain '{{}}' once, where the concept goes, and no other braces"
+                what = f"{_q(template)} must contain '{{}}' once, where the concept goes, "
+                what += "and no other braces"
                 raise self.error(node, where, what)
             if template in out:
-                raise self.error(node, where, f"{_q(template)} repeats {path}.templates[{out.index(template)}]; remove it")
+                what = f"{_q(template)} repeats {path}.templates[{out.index(template)}]; remove it"
+                raise self.error(node, where, what)
             out.append(template)
         return tuple(out)
+
+    def strength(self, fields: dict, path: str) -> float:
+        if "strength" not in fields:
+            return 1.0
+        node = fields["strength"][1]
+        strength = self.number(node, f"{path}.strength")
+        if not 0 < strength <= 1:
+            raise self.error(node, f"{path}.strength", f"{node.value} is not in (0, 1]")
+        return strength
 
     def preserve(self, node: Node) -> tuple[str, ...]:
         """Strings and ``{file: PATH}`` lists; stripped, empties dropped, first of duplicates kept.
@@ -550,44 +573,52 @@ class _Reader:
         for key, (key_node, _) in fields.items():
             if key in _OPTIONS_NOT_YET:
                 raise self.error(key_node, f"options.{key}", "not available in erasec 0.1")
-        values: dict[str, float | str] = {}
-        for key, bound in (("lambda", 0.0), ("erase_scale", None), ("preserve_scale", None)):
-            if key in fields:
-                value = fields[key][1]
-                number = self.number(value, f"options.{key}")
-                if (bound is not None and number < bound) or (bound is None and number <= 0):
-                    raise self.error(value, f"options.{key}", f"{value.value} is not {'>=' if bound is not None else '>'} 0")
-                values[key] = number
+        pipeline = None
         if "pipeline" in fields:
             value = fields["pipeline"][1]
-            values["pipeline"] = self.string(value, "options.pipeline", optional=True).strip()
-            if not values["pipeline"]:
-                raise self.error(value, "options.pipeline", "is empty; remove the key to use the method's pipeline")
+            pipeline = self.string(value, "options.pipeline", optional=True).strip()
+            if not pipeline:
+                what = "is empty; remove the key to use the method's pipeline"
+                raise self.error(value, "options.pipeline", what)
         return Options(
-            lam=values.get("lambda"),  # type: ignore[arg-type]
-            erase_scale=values.get("erase_scale"),  # type: ignore[arg-type]
-            preserve_scale=values.get("preserve_scale"),  # type: ignore[arg-type]
-            pipeline=values.get("pipeline"),  # type: ignore[arg-type]
+            lam=self.option_number(fields, "lambda", allow_zero=True),
+            erase_scale=self.option_number(fields, "erase_scale", allow_zero=False),
+            preserve_scale=self.option_number(fields, "preserve_scale", allow_zero=False),
+            pipeline=pipeline,
         )
+
+    def option_number(self, fields: dict, key: str, *, allow_zero: bool) -> float | None:
+        if key not in fields:
+            return None
+        node = fields[key][1]
+        number = self.number(node, f"options.{key}")
+        if number < 0 or (number == 0 and not allow_zero):
+            what = f"{node.value} is not {'>=' if allow_zero else '>'} 0"
+            raise self.error(node, f"options.{key}", what)
+        return number
 
     def output(self, node: Node) -> OutputSpec:
         fields = self.mapping(node, "output", _OUTPUT_KEYS)
         out = OutputSpec()
         if "format" in fields:
-            out = dataclasses.replace(out, format=self.choice(fields["format"][1], "output.format", OUTPUT_FORMATS))
+            format_ = self.choice(fields["format"][1], "output.format", OUTPUT_FORMATS)
+            out = dataclasses.replace(out, format=format_)
         if "dtype" in fields:
-            out = dataclasses.replace(out, dtype=self.choice(fields["dtype"][1], "output.dtype", OUTPUT_DTYPES))
+            dtype = self.choice(fields["dtype"][1], "output.dtype", OUTPUT_DTYPES)
+            out = dataclasses.replace(out, dtype=dtype)
         if "rank" in fields:
-            value = fields["rank"][1]
-            if isinstance(value, ScalarNode) and value.tag == _TAG + "str":
-                if value.value != "auto":
-                    raise self.error(value, "output.rank", f"{_q(value.value)} is not 'auto' or an integer >= 1")
-                rank: int | str = "auto"
-            else:
-                if not (isinstance(value, ScalarNode) and value.tag == _TAG + "int"):
-                    raise self.error(value, "output.rank", f"expected 'auto' or an integer, got {_kind(value)}")
-                rank = self.integer(value, "output.rank")
-                if rank < 1:
-                    raise self.error(value, "output.rank", f"{value.value} is not >= 1")
-            out = dataclasses.replace(out, rank=rank)
+            out = dataclasses.replace(out, rank=self.rank(fields["rank"][1]))
         return out
+
+    def rank(self, node: Node) -> int | str:
+        if isinstance(node, ScalarNode) and node.tag == _TAG + "str":
+            if node.value != "auto":
+                what = f"{_q(node.value)} is not 'auto' or an integer >= 1"
+                raise self.error(node, "output.rank", what)
+            return "auto"
+        if not (isinstance(node, ScalarNode) and node.tag == _TAG + "int"):
+            raise self.error(node, "output.rank", f"expected 'auto' or an integer, got {_kind(node)}")
+        rank = self.integer(node, "output.rank")
+        if rank < 1:
+            raise self.error(node, "output.rank", f"{node.value} is not >= 1")
+        return rank

@@ -53,19 +53,23 @@ def data_sha256(raw: bytes) -> str:
 
 
 def atomic_write(path: Path, raw: bytes) -> None:
-    """Write ``raw`` to a temporary file beside ``path``, check it parses, then rename it over ``path``."""
+    """Write ``raw`` to a temporary file beside ``path`` (making missing folders), check that it
+    parses, then rename it over ``path``: a reader never sees a partial file."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise PatchError(f"{path}: the folder {folder} does not exist")
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as error:
         raise PatchError(f"{path}: cannot write here ({error.strerror})") from None
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(raw)
-        read_header(Path(temp))
+        try:
+            read_header(Path(temp))
+        except PatchError as error:
+            reason = str(error).split(": ", 1)[1]
+            raise PatchError(f"{path}: refusing to write an invalid safetensors file ({reason})") from None
         os.replace(temp, path)
     except OSError as error:
         raise PatchError(f"{path}: cannot write ({error.strerror})") from None

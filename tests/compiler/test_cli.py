@@ -113,8 +113,16 @@ def test_missing_model_folder(spec, tmp_path):
 
 
 def test_unwritable_output_paths(spec, tmp_path):
-    _fails(["build", spec, "-o", tmp_path / "no" / "such" / "p.safetensors"], "does not exist")
+    (tmp_path / "file").write_text("")
+    _fails(["build", spec, "-o", tmp_path / "file" / "sub" / "p.safetensors"], f"{tmp_path / 'file'} is a file")
     _fails(["build", spec, "-o", tmp_path], "is a folder")
+    assert not (tmp_path / "file" / "sub").exists()
+
+
+def test_missing_output_folders_are_made(spec, tmp_path):
+    out = tmp_path / "new" / "dir" / "p.safetensors"
+    assert _run("build", spec, "-o", out).exit_code == 0
+    assert out.is_file()
 
 
 def test_a_failed_build_leaves_no_file_and_keeps_an_old_one(tmp_path):
