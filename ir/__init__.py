@@ -2,12 +2,13 @@
 
 from .arrays import frozen_array, structurally_equal
 from .errors import ErasecError, VerifyError
-from .program import EditProgram, SpaceProgram
+from .program import Diagnostic, EditProgram, SpaceProgram
 from .rows import EraseRows, HardRows, PreserveRows, Provenance, empty_hard, empty_preserve
 from .solution import DtypeReport, LayerFactors, Solution, SolveReport, SpaceSolution
 from .target import KeySpace, LinearSite, ModelTarget
 
 __all__ = [
+    "Diagnostic",
     "DtypeReport",
     "EditProgram",
     "ErasecError",

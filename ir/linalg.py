@@ -79,3 +79,22 @@ def orthonormal_right(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, 
     """
     q, r = np.linalg.qr(right, mode="reduced")
     return left @ r.T, q
+
+
+def regeneration_embeddings(shared: np.ndarray, gram: np.ndarray, keys: np.ndarray, lam: float) -> np.ndarray:
+    """RECE's closed-form attack: for each row c of ``keys`` (m, d), the embedding c' (rows, (m, d)) minimising
+    ``Σ_l ‖W0_l T c' − W0_l c‖² + λ‖c'‖² = (Tc' − c)ᵀ G (Tc' − c) + λ‖c'‖²``, i.e.
+    ``c' = (λI + TᵀGT)⁻¹ TᵀG c`` (Gong et al., 2024, arXiv 2407.12383; research/methods.md §3.1, §10 item 11),
+    with ``T`` the edited model's shared map and ``G = Σ_l W0_lᵀ W0_l``."""
+    matrix = shared.T @ gram @ shared
+    matrix = (matrix + matrix.T) * 0.5
+    matrix[np.diag_indices_from(matrix)] += lam
+    return scipy.linalg.solve(matrix, shared.T @ gram @ keys.T, assume_a="pos").T
+
+
+def regeneration_gap(shared: np.ndarray, gram: np.ndarray, keys: np.ndarray, lam: float) -> np.ndarray:
+    """Per row, how far the best attack embedding stays from the concept's base K/V outputs, relative:
+    ``‖G^½ (T c' − c)‖ / ‖G^½ c‖`` (0: the concept is fully recoverable; 1: nothing of it is)."""
+    attack = regeneration_embeddings(shared, gram, keys, lam)
+    gap = attack @ shared.T - keys
+    return np.sqrt(np.einsum("ij,jk,ik->i", gap, gram, gap) / np.einsum("ij,jk,ik->i", keys, gram, keys))

@@ -75,7 +75,9 @@ def _hard(lines: list[str], label: str, rows: HardRows) -> None:
 
 
 def print_space(space: SpaceProgram, dim: int, sites: int) -> list[str]:
-    lines = [f"  space {space.space} dim={dim} sites={sites} lambda={fmt(space.lam)}"]
+    roles = "" if space.roles == ("k", "v") else f" roles={','.join(space.roles)}"
+    gram = "" if space.site_gram is None else " site-gram"
+    lines = [f"  space {space.space} dim={dim} sites={sites} lambda={fmt(space.lam)}{roles}{gram}"]
     _erase(lines, space.erase)
     _preserve(lines, space.preserve)
     _hard(lines, "hard", space.hard)
@@ -94,6 +96,8 @@ def print_solution(solution: SpaceSolution) -> list[str]:
     else:
         for layer in solution.layers:
             lines.append(f"    {layer.module_path} up{list(layer.up.shape)} down{list(layer.down.shape)}")
+    if solution.truncation_error:
+        lines.append(f"    rank cap error={fmt(solution.truncation_error)}")
     if solution.dtype is not None:
         lines.append(f"    dtype {solution.dtype.dtype} rounding={magnitude(solution.dtype.max_rel_error)}")
     return lines
@@ -110,4 +114,6 @@ def print_program(program: EditProgram) -> str:
     if program.solution is not None:
         for solution in program.solution.spaces:
             lines.extend(print_solution(solution))
+    for diagnostic in program.diagnostics:
+        lines.append(f"  {diagnostic.severity} [{diagnostic.origin}] {diagnostic.message}")
     return "\n".join(lines) + "\n"

@@ -13,11 +13,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
+import numpy as np
+
+from .arrays import frozen_array
 from .errors import VerifyError
 from .rows import EraseRows, HardRows, PreserveRows
 from .solution import Solution
 from .target import ModelTarget
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Diagnostic:
+    """A finding a pass reports without failing (filtered prompts, conflicts), shown by the build."""
+
+    origin: str  # the pass name
+    severity: Literal["note", "warning"]
+    message: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -28,6 +41,17 @@ class SpaceProgram:
     preserve: PreserveRows
     hard: HardRows
     invariant_rows: HardRows
+    # Σ_l W0_lᵀ W0_l over the space's edited sites (d, d): the metric in which a change of the shared
+    # map T shows in the K/V outputs of all layers together (adversarial, compress, evaluation).
+    site_gram: np.ndarray | None = None
+    roles: tuple[str, ...] = ("k", "v")  # which sites the edit applies to (SPEED edits to_v only)
+    # each request solved on its own, its delta vanishing on the other requests' keys (SRS-ME),
+    # so that its contribution can later be removed without touching the rest
+    separable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.site_gram is not None:
+            object.__setattr__(self, "site_gram", frozen_array(self.site_gram, where=f"spaces[{self.space}].site_gram", ndim=2))
 
     def verify(self, target: ModelTarget) -> None:
         where = f"spaces[{self.space}]"
@@ -35,6 +59,10 @@ class SpaceProgram:
             space = target.space(self.space)
         except KeyError:
             raise VerifyError(f"{where}: the model has no key space {self.space!r}") from None
+        if self.site_gram is not None and self.site_gram.shape != (space.dim, space.dim):
+            raise VerifyError(f"{where}.site_gram: shape {self.site_gram.shape}, expected ({space.dim}, {space.dim})")
+        if not self.roles or any(role not in ("k", "v") for role in self.roles):
+            raise VerifyError(f"{where}.roles: {self.roles} must be a non-empty subset of ('k', 'v')")
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise VerifyError(f"{where}.lam: {self.lam} is not a finite number ≥ 0")
         for name, rows in (
@@ -65,6 +93,18 @@ class EditProgram:
     requests: tuple[str, ...]  # erase request names, in spec order
     spaces: tuple[SpaceProgram, ...]
     solution: Solution | None = None
+    # per request, the phrases that name it (concept and synonyms); empty = the request name alone
+    phrases: tuple[tuple[str, ...], ...] = ()
+    diagnostics: tuple[Diagnostic, ...] = ()
+
+    def request_phrases(self, request: str) -> tuple[str, ...]:
+        index = self.requests.index(request)
+        return self.phrases[index] if self.phrases else (request,)
+
+    def with_diagnostics(self, *found: Diagnostic) -> "EditProgram":
+        from dataclasses import replace
+
+        return replace(self, diagnostics=self.diagnostics + tuple(found))
 
     def space(self, name: str) -> SpaceProgram:
         for space in self.spaces:
@@ -79,6 +119,8 @@ class EditProgram:
             raise VerifyError(f"spaces: key space listed twice in {names}")
         if len(set(self.requests)) != len(self.requests):
             raise VerifyError(f"requests: duplicate request name in {list(self.requests)}")
+        if self.phrases and len(self.phrases) != len(self.requests):
+            raise VerifyError(f"phrases: {len(self.phrases)} entries for {len(self.requests)} requests")
         known = set(self.requests) | {"preserve", "invariant"}
         for space in self.spaces:
             space.verify(self.target)

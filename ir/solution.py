@@ -61,6 +61,11 @@ class SpaceSolution:
     right: np.ndarray | None = None  # shared: (d, r)
     layers: tuple[LayerFactors, ...] = ()  # per-layer
     dtype: DtypeReport | None = None
+    # separable solves: (request, rank) per block of factor columns, in column order
+    blocks: tuple[tuple[str, int], ...] = ()
+    # relative error of a rank cap (compress): over all sites together for the shared form, the
+    # largest site's for the per-layer form; 0 when nothing was truncated
+    truncation_error: float = 0.0
 
     def __post_init__(self) -> None:
         where = f"solution[{self.space}]"
@@ -73,6 +78,8 @@ class SpaceSolution:
                 raise VerifyError(f"{where}: left {left.shape}, right {right.shape}, rank {self.rank} disagree")
             object.__setattr__(self, "left", left)
             object.__setattr__(self, "right", right)
+            if self.blocks and sum(rank for _, rank in self.blocks) != self.rank:
+                raise VerifyError(f"{where}: blocks {self.blocks} do not add up to rank {self.rank}")
         elif self.form == "per-layer":
             if self.left is not None or self.right is not None:
                 raise VerifyError(f"{where}: the per-layer form has no shared factors")
@@ -81,6 +88,24 @@ class SpaceSolution:
                     raise VerifyError(f"{where}: {layer.module_path} has rank {layer.up.shape[1]}, not {self.rank}")
         else:
             raise VerifyError(f"{where}: unknown form {self.form!r}")
+
+    def without(self, request: str) -> "SpaceSolution":
+        """The solution minus one request's block (separable solves only)."""
+        names = [name for name, _ in self.blocks]
+        if request not in names:
+            raise KeyError(request)
+        start = sum(rank for _, rank in self.blocks[: names.index(request)])
+        stop = start + self.blocks[names.index(request)][1]
+        keep = np.r_[0:start, stop : self.rank]
+        return SpaceSolution(
+            space=self.space,
+            form=self.form,
+            rank=keep.size,
+            report=self.report,
+            left=self.left[:, keep],
+            right=self.right[:, keep],
+            blocks=tuple(block for block in self.blocks if block[0] != request),
+        )
 
     def factors(self, module_path: str, base_weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(up, down) in float64 with ``ΔW = up @ down`` for one site; ``base_weight`` is W0 (out, d)."""

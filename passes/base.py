@@ -20,7 +20,8 @@ from .errors import PassOptionError
 
 
 def option_text(field_name: str) -> str:
-    return field_name.replace("_", "-")
+    """``max_error`` → ``max-error``; a trailing underscore (``lambda_``, a Python keyword) is dropped."""
+    return field_name.rstrip("_").replace("_", "-")
 
 
 def format_value(value: Any) -> str:

@@ -7,7 +7,12 @@ import importlib
 from .base import EditPass
 
 _PASSES: dict[str, str] = {
+    "adversarial": "erasec.passes.adversarial:AdversarialPass",
     "canonicalize": "erasec.passes.canonicalize:CanonicalizePass",
+    "check-conflicts": "erasec.passes.check_conflicts:CheckConflictsPass",
+    "filter-preserve": "erasec.passes.filter_preserve:FilterPreservePass",
+    "mine-neighbors": "erasec.passes.mine_neighbors:MineNeighborsPass",
+    "orthogonalize": "erasec.passes.orthogonalize:OrthogonalizePass",
     "compress": "erasec.passes.compress:CompressPass",
     "invariants": "erasec.passes.invariants:InvariantsPass",
     "solve": "erasec.passes.solve:SolvePass",

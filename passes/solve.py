@@ -52,6 +52,28 @@ def _relative_residual(delta: np.ndarray, matrix: np.ndarray, rhs: np.ndarray, b
     return float(residual)
 
 
+def _condition_checked(space: SpaceProgram, matrix: np.ndarray, max_condition: float) -> float:
+    condition = spd_condition(matrix)
+    if not np.isfinite(condition) or condition > max_condition:
+        raise SolveError(
+            f"key space {space.space}: the system is singular or ill-conditioned "
+            f"(condition number {condition:.2g} > {max_condition:.2g}); raise options.lambda "
+            f"(now {space.lam:g}) or add preserve prompts"
+        )
+    return condition
+
+
+def _solver(space: SpaceProgram, matrix: np.ndarray, hard_keys: np.ndarray) -> tuple[ConstrainedSolver, np.ndarray]:
+    basis = orthonormal_span(hard_keys)
+    try:
+        return ConstrainedSolver.build(matrix, basis), basis
+    except np.linalg.LinAlgError:
+        raise SolveError(
+            f"key space {space.space}: the hard constraints leave no solvable system; "
+            f"drop some hard rows or raise options.lambda (now {space.lam:g})"
+        ) from None
+
+
 @dataclass(frozen=True, slots=True)
 class SolvePass(EditPass):
     name: ClassVar[str] = "solve"
@@ -61,43 +83,68 @@ class SolvePass(EditPass):
     def __post_init__(self) -> None:
         self.check_range("max-condition", self.max_condition, 1.0, 1e15)
 
+    def _shared(self, space: SpaceProgram, rows, hard_keys: np.ndarray, dim: int):
+        """(left, right, condition, residual, hard rank) for guide-target ``rows`` of ``space``."""
+        matrix = weighted_gram(rows.keys, rows.weights) + weighted_gram(space.preserve.keys, space.preserve.weights)
+        matrix[np.diag_indices(dim)] += space.lam
+        condition = _condition_checked(space, matrix, self.max_condition)
+        solver, basis = _solver(space, matrix, hard_keys)
+        left = (rows.guides - rows.keys).T * rows.weights  # (G − K) diag(w), (d, m)
+        left, right = orthonormal_right(left, solver.apply(rows.keys.T))  # right: P Kᵀ → orthonormal
+        rhs = ((rows.guides - rows.keys).T * rows.weights) @ rows.keys
+        residual = _relative_residual(left @ right.T, matrix, rhs, basis)
+        return left, right, condition, residual, basis.shape[1]
+
+    def _separable(self, program: EditProgram, space: SpaceProgram, dim: int) -> SpaceSolution:
+        names = np.array([p.request for p in space.erase.provenance])
+        lefts, rights, blocks = [], [], []
+        condition, residual = 0.0, 0.0
+        for request in program.requests:
+            mine = names == request
+            if not mine.any():
+                continue
+            hard_keys = np.concatenate([space.hard.keys, space.erase.keys[~mine]])
+            left, right, cond, res, _ = self._shared(space, space.erase.select(mine), hard_keys, dim)
+            lefts.append(left)
+            rights.append(right)
+            blocks.append((request, right.shape[1]))
+            condition, residual = max(condition, cond), max(residual, res)
+        left, right = np.concatenate(lefts, axis=1), np.concatenate(rights, axis=1)
+        return SpaceSolution(
+            space=space.space,
+            form="shared",
+            rank=right.shape[1],
+            left=left,
+            right=right,
+            blocks=tuple(blocks),
+            report=SolveReport(
+                condition=condition, residual=residual, hard_rank=orthonormal_span(space.hard.keys).shape[1]
+            ),
+        )
+
     def _solve_space(self, program: EditProgram, space: SpaceProgram) -> SpaceSolution:
-        key_space = program.target.space(space.space)
-        dim = key_space.dim
+        dim = program.target.space(space.space).dim
         erase = space.erase
         if erase.count == 0:
             raise SolveError(f"key space {space.space}: no erase rows; the spec must erase at least one concept")
-        matrix = system_matrix(space, dim)
-        condition = spd_condition(matrix)
-        if not np.isfinite(condition) or condition > self.max_condition:
-            raise SolveError(
-                f"key space {space.space}: the system is singular or ill-conditioned "
-                f"(condition number {condition:.2g} > {self.max_condition:.2g}); raise options.lambda "
-                f"(now {space.lam:g}) or add preserve prompts"
-            )
-        basis = orthonormal_span(space.hard.keys)
-        try:
-            solver = ConstrainedSolver.build(matrix, basis)
-        except np.linalg.LinAlgError:
-            raise SolveError(
-                f"key space {space.space}: the hard constraints leave no solvable system; "
-                f"drop some hard rows or raise options.lambda (now {space.lam:g})"
-            ) from None
-        right = solver.apply(erase.keys.T)  # P Kᵀ, (d, m)
+        if space.separable:
+            if not erase.shared:
+                raise SolveError(f"key space {space.space}: separable solves need guide (anchor) targets")
+            return self._separable(program, space, dim)
         if erase.shared:
-            left = (erase.guides - erase.keys).T * erase.weights  # (G − K) diag(w), (d, m)
-            left, right = orthonormal_right(left, right)
-            rhs = ((erase.guides - erase.keys).T * erase.weights) @ erase.keys
-            residual = _relative_residual(left @ right.T, matrix, rhs, basis)
+            left, right, condition, residual, hard_rank = self._shared(space, erase, space.hard.keys, dim)
             return SpaceSolution(
                 space=space.space,
                 form="shared",
                 rank=right.shape[1],
                 left=left,
                 right=right,
-                report=SolveReport(condition=condition, residual=residual, hard_rank=basis.shape[1]),
+                report=SolveReport(condition=condition, residual=residual, hard_rank=hard_rank),
             )
-        q, r = np.linalg.qr(right, mode="reduced")
+        matrix = system_matrix(space, dim)
+        condition = _condition_checked(space, matrix, self.max_condition)
+        solver, basis = _solver(space, matrix, space.hard.keys)
+        q, r = np.linalg.qr(solver.apply(erase.keys.T), mode="reduced")
         layers = []
         residual = 0.0
         for path, site_residual in erase.residuals:

@@ -54,7 +54,7 @@ def test_build_prints_a_summary_and_writes_a_kohya_lora(spec, tmp_path):
     assert meta["erasec.name"] == "no-van-gogh" and meta["erasec.version"] == "1.2.0"
     assert meta["ss_network_dim"] == meta["ss_network_alpha"] == "2"
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
-    assert meta["erasec.pipeline"] == "canonicalize{eps=1e-09},solve{max-condition=1e+12},compress{dtype=fp32}"
+    assert meta["erasec.pipeline"] == "canonicalize{eps=1e-09},solve{max-condition=1e+12},compress{dtype=fp32 max-rank=0 max-error=0}"
     assert json.loads(meta["erasec.spec"])["erase"][0]["concept"] == "Van Gogh"
 
 

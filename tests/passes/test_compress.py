@@ -30,4 +30,67 @@ def test_needs_a_solution():
 
 
 def test_round_trip():
-    assert str(Pipeline.parse("compress{dtype=bf16}")) == "compress{dtype=bf16}"
+    assert str(Pipeline.parse("compress{max-error=1e-4 dtype=bf16}")) == "compress{dtype=bf16 max-rank=0 max-error=0.0001}"
+
+
+def _gram_program(seed=0, dim=10, erase=6):
+    from dataclasses import replace
+
+    from programs import base_weights
+
+    rng = np.random.default_rng(seed)
+    program = random_program(rng, dim=dim, erase=erase, preserve=3)
+    weights = base_weights(program.target, rng)
+    gram = sum(w.T @ w for w in weights.values())
+    return replace(program, spaces=(replace(program.spaces[0], site_gram=gram),)), weights
+
+
+def test_rank_cap_is_optimal_in_the_output_metric_and_reports_its_error():
+    program, weights = _gram_program()
+    exact = Pipeline.parse("solve").apply(program).solution.spaces[0]
+    capped = Pipeline.parse("solve,compress{max-rank=3 max-error=1}").apply(program).solution.spaces[0]
+    assert capped.rank == 3
+    # the reported error is the relative error of ΔW over all sites together
+    num = sum(np.linalg.norm(capped.delta(p, w) - exact.delta(p, w)) ** 2 for p, w in weights.items())
+    den = sum(np.linalg.norm(exact.delta(p, w)) ** 2 for p, w in weights.items())
+    assert abs(np.sqrt(num / den) - capped.truncation_error) < 1e-10
+    # and no other rank-3 truncation of T − I does better: try the identity-metric SVD
+    u, s, vt = np.linalg.svd(exact.left @ exact.right.T)
+    naive = (u[:, :3] * s[:3]) @ vt[:3]
+    naive_err = np.sqrt(sum(np.linalg.norm(w @ naive - exact.delta(p, w)) ** 2 for p, w in weights.items()) / den)
+    assert capped.truncation_error <= naive_err + 1e-12
+
+
+def test_max_error_alone_picks_the_smallest_rank_within_it():
+    program, _ = _gram_program()
+    exact = Pipeline.parse("solve").apply(program).solution.spaces[0]
+    for budget in (0.5, 0.1, 1e-3):
+        capped = Pipeline.parse(f"solve,compress{{max-error={budget}}}").apply(program).solution.spaces[0]
+        assert capped.truncation_error <= budget
+        if capped.rank > 1:
+            smaller = Pipeline.parse(f"solve,compress{{max-rank={capped.rank - 1} max-error=1}}").apply(program)
+            assert smaller.solution.spaces[0].truncation_error > budget
+        assert capped.rank <= exact.rank
+
+
+def test_refuses_a_cap_beyond_the_budget():
+    program, _ = _gram_program()
+    with pytest.raises(PassError) as error:
+        Pipeline.parse("solve,compress{max-rank=1 max-error=1e-6}").apply(program)
+    message = str(error.value)
+    assert message.startswith("compress: key space clip-l: max-rank=1 leaves a relative error of ")
+    assert message.endswith("> max-error=1e-06; raise max-error or max-rank")
+
+
+def test_per_layer_factors_are_capped_per_layer():
+    from programs import as_per_layer
+
+    program, weights = _gram_program()
+    per_layer = as_per_layer(program, weights)
+    capped = Pipeline.parse("solve,compress{max-rank=2 max-error=1}").apply(per_layer).solution.spaces[0]
+    exact = Pipeline.parse("solve").apply(per_layer).solution.spaces[0]
+    assert capped.rank == 2
+    worst = max(
+        np.linalg.norm(capped.delta(p, w) - exact.delta(p, w)) / np.linalg.norm(exact.delta(p, w)) for p, w in weights.items()
+    )
+    assert abs(worst - capped.truncation_error) < 1e-10

@@ -11,7 +11,7 @@ from erasec.passes.registry import get_pass_class, pass_names
 
 def test_canonical_text_lists_every_option():
     pipeline = Pipeline.parse(" canonicalize ,solve{max-condition=1e10},compress{dtype=fp16}")
-    assert str(pipeline) == "canonicalize{eps=1e-09},solve{max-condition=1e+10},compress{dtype=fp16}"
+    assert str(pipeline) == "canonicalize{eps=1e-09},solve{max-condition=1e+10},compress{dtype=fp16 max-rank=0 max-error=0}"
     assert str(Pipeline.parse(str(pipeline))) == str(pipeline)
 
 
@@ -55,7 +55,27 @@ def test_errors_name_the_column(text, message):
 values = {
     "canonicalize": {"eps": st.floats(0, 1e-3).map(repr)},
     "solve": {"max-condition": st.floats(1, 1e15).map(repr)},
-    "compress": {"dtype": st.sampled_from(["fp32", "fp16", "bf16"])},
+    "compress": {
+        "dtype": st.sampled_from(["fp32", "fp16", "bf16"]),
+        "max-rank": st.integers(0, 100000).map(str),
+        "max-error": st.floats(0, 1).map(repr),
+    },
+    "adversarial": {
+        "rounds": st.integers(0, 20).map(str),
+        "lambda": st.floats(1e-9, 1e6).map(repr),
+        "weight": st.floats(1e-9, 1e6).map(repr),
+    },
+    "mine-neighbors": {
+        "count": st.integers(0, 1000).map(str),
+        "radius": st.floats(1e-6, 2).map(repr),
+        "seed": st.integers(0, 2**31).map(str),
+    },
+    "orthogonalize": {"mode": st.sampled_from(["hard", "separable"]), "tau": st.floats(1e-12, 1e12).map(repr)},
+    "check-conflicts": {
+        "threshold": st.floats(1e-6, 1).map(repr),
+        "on-conflict": st.sampled_from(["warn", "error"]),
+    },
+    "filter-preserve": {},
     "invariants": {
         "bos": st.sampled_from(["true", "false"]),
         "empty": st.sampled_from(["true", "false"]),

@@ -1,0 +1,60 @@
+"""filter-preserve — drop preserve prompts that name an erased concept.
+
+A preserve prompt containing an erased phrase ("a painting by Van Gogh" while erasing "Van Gogh")
+asks the solve to keep exactly what it must remove; the two pull against each other and both
+lose. SPEED (Li et al., 2025, arXiv 2503.07392; research/methods.md §6.2 item 2) drops every
+retain prompt that contains a full target phrase, matched case-insensitively at word boundaries.
+The phrases of a request are its concept and synonyms (``EditProgram.phrases``). Every dropped
+prompt is reported as a diagnostic, so the user sees what the spec asked for and did not get.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import numpy as np
+
+from erasec.ir import Diagnostic, EditProgram
+
+from .base import EditPass
+
+
+def phrase_pattern(phrases: list[str]) -> re.Pattern | None:
+    """One regex matching any phrase as whole words, case-insensitively (longest first)."""
+    words = sorted({p.strip() for p in phrases if p.strip()}, key=lambda p: (-len(p), p))
+    if not words:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class FilterPreservePass(EditPass):
+    name: ClassVar[str] = "filter-preserve"
+
+    def apply(self, program: EditProgram) -> EditProgram:
+        pattern = phrase_pattern([p for r in program.requests for p in program.request_phrases(r)])
+        if pattern is None:
+            return program
+        spaces, dropped = [], set()
+        for space in program.spaces:
+            rows = space.preserve
+            keep = np.array([pattern.search(p.prompt) is None for p in rows.provenance], dtype=bool).reshape(-1)
+            if keep.all():
+                spaces.append(space)
+                continue
+            dropped.update(p.prompt for p, k in zip(rows.provenance, keep) if not k)
+            spaces.append(replace(space, preserve=rows.select(keep)))
+        if not dropped:
+            return program
+        found = [
+            Diagnostic(
+                origin=self.name,
+                severity="note",
+                message=f"preserve prompt {prompt!r} names an erased concept "
+                f"({pattern.search(prompt).group()!r}) and was dropped",
+            )
+            for prompt in sorted(dropped)
+        ]
+        return replace(program, spaces=tuple(spaces)).with_diagnostics(*found)

@@ -1,0 +1,95 @@
+"""orthogonalize — make preservation hold by construction instead of by weight.
+
+``mode=hard`` (SPEED: Li et al., 2025, arXiv 2503.07392, §3–4, following AlphaEdit; research/
+methods.md §6.2 item 2): eigen-decompose the preserve moment ``S = Σ p_j k_j k_jᵀ / Σ p_j`` and
+turn every eigen-direction with eigenvalue ≥ ``tau`` into a hard row, so ``ΔW k = 0`` on that
+subspace and the K/V outputs of the preserved prompts change only through their components below
+``tau``. SPEED's ``(S_tt P + αI)⁻¹`` closed form is the same minimiser as ``solve``'s constrained
+one with λ = α (derivation in docs/compiler.md). The preserve set spans directions that the
+erase edit then cannot use: a request whose keys lie mostly inside it is reported.
+
+``mode=separable`` (SRS-ME, "Separable Multi-concept Eraser", research/methods.md §6.2 item 3):
+each request is solved on its own with every *other* request's keys as hard rows, and the deltas
+are summed; request j's block of the solution can then be removed (``SpaceSolution.without``)
+and leaves every other request's edit, and j's own keys, exactly as a build that erases the others
+while holding j's keys fixed. It needs room: the hard rows plus all requests' keys must fit in d.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from erasec.ir import Diagnostic, EditProgram, HardRows, Provenance, SpaceProgram
+from erasec.ir.linalg import orthonormal_span
+
+from .base import EditPass
+from .errors import PassError
+
+
+def preserve_subspace(space: SpaceProgram, tau: float) -> np.ndarray:
+    """Orthonormal eigen-directions (d, r) of the weighted mean preserve moment with eigenvalue ≥ ``tau``."""
+    rows = space.preserve
+    if rows.count == 0 or rows.weights.sum() == 0:
+        return np.zeros((rows.keys.shape[1], 0))
+    moment = rows.keys.T @ (rows.keys * (rows.weights / rows.weights.sum())[:, None])
+    values, vectors = np.linalg.eigh((moment + moment.T) * 0.5)
+    return np.ascontiguousarray(vectors[:, values >= tau][:, ::-1])
+
+
+@dataclass(frozen=True, slots=True)
+class OrthogonalizePass(EditPass):
+    name: ClassVar[str] = "orthogonalize"
+
+    mode: Literal["hard", "separable"] = "hard"
+    tau: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.check_range("tau", self.tau, 0.0, 1e12, low_open=True)
+
+    def _hard(self, space: SpaceProgram) -> tuple[SpaceProgram, list[Diagnostic]]:
+        basis = preserve_subspace(space, self.tau)
+        if basis.shape[1] == 0:
+            return space, []
+        hard = HardRows(
+            keys=np.concatenate([space.hard.keys, basis.T]),
+            provenance=space.hard.provenance
+            + tuple(Provenance(request="preserve", prompt="<preserve subspace>", token=i) for i in range(basis.shape[1])),
+        )
+        found = [
+            Diagnostic(
+                origin=self.name,
+                severity="note",
+                message=f"key space {space.space}: preserved subspace of {basis.shape[1]} of {basis.shape[0]} "
+                f"directions held fixed (tau={self.tau:g})",
+            )
+        ]
+        return replace(space, hard=hard), found
+
+    def _separable(self, program: EditProgram, space: SpaceProgram) -> SpaceProgram:
+        dim = space.erase.keys.shape[1]
+        hard_rank = orthonormal_span(space.hard.keys).shape[1]
+        names = [p.request for p in space.erase.provenance]
+        need = sum(
+            orthonormal_span(space.erase.keys[[n == r for n in names]]).shape[1] for r in program.requests if r in names
+        )
+        if hard_rank + need > dim:
+            raise PassError(
+                f"mode=separable: key space {space.space} has room for {dim - hard_rank} request rows "
+                f"(d={dim}, hard rows take {hard_rank}); the requests need {need}. Split the spec into several "
+                f"patches or use mode=hard"
+            )
+        return replace(space, separable=True)
+
+    def apply(self, program: EditProgram) -> EditProgram:
+        spaces, found = [], []
+        for space in program.spaces:
+            if self.mode == "hard":
+                space, notes = self._hard(space)
+                found.extend(notes)
+            else:
+                space = self._separable(program, space)
+            spaces.append(space)
+        return replace(program, spaces=tuple(spaces)).with_diagnostics(*found)
