@@ -12,17 +12,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from erasec.backends.checkpoint import CheckpointSource, write_checkpoint
 from erasec.backends.kohya import KohyaOptions, build_kohya
+from erasec.backends.peft import PeftOptions, build_peft
 from erasec.ir import EditProgram
 from erasec.ir.printer import print_program
 from erasec.passes.base import EditPass
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS
+from erasec.patches.link import encode_encodings, encode_shared
 from erasec.patches.manifest import Manifest, write_patch
 
+from .encodings import RecordingModel
 from .errors import BuildError, SpecError
 from .evaluate import Scores, score
 from .lowering import Lowering
+from .pins import model_text_encoder_pin, storage_dtype
 from .spec import Spec, load_spec
 from .version import erasec_version
 
@@ -32,6 +37,7 @@ class BuildOptions:
     model: str | None = None  # overrides the spec's model
     print_ir_after: tuple[str, ...] = ()  # pass names, or ("all",)
     verify_each: bool = False
+    allow_pickle: bool = False  # open .ckpt/.pt models with torch.load(weights_only=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +59,7 @@ class BuildResult:
     seconds: dict[str, float] = field(default_factory=dict)
     scores: Scores | None = None
     condition: float = 0.0
+    format: str = "kohya"  # output.format: kohya | peft | checkpoint
 
     def as_dict(self) -> dict:
         return {
@@ -67,6 +74,7 @@ class BuildResult:
             "rank": self.rank,
             "layers": self.layers,
             "dtype": self.dtype,
+            "format": self.format,
             "size_bytes": self.size_bytes,
             "condition": float(f"{self.condition:.3g}"),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
@@ -117,21 +125,40 @@ def build(
     *,
     emit_ir: Callable[[str], None] = lambda text: None,
 ) -> BuildResult:
-    from .model import SD1Model  # torch and transformers load here, not at CLI start-up
-
     clock = time.perf_counter()
-    seconds: dict[str, float] = {}
-    output = Path(output)
     spec = load_spec(spec_path, methods=tuple(PRESETS))
     if options.model is not None:
         spec = spec.with_model(options.model)
     if not spec.model:
         raise SpecError(f"{spec_path}: model: no model given; set 'model:' in the spec or pass --model")
-    check_output_path(output)
+    return build_spec(spec, output, options, emit_ir=emit_ir, clock=clock)
+
+
+def build_spec(
+    spec: Spec,
+    output: str | os.PathLike,
+    options: BuildOptions = BuildOptions(),
+    *,
+    emit_ir: Callable[[str], None] = lambda text: None,
+    model=None,
+    extra_metadata: tuple[tuple[str, str], ...] = (),
+    clock: float | None = None,
+) -> BuildResult:
+    """Build a checked spec; ``model`` replaces opening ``spec.model`` (compose passes a model that
+    replays recorded encodings), ``extra_metadata`` adds ``erasec.*`` keys to the manifest."""
+    from .model import open_model  # torch and transformers load here, not at CLI start-up
+
+    clock = time.perf_counter() if clock is None else clock
+    seconds: dict[str, float] = {}
+    output = Path(output)
+    if spec.output.format != "checkpoint":  # a merged folder's output is a folder: the backend checks it
+        check_output_path(output)
     preset = PRESETS[spec.method]
     pipeline = Pipeline.parse(pipeline_text(spec), _ir_callback(options, emit_ir))
 
-    model = SD1Model.open(spec.model)
+    model = open_model(spec.model, allow_pickle=options.allow_pickle) if model is None else model
+    if spec.output.link:
+        model = RecordingModel(model)
     base_weights = model.kv_weights()
     seconds["load"] = time.perf_counter() - clock
 
@@ -148,33 +175,11 @@ def build(
     seconds["evaluate"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    rank_option = None if spec.output.rank == "auto" else int(spec.output.rank)
-    tensors, rank = build_kohya(
-        program.solution, program.target, base_weights, KohyaOptions(dtype=spec.output.dtype, rank=rank_option)
-    )
-    touched = {site.weight_name: base_weights[site.module_path] for site in program.target.sites}
-    manifest = Manifest(
-        name=spec.name,
-        version=spec.version,
-        compiler=erasec_version(),
-        family=program.target.family,
-        model=spec.model,
-        spec_json=spec.canonical_json(),
-        pipeline=str(pipeline),
-        rank=rank,
-        spaces=tuple(
-            {
-                "space": s.space,
-                "form": s.form,
-                "rank": s.rank,
-                "layers": sorted(site.module_path for site in program.target.space(s.space).sites),
-                "condition": float(f"{s.report.condition:.3g}"),
-            }
-            for s in program.solution.spaces
-        ),
-        report=scores.as_dict(),
-    )
-    size = write_patch(output, tensors, manifest.metadata(touched))
+    if spec.output.format == "checkpoint":
+        size = _write_merged(program, model, base_weights, output)
+        rank = max(s.rank for s in program.solution.spaces)
+    else:
+        size, rank = _write_lora(spec, pipeline, program, model, scores, base_weights, output, extra_metadata)
     seconds["emit"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - clock
 
@@ -197,4 +202,55 @@ def build(
         seconds=seconds,
         scores=scores,
         condition=max(s.report.condition for s in program.solution.spaces),
+        format=spec.output.format,
     )
+
+
+def _write_merged(program: EditProgram, model, base_weights, output: Path) -> int:
+    """``output.format: checkpoint``: the base model in its own layout with W0 + ΔW (backends/checkpoint.py)."""
+    source = CheckpointSource(
+        layout=model.layout, root=model.path, weights_file=model.unet_weights_file, weight_name=model.weight_name
+    )
+    return write_checkpoint(program.solution, program.target, base_weights, source, output)
+
+
+def _write_lora(spec: Spec, pipeline, program: EditProgram, model, scores, base_weights, output, extra_metadata):
+    """kohya or PEFT LoRA tensors plus the manifest, written atomically; (size, rank)."""
+    rank_option = None if spec.output.rank == "auto" else int(spec.output.rank)
+    format_metadata: dict[str, str] = {}
+    if spec.output.format == "peft":
+        tensors, rank, format_metadata = build_peft(
+            program.solution, program.target, base_weights, PeftOptions(dtype=spec.output.dtype, rank=rank_option)
+        )
+    else:
+        tensors, rank = build_kohya(
+            program.solution, program.target, base_weights, KohyaOptions(dtype=spec.output.dtype, rank=rank_option)
+        )
+    touched = {site.weight_name: base_weights[site.module_path] for site in program.target.sites}
+    manifest = Manifest(
+        name=spec.name,
+        version=spec.version,
+        compiler=erasec_version(),
+        family=program.target.family,
+        model=spec.model,
+        spec_json=spec.canonical_json(),
+        pipeline=str(pipeline),
+        rank=rank,
+        spaces=tuple(
+            {
+                "space": s.space,
+                "form": s.form,
+                "rank": s.rank,
+                "layers": sorted(site.module_path for site in program.target.space(s.space).sites),
+                "condition": float(f"{s.report.condition:.3g}"),
+            }
+            for s in program.solution.spaces
+        ),
+        report=scores.as_dict(),
+        base_dtype=storage_dtype(model),
+        text_encoder=model_text_encoder_pin(model),
+        shared=encode_shared(program.solution),
+        link=encode_encodings(model.encodings) if spec.output.link else None,
+        extra=extra_metadata,
+    )
+    return write_patch(output, tensors, {**manifest.metadata(touched), **format_metadata}), rank

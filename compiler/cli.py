@@ -45,10 +45,14 @@ def _size(n: int) -> str:
     return str(n)
 
 
+_FORMAT_NAMES = {"kohya": "kohya LoRA", "peft": "PEFT/diffusers LoRA", "checkpoint": "merged checkpoint"}
+
+
 def _summary(result) -> str:
     seconds = result.seconds
     lines = [
-        f"built {result.output} ({_size(result.size_bytes)}, kohya LoRA, {result.dtype})",
+        f"built {result.output} ({_size(result.size_bytes)}, {_FORMAT_NAMES.get(result.format, result.format)}, "
+        f"{result.dtype})",
         f"  model    {result.model} ({result.family})",
         f"  method   {result.method}   pipeline {result.pipeline}",
         f"  rows     {result.erase_rows} erase, {result.preserve_rows} preserve, {result.hard_rows} hard"
@@ -89,13 +93,18 @@ def cli() -> None:
     "--print-ir-after", default=None, help="print the IR to stderr after these passes (comma list, or 'all')"
 )
 @click.option("--verify-each", is_flag=True, help="verify the IR after every pass")
-def build(spec, output, model, as_json, print_ir_after, verify_each) -> None:
+@click.option(
+    "--allow-pickle", is_flag=True, help="open a .ckpt/.pt model (read with torch.load(weights_only=True))"
+)
+def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickle) -> None:
     """Compile SPEC into a LoRA patch."""
     from .build import BuildOptions, build as run_build
 
     _quiet_libraries()
     wanted = tuple(p.strip() for p in print_ir_after.split(",")) if print_ir_after else ()
-    options = BuildOptions(model=model, print_ir_after=wanted, verify_each=verify_each)
+    options = BuildOptions(
+        model=model, print_ir_after=wanted, verify_each=verify_each, allow_pickle=allow_pickle
+    )
     try:
         result = run_build(spec, output, options, emit_ir=lambda text: click.echo(text, err=True))
     except ErasecError as error:
@@ -130,6 +139,157 @@ def passes() -> None:
         click.echo(doc)
         for option, kind, default in cls.option_help():
             click.echo(f"    {option}: {kind} = {default}")
+
+
+@cli.command("export-single-file")
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="the .safetensors file to write")
+def export_single_file(model, output) -> None:
+    """Write MODEL (builtin:NAME or a diffusers folder) as one LDM/SGM single-file checkpoint."""
+    from pathlib import Path
+
+    from .builtin import builtin_model_path, write_single_file
+
+    _quiet_libraries()
+    try:
+        folder = builtin_model_path(model.removeprefix("builtin:")) if model.startswith("builtin:") else Path(model)
+        if not (folder / "model_index.json").is_file():
+            from .errors import ModelError
+
+            raise ModelError(f"{model}: not a diffusers folder (no model_index.json); give builtin:NAME or a folder")
+        size = write_single_file(folder, Path(output))
+    except ErasecError as error:
+        _fail(error)
+    click.echo(f"wrote {output} ({_size(size)}, single-file checkpoint of {model})")
+
+
+# --- patches as artifacts (docs/patch-format.md) --------------------------------------------------
+
+EXIT_CHECK_FAILED = 1
+
+
+def _emit(data: dict, as_json: bool, text: str | None) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) if as_json else text)
+
+
+def _run_patch_command(action):
+    """Run ``action()``; a user-fixable ``ErasecError`` is one line on stderr and exit 2."""
+    _quiet_libraries()
+    try:
+        return action()
+    except ErasecError as error:
+        _fail(error)
+
+
+def _json_option(function):
+    return click.option("--json", "as_json", is_flag=True, help="print the result as JSON")(function)
+
+
+@cli.command()
+@click.argument("patch")
+@_json_option
+def inspect(patch, as_json) -> None:
+    """What PATCH erases and keeps, its base pin, rank, layers, size and version."""
+    from erasec.patches.inspect import describe, render
+    from erasec.patches.read import read_patch
+
+    facts = _run_patch_command(lambda: describe(read_patch(patch)))
+    _emit(facts, as_json, None if as_json else render(facts))
+
+
+@cli.command()
+@click.argument("patch")
+@click.option("--model", required=True, help="model folder, single file or builtin:NAME")
+@_json_option
+def verify(patch, model, as_json) -> None:
+    """Check that PATCH is intact and belongs to MODEL; exit 1 with the reason when not."""
+    from .patch_verify import verify_patch
+
+    result = _run_patch_command(lambda: verify_patch(patch, model))
+    lines = [f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']:<9} {c['detail']}" for c in result["checks"]]
+    lines.append(f"{patch}: {'verified against ' + model if result['ok'] else 'does NOT verify: ' + result['reason']}")
+    _emit(result, as_json, "\n".join(lines))
+    if not result["ok"]:
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+@cli.command()
+@click.argument("patch")
+@click.option("--model", required=True, help="model folder, single file or builtin:NAME")
+@click.option("-o", "--output", required=True, type=click.Path(), help="the merged model to write (new path)")
+@click.option("--scale", default=1.0, type=float, show_default=True, help="W0 + scale·ΔW; -1 undoes a merge")
+@click.option("--force", is_flag=True, help="merge even if the model does not match the patch's base pin")
+@_json_option
+def apply(patch, model, output, scale, force, as_json) -> None:
+    """Merge PATCH into MODEL: a checkpoint in the model's own layout."""
+    from .patch_apply import apply_patch
+
+    result = _run_patch_command(lambda: apply_patch(patch, model, output, scale=scale, force=force))
+    text = f"wrote {output} ({result['layout']}, {result['tensors_changed']} tensors = W0 + {scale:g}·ΔW)"
+    _emit(result, as_json, text)
+
+
+@cli.command()
+@click.argument("patches", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(), help="the composed patch to write")
+@click.option("--model", default=None, help="the base model (default: where the first patch was built)")
+@click.option("--name", default=None, help="the composed patch's name (default: the first patch's)")
+@click.option("--version", "version_", default=None, help="its version (default: the first patch's)")
+@_json_option
+def compose(patches, output, model, name, version_, as_json) -> None:
+    """Link PATCHES of one base into one patch by solving the union of their specs jointly."""
+    from .patch_compose import compose_patches
+
+    result = _run_patch_command(
+        lambda: compose_patches(list(patches), output, model=model, name=name, version=version_)
+    )
+    _emit(result.as_dict(), as_json, None if as_json else _summary(result))
+
+
+@cli.command()
+@click.argument("old")
+@click.argument("new")
+@_json_option
+def diff(old, new, as_json) -> None:
+    """What changed from patch OLD to patch NEW, and whether NEW's version bump says so."""
+    from erasec.patches.diff import diff_patches, render
+    from erasec.patches.read import read_patch
+
+    result = _run_patch_command(lambda: diff_patches(read_patch(old), read_patch(new)))
+    _emit(result, as_json, None if as_json else render(result))
+
+
+@cli.command()
+@click.argument("patch")
+@click.option("--to", "folder", required=True, type=click.Path(file_okay=False), help="the hub folder")
+@click.option("--base-model", default=None, help="the base's hub id for the card's base_model (e.g. org/name)")
+@click.option("--license", "license_id", default=None, help="card license (default: as before, else creativeml-openrail-m)")
+@_json_option
+def publish(patch, folder, base_model, license_id, as_json) -> None:
+    """Add PATCH to a hub-ready folder: versioned file, manifest.json and a README.md model card."""
+    from pathlib import Path
+
+    from erasec.patches.publish import publish as run_publish
+    from erasec.patches.read import read_patch
+
+    result = _run_patch_command(
+        lambda: run_publish(read_patch(patch), Path(folder), base_model=base_model, license_id=license_id)
+    )
+    text = f"{result['status']} {result['folder']}/{result['file']} (latest {result['latest']})"
+    _emit(result, as_json, text)
+
+
+@cli.command()
+@click.argument("patch")
+@click.option("--model", required=True, help="the other model (same text encoder)")
+@click.option("-o", "--output", required=True, type=click.Path(), help="the retargeted patch to write")
+@_json_option
+def retarget(patch, model, output, as_json) -> None:
+    """Re-lower a shared-form PATCH exactly onto another model with the same text encoder."""
+    from .patch_compose import retarget_patch
+
+    result = _run_patch_command(lambda: retarget_patch(patch, model, output))
+    _emit(result, as_json, f"wrote {output} ({result['layers']} layers, rank {result['rank']}, for {model})")
 
 
 def main() -> None:

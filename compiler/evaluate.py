@@ -60,7 +60,7 @@ def score(program: EditProgram, solution: Solution, base_weights: Mapping[str, n
         base = np.zeros(space.preserve.count)
         for site in sites:
             w0 = np.asarray(base_weights[site.module_path], dtype=np.float64)
-            delta = sol.delta(site.module_path, w0)
+            delta = sol.delta(site.module_path, w0) if sol.edits(site.role) else np.zeros_like(w0)
             if erase.guides is not None:
                 gap = (erase.keys - erase.guides) @ w0.T
             else:

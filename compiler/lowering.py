@@ -9,6 +9,15 @@ Row selection follows the method (research/methods.md §1.2, §1.3, §10 items 1
   indices and ``f = max(i, j)``, rows ``E_old[i : 77 − (f − i)]`` pair with ``E_new[j : 77 − (f − j)]``
   position by position (padding included); every retain prompt contributes all 77 rows, the empty
   prompt is always retained, and the preserve weight is ``max(0.1, 1/|retain|)``.
+* ``time_aligned`` (TIME, research/methods.md §2): all 77 rows of the prompt, each mapped to the
+  guide's row of the same token — walking the prompt's tokens, the guide pointer advances to the
+  next equal token id (an unmatched token keeps the pointer's position); rows after the prompt's EoT
+  follow the guide's consecutively, clipped at 76. (TIME also maps "an" to "a"; not done here.)
+
+Erase weights are ``erase_scale × strength``, divided by the number of erase prompts when the
+method averages its targets (SPEED's ``S_tt``, ``S_at`` are means). The lowering also records,
+per key space, ``G = Σ_l W0_lᵀ W0_l`` over the edited sites (the metric of the adversarial and
+compress passes), the edited roles, and each request's phrases (concept and synonyms).
 
 Prompts for an erase entry: the concept and its synonyms, then each template applied to each of
 them; a template's guide is the same template applied to the anchor (as the reference's
@@ -69,6 +78,30 @@ def retain_prompts(spec: Spec, preset: Preset) -> list[str]:
     return prompts
 
 
+def time_alignment(source: list[int], guide: list[int], length: int = 77) -> list[int]:
+    """For each of the ``length`` source positions, the guide position whose row is its target."""
+    mapping, pointer = [], 0
+    for token in source:
+        found = next((x for x in range(pointer, len(guide)) if guide[x] == token), None)
+        if found is None:
+            found = min(pointer, len(guide) - 1)
+        mapping.append(found)
+        pointer = found + 1
+    last = mapping[-1]
+    mapping.extend(min(last + step, length - 1) for step in range(1, length - len(source) + 1))
+    return mapping[:length]
+
+
+def site_gram(space, weights, roles) -> np.ndarray:
+    """``Σ_l W0_lᵀ W0_l`` (d, d) over the space's sites whose role is edited."""
+    gram = np.zeros((space.dim, space.dim))
+    for site in space.sites:
+        if site.role in roles:
+            w0 = np.asarray(weights[site.module_path], dtype=np.float64)
+            gram += w0.T @ w0
+    return (gram + gram.T) * 0.5
+
+
 class Lowering:
     """Turns prompts into rows with one model; caches encodings within one build."""
 
@@ -80,9 +113,9 @@ class Lowering:
         rows = self.model.encode(distinct, padded=padded)
         return dict(zip(distinct, rows))
 
-    def _last(self, prompts: list[str]) -> dict[str, int]:
+    def _ids(self, prompts: list[str]) -> dict[str, list[int]]:
         distinct = sorted(set(prompts))
-        return {p: len(ids) - 2 for p, ids in zip(distinct, self.model.tokenize(distinct))}
+        return dict(zip(distinct, self.model.tokenize(distinct)))
 
     def lower(self, spec: Spec, preset: Preset) -> EditProgram:
         settings = resolve_settings(spec, preset)
@@ -90,8 +123,9 @@ class Lowering:
         pairs = erase_pairs(spec, preset)
         retain = retain_prompts(spec, preset)
         texts = [p for _, p, _, _ in pairs] + [g for _, _, g, _ in pairs] + retain
-        last = self._last(texts)
-        padded = preset.rows == "legacy_span"
+        ids = self._ids(texts)
+        last = {prompt: len(tokens) - 2 for prompt, tokens in ids.items()}
+        padded = preset.rows != "last_token"
         encoded = self._encode(texts + [""], padded)
         if not padded:
             # the empty prompt's 77 rows are the unconditional branch's input: always padded
@@ -100,22 +134,27 @@ class Lowering:
             encoded_empty = encoded[""]
 
         keys, guides, weights, provenance = [], [], [], []
+        share = 1.0 / len(pairs) if preset.erase_weighting == "mean" else 1.0
         for request, prompt, guide, strength in pairs:
-            weight = settings.erase_scale * strength
-            if padded:
+            weight = settings.erase_scale * strength * share
+            if preset.rows == "legacy_span":
                 i, j = last[prompt], last[guide]
                 f = max(i, j)
                 old = encoded[prompt][i : 77 - (f - i)]
                 new = encoded[guide][j : 77 - (f - j)]
-                keys.append(old)
-                guides.append(new)
-                weights.extend([weight] * old.shape[0])
-                provenance.extend(Provenance(request=request, prompt=prompt, token=i + t) for t in range(old.shape[0]))
+                tokens = range(i, i + old.shape[0])
+            elif preset.rows == "time_aligned":
+                old = encoded[prompt]
+                new = encoded[guide][time_alignment(ids[prompt], ids[guide], old.shape[0])]
+                tokens = range(old.shape[0])
             else:
-                keys.append(encoded[prompt][last[prompt]][None])
-                guides.append(encoded[guide][last[guide]][None])
-                weights.append(weight)
-                provenance.append(Provenance(request=request, prompt=prompt, token=last[prompt]))
+                old = encoded[prompt][last[prompt]][None]
+                new = encoded[guide][last[guide]][None]
+                tokens = range(last[prompt], last[prompt] + 1)
+            keys.append(old)
+            guides.append(new)
+            weights.extend([weight] * old.shape[0])
+            provenance.extend(Provenance(request=request, prompt=prompt, token=t) for t in tokens)
         erase = EraseRows(
             keys=np.concatenate(keys),
             guides=np.concatenate(guides),
@@ -150,9 +189,12 @@ class Lowering:
             preserve=preserve,
             hard=empty_hard(space.dim),
             invariant_rows=invariant_rows,
+            site_gram=site_gram(space, self.model.kv_weights(), preset.roles),
+            roles=preset.roles,
         )
         return EditProgram(
             target=self.model.target,
             requests=tuple(entry.concept for entry in spec.erase),
             spaces=(program_space,),
+            phrases=tuple((entry.concept, *entry.synonyms) for entry in spec.erase),
         )

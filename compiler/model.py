@@ -1,10 +1,28 @@
-"""The SD1.x model frontend: a diffusers folder (or ``builtin:NAME``) as a target, weights and key rows.
+"""The model frontend: SD1.x, SD2.x and SDXL, as diffusers folders or single-file checkpoints.
 
-Opening a model reads only what the compiler needs: the UNet safetensors header (site names and
-shapes) and the text encoder's config. The cross-attention ``to_k``/``to_v`` tensors are read on
-request through ``safe_open``; the UNet itself is never built. The text encoder is loaded on the
-first ``encode`` call. Key rows follow the StableDiffusionPipeline convention (DESIGN.md §4,
-research/methods.md §0.3): CLIP's final hidden state, after the final layer norm, no attention mask.
+``open_model(location)`` reads only what the compiler needs: the safetensors header (site names and
+shapes) and the text encoders' configs or shapes. The cross-attention ``to_k``/``to_v`` tensors are
+read on request by name; the UNet is never built. Text encoders load on the first ``encode``.
+
+Families (DESIGN.md §8, research/methods.md §7), detected from the files:
+
+* ``sd1``: CLIP-L final hidden state (after the final layer norm), d=768, 16 attn2 layers;
+* ``sd2``: OpenCLIP-H as diffusers converts it (the penultimate block's output through the final
+  layer norm, which is ``last_hidden_state`` of the 23-layer encoder), d=1024, 16 attn2 layers; its
+  tokenizer pads with ``!`` (id 0), not EoT, so padded rows differ from SD1's;
+* ``sdxl``: ``concat(text_encoder.hidden_states[-2], text_encoder_2.hidden_states[-2])`` — both
+  penultimate, no final layer norm — d=2048, 70 attn2 layers; ``tokenizer_2`` pads with ``!``.
+
+A folder is SDXL when it has ``text_encoder_2/``; otherwise SD2 when its text encoder uses ``gelu``
+(OpenCLIP) and SD1 when it uses ``quick_gelu`` (OpenAI CLIP). A single file is recognised by its text
+encoder prefixes (research/ecosystem.md §3.1). A single file's text encoder config is inferred from
+its shapes — CLIP head width 64 (CLIP-L 12×64, OpenCLIP-H 16×64, bigG 20×64), ``quick_gelu`` for the
+HF-layout CLIP-L, ``gelu`` for OpenCLIP — unless its header carries ``erasec.text_encoders`` (written
+by ``erasec export-single-file`` for a model the rule does not describe). Tokenizers come from the
+folder, or for a single file from the CLIP vocabulary shipped with erasec: never from a hub.
+
+``.ckpt``/``.pt`` pickles can run code when unpickled: refused unless ``allow_pickle``, and then
+read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -12,25 +30,45 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from erasec.ir import KeySpace, LinearSite, ModelTarget
+from erasec.ir import KeySpace, LinearSite, ModelTarget, VerifyError
+from erasec.ir.naming import LDM_UNET_PREFIX, checkpoint_weight_name, diffusers_module_path
 
-from .builtin import builtin_model_path
+from . import layout as layouts
+from .builtin import TEXT_CONFIG_METADATA, builtin_model_path, cached
 from .errors import ModelError
-from .tokenizer import MODEL_MAX_LENGTH, load_clip_tokenizer
+from .tokenizer import EOS_TOKEN, MODEL_MAX_LENGTH, OPEN_CLIP_PAD_TOKEN, load_clip_tokenizer, write_clip_tokenizer
 
 logger = logging.getLogger(__name__)
+
+Layout = Literal["diffusers", "single-file"]
+HiddenState = Literal["last", "penultimate"]
 
 _UNET_FILE = "diffusion_pytorch_model.safetensors"
 _KV_WEIGHT = re.compile(r"^(?P<path>.+\.attn2\.to_(?P<role>[kv]))\.weight$")
 _BLOCK_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
 _ENCODE_CHUNK = 32
+_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_CLIP_HEAD_WIDTH = 64
+
+# family -> (key space name, ((component, hidden state, tokenizer pad token), ...))
+FAMILIES: dict[str, tuple[str, tuple[tuple[str, HiddenState, str], ...]]] = {
+    "sd1": ("clip-l", (("text_encoder", "last", EOS_TOKEN),)),
+    "sd2": ("open-clip-h", (("text_encoder", "last", OPEN_CLIP_PAD_TOKEN),)),
+    "sdxl": (
+        "clip-l+bigg",
+        (("text_encoder", "penultimate", EOS_TOKEN), ("text_encoder_2", "penultimate", OPEN_CLIP_PAD_TOKEN)),
+    ),
+}
+_TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+_PAD_NAMES = {EOS_TOKEN: "eot", OPEN_CLIP_PAD_TOKEN: "bang"}
 
 
 def _site_order(module_path: str) -> tuple:
@@ -46,161 +84,336 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _check_layout(path: Path, location: str) -> None:
-    if not path.exists():
-        raise ModelError(f"{location}: no such folder; give a diffusers Stable Diffusion 1.x folder or builtin:NAME")
-    if not path.is_dir():
-        raise ModelError(
-            f"{location}: not a folder; single-file checkpoints are not supported yet, give a diffusers model folder"
-        )
-    for component in ("unet", "text_encoder", "tokenizer"):
-        if not (path / component).is_dir():
-            raise ModelError(
-                f"{location}: no {component}/ folder; expected a diffusers Stable Diffusion 1.x folder "
-                "with unet/, text_encoder/ and tokenizer/"
-            )
-    if (path / "text_encoder_2").is_dir():
-        raise ModelError(f"{location}: has text_encoder_2/, an SDXL layout; only Stable Diffusion 1.x is supported")
-    unet_file = path / "unet" / _UNET_FILE
-    if not unet_file.is_file():
-        raise ModelError(
-            f"{unet_file}: no such file; erasec reads only safetensors (.bin pickles are not read), "
-            "re-save the UNet with safe_serialization=True"
-        )
-    tokenizer = path / "tokenizer"
-    has_pair = (tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file()
-    if not has_pair and not (tokenizer / "tokenizer.json").is_file():
-        raise ModelError(f"{tokenizer}: no tokenizer files; expected vocab.json and merges.txt, or tokenizer.json")
+def _unreadable(path: Path, error: BaseException) -> ModelError:
+    return ModelError(f"{path}: not a readable safetensors file ({_first_line(error)}); re-download or re-save it")
 
 
-def _text_hidden_size(config_file: Path) -> int:
+# --- text encoder configs ---------------------------------------------------------------------------
+
+
+def infer_clip_config(shapes: Mapping[str, tuple], *, open_clip: bool) -> dict[str, object]:
+    """A ``CLIPTextConfig`` dict from HF-layout tensor shapes (no ``text_model.`` prefix)."""
+    vocab, hidden = shapes["embeddings.token_embedding.weight"]
+    layers = 1 + max(int(key.split(".")[2]) for key in shapes if key.startswith("encoder.layers."))
+    config = {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": shapes["encoder.layers.0.mlp.fc1.weight"][0],
+        "num_hidden_layers": layers,
+        "num_attention_heads": max(1, hidden // _CLIP_HEAD_WIDTH),
+        "max_position_embeddings": shapes["embeddings.position_embedding.weight"][0],
+        "hidden_act": "gelu" if open_clip else "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+    }
+    if "text_projection.weight" in shapes:
+        config["projection_dim"] = shapes["text_projection.weight"][0]
+    return config
+
+
+def clip_config_overrides(config: Mapping[str, object], shapes: Mapping[str, tuple], *, open_clip: bool) -> dict:
+    """The fields of ``config`` that ``infer_clip_config`` would get wrong (what a single file must carry)."""
+    inferred = infer_clip_config(shapes, open_clip=open_clip)
+    compared = [k for k in inferred if k not in ("bos_token_id", "eos_token_id")]
+    return {key: config[key] for key in compared if key in config and config[key] != inferred[key]}
+
+
+# --- tensor sources ---------------------------------------------------------------------------------
+
+
+class _TensorFile:
+    """Named tensors of one file, read lazily (safetensors) or once (an allowed pickle)."""
+
+    def __init__(self, path: Path, *, pickled: bool) -> None:
+        self.path = path
+        self.pickled = pickled
+        self._state: dict | None = None
+        if pickled:
+            self._state = _load_pickle(path)
+            self.metadata: dict[str, str] = {}
+            self.shapes = {k: tuple(v.shape) for k, v in self._state.items()}
+        else:
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    self.metadata = dict(handle.metadata() or {})
+                    self.shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+            except (SafetensorError, OSError) as error:
+                raise _unreadable(path, error) from error
+
+    def tensors(self, names: Sequence[str]) -> dict[str, object]:
+        if self._state is not None:
+            return {name: self._state[name] for name in names}
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                return {name: handle.get_tensor(name) for name in names}
+        except (SafetensorError, OSError) as error:
+            raise _unreadable(self.path, error) from error
+
+
+def _load_pickle(path: Path) -> dict:
+    import pickle
+
+    import torch
+
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as error:
+        raise ModelError(
+            f"{path}: cannot load this pickle with weights_only=True ({_first_line(error)}); "
+            "convert it to .safetensors with the tool that made it"
+        ) from error
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise ModelError(f"{path}: the pickle holds a {type(loaded).__name__}, not a state dict of tensors")
+    return {k: v for k, v in loaded.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+# --- layouts ----------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelError(f"{config_file}: no such file; the text encoder needs its config.json") from None
+        raise ModelError(f"{path}: no such file; the component needs its config.json") from None
     except (OSError, ValueError) as error:
-        raise ModelError(f"{config_file}: unreadable ({_first_line(error)})") from error
-    hidden = config.get("hidden_size") if isinstance(config, dict) else None
+        raise ModelError(f"{path}: unreadable ({_first_line(error)})") from error
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    return data
+
+
+def _text_hidden_size(config: dict, config_file: Path) -> int:
+    hidden = config.get("hidden_size")
     if not isinstance(hidden, int) or hidden <= 0:
         raise ModelError(f"{config_file}: hidden_size is {hidden!r}, not a positive integer; not a CLIP text config")
     return hidden
 
 
-def _read_sites(unet_file: Path, dim: int) -> tuple[LinearSite, ...]:
-    """The attn2 to_k/to_v sites, from the safetensors header only."""
-    try:
-        with safe_open(str(unet_file), framework="pt") as handle:
-            shapes = {name: handle.get_slice(name).get_shape() for name in handle.keys() if _KV_WEIGHT.match(name)}
-    except (SafetensorError, OSError) as error:
+def _folder_family(path: Path, location: str) -> str:
+    for component in ("unet", "text_encoder", "tokenizer"):
+        if not (path / component).is_dir():
+            raise ModelError(
+                f"{location}: no {component}/ folder; expected a diffusers Stable Diffusion folder "
+                "with unet/, text_encoder/ and tokenizer/ (or a single-file checkpoint)"
+            )
+    if (path / "text_encoder_2").is_dir():
+        if not (path / "tokenizer_2").is_dir():
+            raise ModelError(f"{location}: has text_encoder_2/ but no tokenizer_2/; an incomplete SDXL folder")
+        return "sdxl"
+    config_file = path / "text_encoder" / "config.json"
+    act = _read_json(config_file).get("hidden_act")
+    if act == "gelu":
+        return "sd2"
+    if act == "quick_gelu":
+        return "sd1"
+    raise ModelError(
+        f"{config_file}: hidden_act {act!r} is neither quick_gelu (SD1's CLIP-L) nor gelu (SD2's OpenCLIP-H); "
+        "unknown architecture"
+    )
+
+
+def _single_file_family(keys: set[str], location: str) -> str:
+    if "conditioner.embedders.1.model.token_embedding.weight" in keys:
+        return "sdxl"
+    if "cond_stage_model.model.token_embedding.weight" in keys:
+        return "sd2"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return "sd1"
+    if any(k.startswith(LDM_UNET_PREFIX) for k in keys):
         raise ModelError(
-            f"{unet_file}: not a readable safetensors file ({_first_line(error)}); re-download or re-save it"
-        ) from error
-    if not shapes:
-        raise ModelError(f"{unet_file}: no attn2.to_k/attn2.to_v weights; not a Stable Diffusion UNet")
+            f"{location}: unknown architecture: a UNet but no SD1 (cond_stage_model.transformer), SD2 "
+            "(cond_stage_model.model) or SDXL base (conditioner.embedders.0/1) text encoder"
+        )
+    raise ModelError(
+        f"{location}: unknown architecture: no model.diffusion_model.* tensors; not a Stable Diffusion checkpoint"
+    )
+
+
+def _sites(shapes: Mapping[str, tuple], dim: int, where: Path, to_diffusers) -> tuple[LinearSite, ...]:
     sites = []
     for name, shape in shapes.items():
         match = _KV_WEIGHT.match(name)
+        if match is None:
+            continue
         if len(shape) != 2:
-            raise ModelError(f"{unet_file}: {name} has shape {tuple(shape)}, expected a 2-D Linear weight")
+            raise ModelError(f"{where}: {name} has shape {tuple(shape)}, expected a 2-D Linear weight")
         if shape[1] != dim:
             raise ModelError(
-                f"{unet_file}: {name} reads {shape[1]} features but the text encoder's hidden size is {dim}; "
+                f"{where}: {name} reads {shape[1]} features but the text encoders give {dim}; "
                 "the UNet and text encoder do not belong together"
             )
         sites.append(
-            LinearSite(module_path=match["path"], out_features=shape[0], in_features=shape[1], role=match["role"])
+            LinearSite(module_path=to_diffusers(match["path"]), out_features=shape[0], in_features=shape[1],
+                       role=match["role"])
         )
+    if not sites:
+        raise ModelError(f"{where}: no attn2.to_k/attn2.to_v weights; not a Stable Diffusion UNet")
     return tuple(sorted(sites, key=lambda site: _site_order(site.module_path)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
-class SD1Model:
-    """An opened SD1.x model. Build it with ``SD1Model.open``; the heavy parts load on demand."""
+class SDModel:
+    """An opened SD1.x/SD2.x/SDXL model. Build it with ``open_model``; heavy parts load on demand."""
 
     location: str
     path: Path
+    layout: Layout
     target: ModelTarget
-    unet_weights_file: Path
+    unet_weights_file: Path  # the file holding the K/V tensors (the single file itself for that layout)
+    _file: _TensorFile
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
-    def open(cls, location: str, *, cache_dir: Path | None = None) -> SD1Model:
-        if location.startswith("builtin:"):
-            path = builtin_model_path(location.removeprefix("builtin:"), cache_dir)
-        else:
-            path = Path(location).expanduser()
-        _check_layout(path, location)
-        dim = _text_hidden_size(path / "text_encoder" / "config.json")
-        unet_file = path / "unet" / _UNET_FILE
-        sites = _read_sites(unet_file, dim)
-        space = KeySpace(name="clip-l", dim=dim, encoder="text_encoder", sites=sites)
-        target = ModelTarget(family="sd1", name=location, spaces=(space,))
-        logger.debug("opened %s: %d sites, key dim %d", location, len(sites), dim)
-        return cls(location=location, path=path, target=target, unet_weights_file=unet_file)
+    def open(cls, location: str, *, cache_dir: Path | None = None, allow_pickle: bool = False) -> SDModel:
+        return open_model(location, cache_dir=cache_dir, allow_pickle=allow_pickle)
+
+    @property
+    def family(self) -> str:
+        return self.target.family
+
+    @property
+    def encoders(self) -> tuple[tuple[str, HiddenState, str], ...]:
+        return FAMILIES[self.family][1]
+
+    def weight_name(self, site: LinearSite) -> str:
+        """The K/V tensor's name in ``unet_weights_file``."""
+        return checkpoint_weight_name(site, self.layout)
 
     def kv_weights(self) -> dict[str, np.ndarray]:
         """module_path -> read-only float32 (out, in) weight; half-precision files are upcast."""
         if "kv" not in self._cache:
             import torch
 
+            sites = self.target.sites
+            tensors = self._file.tensors([self.weight_name(site) for site in sites])
             weights = {}
-            try:
-                with safe_open(str(self.unet_weights_file), framework="pt") as handle:
-                    for site in self.target.sites:
-                        array = handle.get_tensor(site.weight_name).to(torch.float32).numpy()
-                        array.flags.writeable = False
-                        weights[site.module_path] = array
-            except (SafetensorError, OSError) as error:
-                raise ModelError(
-                    f"{self.unet_weights_file}: not a readable safetensors file ({_first_line(error)}); "
-                    "re-download or re-save it"
-                ) from error
+            for site in sites:
+                array = tensors[self.weight_name(site)].to(torch.float32).numpy()
+                array.flags.writeable = False
+                weights[site.module_path] = array
             self._cache["kv"] = weights
         return dict(self._cache["kv"])
 
-    def _tokenizer(self):
-        if "tokenizer" not in self._cache:
-            self._cache["tokenizer"] = load_clip_tokenizer(self.path / "tokenizer")
-        return self._cache["tokenizer"]
+    # --- text ---------------------------------------------------------------------------------------
 
-    def _text_encoder(self):
-        if "text_encoder" not in self._cache:
-            import torch
-            from transformers import CLIPTextModel
+    def _tokenizer(self, component: str = "text_encoder"):
+        key = f"tokenizer:{component}"
+        if key not in self._cache:
+            if self.layout == "diffusers":
+                folder = self.path / _TOKENIZER_OF[component]
+            else:
+                pad = dict((c, p) for c, _, p in self.encoders)[component]
+                folder = cached(
+                    "tokenizers",
+                    f"clip-pad-{_PAD_NAMES[pad]}-v1",
+                    lambda path: write_clip_tokenizer(path, pad_token=pad),
+                    self._cache.get("cache_dir"),
+                    folder=True,
+                )
+            self._cache[key] = load_clip_tokenizer(folder)
+        return self._cache[key]
 
-            folder = self.path / "text_encoder"
+    def _text_encoder(self, component: str):
+        key = f"encoder:{component}"
+        if key not in self._cache:
+            self._cache[key] = (
+                self._folder_encoder(component) if self.layout == "diffusers" else self._file_encoder(component)
+            ).eval()
+        return self._cache[key]
+
+    def _folder_encoder(self, component: str):
+        import torch
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
+        folder = self.path / component
+        try:
+            return cls.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+        except (OSError, ValueError) as error:
+            raise ModelError(f"{folder}: cannot load the CLIP text encoder ({_first_line(error)})") from error
+
+    def _file_encoder(self, component: str):
+        import torch
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+        family = self.family
+        open_clip = family == "sd2" or component == "text_encoder_2"
+        if open_clip:
+            prefix = layouts.OPEN_CLIP_PREFIXES[family]
+            names = [k for k in self._file.shapes if k.startswith(prefix)]
+            raw = {k.removeprefix(prefix): v for k, v in self._file.tensors(names).items()}
             try:
-                encoder = CLIPTextModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
-            except (OSError, ValueError) as error:
-                raise ModelError(f"{folder}: cannot load the CLIP text encoder ({_first_line(error)})") from error
-            self._cache["text_encoder"] = encoder.eval()
-        return self._cache["text_encoder"]
+                state = layouts.open_clip_to_clip(raw, drop_last_block=family == "sd2")
+            except KeyError as error:
+                raise ModelError(f"{self.path}: the OpenCLIP text encoder lacks {prefix}{error.args[0]}") from None
+        else:
+            prefix = layouts.CLIP_PREFIXES[family][0]
+            names = [k for k in self._file.shapes if k.startswith(prefix) and not k.endswith("position_ids")]
+            state = {
+                k.removeprefix(prefix).removeprefix("text_model."): v for k, v in self._file.tensors(names).items()
+            }
+        try:
+            config = infer_clip_config({k: tuple(v.shape) for k, v in state.items()}, open_clip=open_clip)
+        except (KeyError, ValueError) as error:
+            raise ModelError(f"{self.path}: the text encoder under {prefix} is incomplete ({error})") from None
+        overrides = self._file.metadata.get(TEXT_CONFIG_METADATA)
+        if overrides:
+            config.update(json.loads(overrides).get(component, {}))
+        cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
+        if cls is CLIPTextModel:
+            state.pop("text_projection.weight", None)
+        model = cls(CLIPTextConfig(**config))
+        if any(k.startswith("text_model.") for k in model.state_dict()):
+            state = {k if k == "text_projection.weight" else f"text_model.{k}": v for k, v in state.items()}
+        missing, unexpected = model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise ModelError(
+                f"{self.path}: the text encoder under {prefix} does not match a CLIP text model "
+                f"(missing {missing[:2]}, unexpected {unexpected[:2]})"
+            )
+        return model
 
     def tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
         """CLIP ids with BOS and EoT, unpadded, truncated to 77 (EoT kept last, as the pipeline does)."""
+        return self._tokenize(prompts, "text_encoder")
+
+    def _tokenize(self, prompts: Sequence[str], component: str) -> list[list[int]]:
         if not prompts:
             return []
-        encoded = self._tokenizer()(list(prompts), truncation=True, max_length=MODEL_MAX_LENGTH)
+        encoded = self._tokenizer(component)(list(prompts), truncation=True, max_length=MODEL_MAX_LENGTH)
         return [list(ids) for ids in encoded["input_ids"]]
 
     def encode(self, prompts: Sequence[str], *, padded: bool) -> list[np.ndarray]:
-        """Read-only float64 ``last_hidden_state`` rows per prompt, in the caller's order.
+        """Read-only float64 key rows per prompt, in the caller's order (the family's key space).
 
-        ``padded=False``: rows BOS..EoT. ``padded=True``: all 77 rows of the prompt padded with the pad
-        token, as StableDiffusionPipeline encodes it. Distinct prompts are sorted (by token count,
-        then text) and run in chunks padded to their longest member; CLIP's causal mask makes each
-        row depend only on the tokens up to it, so the padding does not change the kept rows.
+        ``padded=False``: rows BOS..EoT. ``padded=True``: all 77 rows of the prompt padded with each
+        encoder's own pad token, as the diffusers pipelines encode it. Distinct prompts are sorted (by
+        token count, then text) and run in chunks padded to their longest member; CLIP's causal mask
+        makes each row depend only on the tokens up to it, so the padding does not change the kept rows.
         """
         prompts = list(prompts)
         if not prompts:
             return []
+        distinct = sorted(set(prompts))
+        parts = [self._encode_with(distinct, component, hidden, padded) for component, hidden, _ in self.encoders]
+        rows = {}
+        for prompt in distinct:
+            array = np.concatenate([part[prompt] for part in parts], axis=1)
+            array.flags.writeable = False
+            rows[prompt] = array
+        return [rows[prompt] for prompt in prompts]
+
+    def _encode_with(self, distinct: list[str], component: str, hidden: HiddenState, padded: bool) -> dict:
         import torch
 
-        distinct = sorted(set(prompts))
-        ids = dict(zip(distinct, self.tokenize(distinct)))
+        ids = dict(zip(distinct, self._tokenize(distinct, component)))
         order = sorted(distinct, key=lambda prompt: (len(ids[prompt]), prompt))
-        encoder = self._text_encoder()
-        pad_id = self._tokenizer().pad_token_id
+        encoder = self._text_encoder(component)
+        pad_id = self._tokenizer(component).pad_token_id
         rows: dict[str, np.ndarray] = {}
         with torch.inference_mode():
             for start in range(0, len(order), _ENCODE_CHUNK):
@@ -209,10 +422,101 @@ class SD1Model:
                 batch = torch.full((len(chunk), width), pad_id, dtype=torch.long)
                 for index, prompt in enumerate(chunk):
                     batch[index, : len(ids[prompt])] = torch.tensor(ids[prompt], dtype=torch.long)
-                hidden = encoder(input_ids=batch).last_hidden_state
+                output = encoder(input_ids=batch, output_hidden_states=hidden == "penultimate")
+                states = output.last_hidden_state if hidden == "last" else output.hidden_states[-2]
                 for index, prompt in enumerate(chunk):
                     count = width if padded else len(ids[prompt])
-                    array = hidden[index, :count].to(torch.float64).numpy().copy()
-                    array.flags.writeable = False
-                    rows[prompt] = array
-        return [rows[prompt] for prompt in prompts]
+                    rows[prompt] = states[index, :count].to(torch.float64).numpy().copy()
+        return rows
+
+
+SD1Model = SDModel  # the name of the SD1-only frontend this generalises
+
+
+def open_model(location: str, *, cache_dir: Path | None = None, allow_pickle: bool = False) -> SDModel:
+    """Open a diffusers folder, a single-file checkpoint or ``builtin:NAME[.safetensors]``."""
+    if location.startswith("builtin:"):
+        path = builtin_model_path(location.removeprefix("builtin:"), cache_dir)
+    else:
+        path = Path(location).expanduser()
+    if not path.exists():
+        raise ModelError(
+            f"{location}: no such file or folder; give a diffusers folder, a single-file .safetensors "
+            "checkpoint or builtin:NAME"
+        )
+    model = _open_folder(path, location) if path.is_dir() else _open_file(path, location, allow_pickle)
+    model._cache["cache_dir"] = cache_dir
+    logger.debug("opened %s (%s, %s): %d sites", location, model.family, model.layout, len(model.target.sites))
+    return model
+
+
+def _open_folder(path: Path, location: str) -> SDModel:
+    family = _folder_family(path, location)
+    space_name, encoders = FAMILIES[family]
+    dim = 0
+    for component, _, _ in encoders:
+        config_file = path / component / "config.json"
+        dim += _text_hidden_size(_read_json(config_file), config_file)
+    for component, _, _ in encoders:
+        tokenizer = path / _TOKENIZER_OF[component]
+        has_pair = (tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file()
+        if not has_pair and not (tokenizer / "tokenizer.json").is_file():
+            raise ModelError(f"{tokenizer}: no tokenizer files; expected vocab.json and merges.txt, or tokenizer.json")
+    unet_file = path / "unet" / _UNET_FILE
+    if not unet_file.is_file():
+        raise ModelError(
+            f"{unet_file}: no such file; erasec reads only safetensors (.bin pickles are not read), "
+            "re-save the UNet with safe_serialization=True"
+        )
+    tensors = _TensorFile(unet_file, pickled=False)
+    sites = _sites(tensors.shapes, dim, unet_file, lambda name: name)
+    return _model(location, path, "diffusers", family, space_name, dim, sites, unet_file, tensors)
+
+
+def _open_file(path: Path, location: str, allow_pickle: bool) -> SDModel:
+    pickled = path.suffix.lower() in _PICKLE_SUFFIXES
+    if pickled and not allow_pickle:
+        raise ModelError(
+            f"{location}: a {path.suffix} pickle can run arbitrary code when loaded, so erasec does not open it; "
+            "convert it to .safetensors, or pass --allow-pickle to read it with torch.load(weights_only=True)"
+        )
+    tensors = _TensorFile(path, pickled=pickled)
+    family = _single_file_family(set(tensors.shapes), location)
+    space_name, _ = FAMILIES[family]
+    if family == "sd1":
+        prefix = layouts.CLIP_PREFIXES["sd1"][0]
+        names = [f"{prefix}text_model.embeddings.token_embedding.weight", f"{prefix}embeddings.token_embedding.weight"]
+        widths = [tensors.shapes[n][1] for n in names if n in tensors.shapes]
+    elif family == "sd2":
+        widths = [tensors.shapes["cond_stage_model.model.token_embedding.weight"][1]]
+    else:
+        first = layouts.CLIP_PREFIXES["sdxl"][0] + "text_model.embeddings.token_embedding.weight"
+        widths = [
+            tensors.shapes[name][1]
+            for name in (first, "conditioner.embedders.1.model.token_embedding.weight")
+            if name in tensors.shapes
+        ]
+        if len(widths) != 2:
+            raise ModelError(f"{location}: an SDXL checkpoint without conditioner.embedders.0 (CLIP-L); incomplete")
+    if not widths:
+        raise ModelError(f"{location}: the SD1 text encoder has no token embedding; incomplete checkpoint")
+    dim = sum(widths)
+    unet = {k.removeprefix(LDM_UNET_PREFIX): v for k, v in tensors.shapes.items() if k.startswith(LDM_UNET_PREFIX)}
+
+    def to_diffusers(ldm_path: str) -> str:
+        try:
+            return diffusers_module_path(ldm_path)
+        except VerifyError as error:
+            raise ModelError(f"{location}: {error}") from None
+
+    sites = _sites(unet, dim, path, to_diffusers)
+    return _model(location, path, "single-file", family, space_name, dim, sites, path, tensors)
+
+
+def _model(location, path, layout, family, space_name, dim, sites, weights_file, tensors) -> SDModel:
+    encoder = "+".join(component for component, _, _ in FAMILIES[family][1])
+    space = KeySpace(name=space_name, dim=dim, encoder=encoder, sites=sites)
+    target = ModelTarget(family=family, name=location, spaces=(space,))
+    return SDModel(
+        location=location, path=path, layout=layout, target=target, unet_weights_file=weights_file, _file=tensors
+    )

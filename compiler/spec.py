@@ -27,7 +27,7 @@ from erasec.compiler.errors import SpecError
 FORMAT_VERSION = 1
 DEFAULT_METHOD = "uce"
 BUILTIN_PREFIX = "builtin:"
-OUTPUT_FORMATS = ("kohya",)
+OUTPUT_FORMATS = ("kohya", "peft", "checkpoint")  # backends/kohya.py, peft.py, checkpoint.py
 OUTPUT_DTYPES = ("fp32", "fp16", "bf16")
 
 _TOP_KEYS = ("erasec", "name", "version", "model", "method", "erase", "preserve", "options", "output")
@@ -35,7 +35,7 @@ _REQUIRED_KEYS = ("erasec", "name", "version", "erase")
 _ERASE_KEYS = ("concept", "file", "anchor", "synonyms", "templates", "strength")
 _OPTION_KEYS = ("lambda", "erase_scale", "preserve_scale", "pipeline")
 _OPTIONS_NOT_YET = ("rows", "preserve", "adversarial", "on_conflict", "pooled")  # DESIGN.md §3
-_OUTPUT_KEYS = ("format", "dtype", "rank")
+_OUTPUT_KEYS = ("format", "dtype", "rank", "link")
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 # semver.org 2.0.0's regex, with [0-9] for \d (which would take any Unicode digit).
@@ -80,6 +80,7 @@ class OutputSpec:
     format: str = "kohya"
     dtype: str = "fp32"
     rank: int | str = "auto"
+    link: bool = False  # carry the rows in the patch so that `erasec compose` can re-solve (docs/patch-format.md)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,6 +126,7 @@ class Spec:
                 "format": self.output.format,
                 "dtype": self.output.dtype,
                 "rank": self.output.rank,
+                **({"link": True} if self.output.link else {}),  # absent when off: older specs keep their JSON
             },
         }
 
@@ -608,6 +610,11 @@ class _Reader:
             out = dataclasses.replace(out, dtype=dtype)
         if "rank" in fields:
             out = dataclasses.replace(out, rank=self.rank(fields["rank"][1]))
+        if "link" in fields:
+            node = fields["link"][1]
+            if not (isinstance(node, ScalarNode) and node.tag == _TAG + "bool"):
+                raise self.error(node, "output.link", f"expected true or false, got {_kind(node)}")
+            out = dataclasses.replace(out, link=yaml.constructor.SafeConstructor().construct_yaml_bool(node))
         return out
 
     def rank(self, node: Node) -> int | str:

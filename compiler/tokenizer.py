@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 MODEL_MAX_LENGTH = 77
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
+# SD2's tokenizer and SDXL's tokenizer_2 (OpenCLIP) pad with "!" (id 0); SD1's and SDXL's first
+# tokenizer (OpenAI CLIP) pad with EoT. Padded rows depend on it (research/methods.md §7).
+OPEN_CLIP_PAD_TOKEN = "!"
 _VOCAB_RESOURCE = "bpe_simple_vocab_16e6.txt.gz"
 # open_clip: merges = merges[1 : 49152 - 256 - 2 + 1]; line 0 is a header.
 _MERGES_END = 49152 - 256 - 2 + 1
@@ -61,8 +64,11 @@ def _special_token(content: str) -> dict[str, object]:
     return {"content": content, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
 
 
-def write_clip_tokenizer(folder: Path) -> None:
+def write_clip_tokenizer(folder: Path, *, pad_token: str = EOS_TOKEN) -> None:
     """Write vocab.json, merges.txt, special_tokens_map.json and tokenizer_config.json.
+
+    ``pad_token``: ``EOS_TOKEN`` (SD1, SDXL ``tokenizer``) or ``OPEN_CLIP_PAD_TOKEN`` (SD2,
+    SDXL ``tokenizer_2``); the vocabulary is the same BPE in all of them.
 
     The JSON is written by hand (sorted keys where order is free) so the folder is byte-identical
     on every run; ``save_pretrained`` in transformers 5 records local paths and flags instead.
@@ -82,7 +88,7 @@ def write_clip_tokenizer(folder: Path) -> None:
     special = {
         "bos_token": _special_token(BOS_TOKEN),
         "eos_token": _special_token(EOS_TOKEN),
-        "pad_token": EOS_TOKEN,
+        "pad_token": pad_token,
         "unk_token": _special_token(EOS_TOKEN),
     }
     config = {
@@ -92,7 +98,7 @@ def write_clip_tokenizer(folder: Path) -> None:
         "eos_token": {"__type": "AddedToken", **_special_token(EOS_TOKEN)},
         "errors": "replace",
         "model_max_length": MODEL_MAX_LENGTH,
-        "pad_token": EOS_TOKEN,
+        "pad_token": pad_token,
         "tokenizer_class": "CLIPTokenizer",
         "unk_token": {"__type": "AddedToken", **_special_token(EOS_TOKEN)},
     }

@@ -91,6 +91,8 @@ def print_solution(solution: SpaceSolution) -> list[str]:
         f"  solution {solution.space} form={solution.form} rank={solution.rank} "
         f"condition={fmt(report.condition)} residual={magnitude(report.residual)} hard-rank={report.hard_rank}"
     ]
+    if solution.roles != ("k", "v"):
+        lines.append(f"    edits roles {','.join(solution.roles)} only")
     if solution.form == "shared":
         lines.append(f"    T-I = left{list(solution.left.shape)} @ right{list(solution.right.shape)}^T")
     else:

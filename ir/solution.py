@@ -66,6 +66,10 @@ class SpaceSolution:
     # relative error of a rank cap (compress): over all sites together for the shared form, the
     # largest site's for the per-layer form; 0 when nothing was truncated
     truncation_error: float = 0.0
+    roles: tuple[str, ...] = ("k", "v")  # the sites (by role) the edit applies to; the others keep W0
+
+    def edits(self, role: str) -> bool:
+        return role in self.roles
 
     def __post_init__(self) -> None:
         where = f"solution[{self.space}]"
@@ -105,6 +109,7 @@ class SpaceSolution:
             left=self.left[:, keep],
             right=self.right[:, keep],
             blocks=tuple(block for block in self.blocks if block[0] != request),
+            roles=self.roles,
         )
 
     def factors(self, module_path: str, base_weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

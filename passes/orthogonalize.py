@@ -5,7 +5,7 @@ methods.md §6.2 item 2): eigen-decompose the preserve moment ``S = Σ p_j k_j k
 turn every eigen-direction with eigenvalue ≥ ``tau`` into a hard row, so ``ΔW k = 0`` on that
 subspace and the K/V outputs of the preserved prompts change only through their components below
 ``tau``. SPEED's ``(S_tt P + αI)⁻¹`` closed form is the same minimiser as ``solve``'s constrained
-one with λ = α (derivation in docs/compiler.md). The preserve set spans directions that the
+one with λ = α and no soft preserve term (``soft=false``); tested in tests/passes/test_presets.py. The preserve set spans directions that the
 erase edit then cannot use: a request whose keys lie mostly inside it is reported.
 
 ``mode=separable`` (SRS-ME, "Separable Multi-concept Eraser", research/methods.md §6.2 item 3):
@@ -45,6 +45,7 @@ class OrthogonalizePass(EditPass):
 
     mode: Literal["hard", "separable"] = "hard"
     tau: float = 0.1
+    soft: bool = True  # mode=hard: keep the preserve rows as soft rows too (SPEED: no, only the projector)
 
     def __post_init__(self) -> None:
         self.check_range("tau", self.tau, 0.0, 1e12, low_open=True)
@@ -66,7 +67,8 @@ class OrthogonalizePass(EditPass):
                 f"directions held fixed (tau={self.tau:g})",
             )
         ]
-        return replace(space, hard=hard), found
+        preserve = space.preserve if self.soft else space.preserve.select(np.ones(space.preserve.count, dtype=bool), np.zeros(space.preserve.count))
+        return replace(space, hard=hard, preserve=preserve), found
 
     def _separable(self, program: EditProgram, space: SpaceProgram) -> SpaceProgram:
         dim = space.erase.keys.shape[1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-RowRule = Literal["last_token", "legacy_span"]
+RowRule = Literal["last_token", "legacy_span", "time_aligned"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,6 +24,8 @@ class Preset:
     preserve_empty: bool  # the empty prompt is always preserved (all its rows)
     blank_guide: str  # the prompt an empty anchor ("") stands for
     reference: str
+    roles: tuple[str, ...] = ("k", "v")  # which of each attention's to_k / to_v the edit applies to
+    erase_weighting: Literal["sum", "mean"] = "sum"  # "mean": each erase prompt weighs 1/#prompts
 
 
 PRESETS: dict[str, Preset] = {
@@ -53,6 +55,47 @@ PRESETS: dict[str, Preset] = {
             preserve_empty=True,
             blank_guide=" ",
             reference="Gandikota et al., WACV 2024, arXiv 2308.14761; train-scripts/train_erase.py @35e91e2",
+        ),
+        Preset(
+            name="time",
+            summary="TIME: all 77 rows of each prompt, token-aligned to the anchor's rows; ridge only",
+            pipeline="canonicalize,solve",
+            rows="time_aligned",
+            lam=0.1,
+            erase_scale=1.0,
+            preserve_scale=1.0,
+            preserve_empty=False,
+            blank_guide="",
+            reference="Orgad, Kawar, Belinkov, ICCV 2023, arXiv 2303.08084; train_funcs.py, apply_time.py @1d6784a",
+        ),
+        Preset(
+            name="rece",
+            summary="RECE: UCE (legacy rows) plus closed-form adversarial embeddings re-erased, 2 rounds, "
+            "solved jointly",
+            pipeline="canonicalize,adversarial{rounds=2 lambda=0.1},solve",
+            rows="legacy_span",
+            lam=0.1,
+            erase_scale=1.0,
+            preserve_scale=0.1,
+            preserve_empty=True,
+            blank_guide=" ",
+            reference="Gong et al., ECCV 2024, arXiv 2407.12383; train.py @403a67f",
+        ),
+        Preset(
+            name="speed",
+            summary="SPEED: last-token rows, mean targets, to_v only; preserve subspace and BOS/empty-prompt "
+            "invariants held exactly (null-space projection)",
+            pipeline="canonicalize,filter-preserve,invariants{centroids=3},"
+            "orthogonalize{mode=hard tau=0.1 soft=false},solve",
+            rows="last_token",
+            lam=1.0,
+            erase_scale=1.0,
+            preserve_scale=1.0,
+            preserve_empty=False,
+            blank_guide="",
+            reference="Li et al., 2025, arXiv 2503.07392; train_erase_null.py @6d3df0c (IPF/DPA filters not applied)",
+            roles=("v",),
+            erase_weighting="mean",
         ),
     )
 }

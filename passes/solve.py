@@ -161,5 +161,7 @@ class SolvePass(EditPass):
         )
 
     def apply(self, program: EditProgram) -> EditProgram:
-        solution = Solution(spaces=tuple(self._solve_space(program, space) for space in program.spaces))
+        solution = Solution(
+            spaces=tuple(replace(self._solve_space(program, space), roles=space.roles) for space in program.spaces)
+        )
         return replace(program, solution=solution)

@@ -24,6 +24,16 @@ FORMAT_VERSION = "1"
 _FAMILY_KEYS = {
     # family: (ss_v2, ss_base_model_version, modelspec.architecture, implementation, resolution)
     "sd1": ("False", "sd_v1", "stable-diffusion-v1/lora", "diffusers", "512x512"),
+    # SD2: the 512 epsilon variant's ids; a v-prediction 768 base (SD2.x-768-v) is not told apart
+    # by its weights (research/ecosystem.md §2.2, §2.3).
+    "sd2": ("True", "sd_v2", "stable-diffusion-v2-512/lora", "diffusers", "512x512"),
+    "sdxl": (
+        "False",
+        "sdxl_base_v1-0",
+        "stable-diffusion-xl-v1-base/lora",
+        "https://github.com/Stability-AI/generative-models",
+        "1024x1024",
+    ),
 }
 
 
@@ -43,6 +53,11 @@ class Manifest:
     rank: int
     spaces: tuple[dict, ...]  # per key space: name, form, rank, layers, condition
     report: dict  # the build's evaluation summary
+    base_dtype: str | None = None  # how the base file stores the touched tensors (fp16, fp32, bf16)
+    text_encoder: dict | None = None  # text_encoder_pin of the base's text encoder(s)
+    shared: str | None = None  # erasec.shared (patches/link.py): the factors of T − I
+    link: str | None = None  # erasec.link (patches/link.py): the lowered rows, for compose
+    extra: tuple[tuple[str, str], ...] = ()  # further erasec.* keys (e.g. erasec.derived_from)
 
     def metadata(self, base_weights: Mapping[str, object]) -> dict[str, str]:
         ss_v2, base_version, architecture, implementation, resolution = _FAMILY_KEYS[self.family]
@@ -54,7 +69,14 @@ class Manifest:
             "erasec.compiler": self.compiler,
             "erasec.spec": self.spec_json,
             "erasec.pipeline": self.pipeline,
-            "erasec.base": _json({"family": self.family, "model": self.model, **base_pin(base_weights)}),
+            "erasec.base": _json(
+                {
+                    "family": self.family,
+                    "model": self.model,
+                    **base_pin(base_weights, dtype=self.base_dtype),
+                    "text_encoder": self.text_encoder,
+                }
+            ),
             "erasec.spaces": _json(list(self.spaces)),
             "erasec.report": _json(self.report),
             "ss_v2": ss_v2,
@@ -73,6 +95,9 @@ class Manifest:
             "modelspec.resolution": resolution,
             "modelspec.description": "concept-erasure patch compiled by erasec",
         }
+        for key, value in (("erasec.shared", self.shared), ("erasec.link", self.link), *self.extra):
+            if value is not None:
+                metadata[key] = value
         epoch = os.environ.get("SOURCE_DATE_EPOCH")
         if epoch and epoch.isdigit():
             moment = datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)

@@ -5,6 +5,12 @@ each contributes ``name|shape\n`` and its values as little-endian float32 — a 
 of fp16, bf16 and fp32 storage, so the digest does not depend on how the frontend read the file.
 A second digest over the values rounded to fp16 lets the fp16 and fp32 releases of one base both
 match (DESIGN.md §7; research/ecosystem.md §5.3).
+
+``tensors`` maps each name to the first 16 hex digits of its own fp16-rounded digest, so ``verify``
+can say which tensors differ, and ``dtype`` records how the base stored them: a match of the
+fp16-rounded digests alone is accepted only when one side was stored in fp16 (otherwise a single
+flipped low bit of an fp32 base would pass unnoticed). The same digests pin a text encoder
+(``text_encoder_pin``), which ``retarget`` compares.
 """
 
 from __future__ import annotations
@@ -24,10 +30,44 @@ def _digest(weights: Mapping[str, np.ndarray], dtype) -> str:
     return digest.hexdigest()
 
 
-def base_pin(weights: Mapping[str, np.ndarray]) -> dict[str, object]:
-    """``{"tensors": n, "sha256": ..., "sha256_fp16": ...}`` for the touched base tensors."""
+def base_pin(weights: Mapping[str, np.ndarray], *, dtype: str | None = None) -> dict[str, object]:
+    """``{"tensors", "sha256", "sha256_fp16", "per_tensor": {name: [16 hex, 16 hex fp16]}, "dtype"}``
+    for the touched base tensors; ``dtype`` is how the base file stores them (``None``: unknown)."""
+    return {
+        **text_encoder_pin(weights),
+        "per_tensor": {
+            name: [_digest({name: weights[name]}, np.float32)[:16], _digest({name: weights[name]}, np.float16)[:16]]
+            for name in sorted(weights)
+        },
+        "dtype": dtype,
+    }
+
+
+def text_encoder_pin(weights: Mapping[str, np.ndarray]) -> dict[str, object]:
+    """``{"tensors": n, "sha256", "sha256_fp16"}`` over every given tensor (a whole text encoder)."""
     return {
         "tensors": len(weights),
         "sha256": _digest(weights, np.float32),
         "sha256_fp16": _digest(weights, np.float16),
     }
+
+
+def pins_match(recorded: Mapping[str, object], actual: Mapping[str, object]) -> bool:
+    """Exact digests equal, or fp16-rounded ones equal where either side was stored in fp16."""
+    if recorded.get("sha256") == actual.get("sha256"):
+        return True
+    half = "fp16" in (recorded.get("dtype"), actual.get("dtype"))
+    return half and recorded.get("sha256_fp16") == actual.get("sha256_fp16")
+
+
+def pin_difference(recorded: Mapping[str, object], actual: Mapping[str, object]) -> list[str]:
+    """Names of the tensors that differ between two ``base_pin``s ([] when they match)."""
+    if pins_match(recorded, actual):
+        return []
+    which = 1 if "fp16" in (recorded.get("dtype"), actual.get("dtype")) else 0
+    ours, theirs = recorded.get("per_tensor") or {}, actual.get("per_tensor") or {}
+    return sorted(
+        name
+        for name in set(ours) | set(theirs)
+        if name not in ours or name not in theirs or ours[name][which] != theirs[name][which]
+    )

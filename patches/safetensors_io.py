@@ -52,9 +52,10 @@ def data_sha256(raw: bytes) -> str:
     return hashlib.sha256(raw[8 + length :]).hexdigest()
 
 
-def atomic_write(path: Path, raw: bytes) -> None:
+def atomic_write(path: Path, raw: bytes, *, safetensors: bool = True) -> None:
     """Write ``raw`` to a temporary file beside ``path`` (making missing folders), check that it
-    parses, then rename it over ``path``: a reader never sees a partial file."""
+    parses (when it is a ``safetensors`` file), then rename it over ``path``: a reader never sees
+    a partial file."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     try:
@@ -66,7 +67,8 @@ def atomic_write(path: Path, raw: bytes) -> None:
         with os.fdopen(handle, "wb") as stream:
             stream.write(raw)
         try:
-            read_header(Path(temp))
+            if safetensors:
+                read_header(Path(temp))
         except PatchError as error:
             reason = str(error).split(": ", 1)[1]
             raise PatchError(f"{path}: refusing to write an invalid safetensors file ({reason})") from None
@@ -88,7 +90,10 @@ def read_header(path: Path) -> tuple[dict, dict[str, str]]:
                 raise PatchError(f"{path}: truncated safetensors file (no header length)")
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES:
-                raise PatchError(f"{path}: header of {length} bytes exceeds safetensors' limit")
+                raise PatchError(
+                    f"{path}: not a safetensors file (a header of {length} bytes exceeds safetensors' limit "
+                    f"of {MAX_HEADER_BYTES})"
+                )
             text = stream.read(length)
             size = os.fstat(stream.fileno()).st_size
     except OSError as error:

@@ -19,13 +19,14 @@ FORBIDDEN_THIRD_PARTY = {"ir": {"torch", "diffusers", "transformers", "onnx"}, "
 
 def _imports(path: Path, package: str):
     tree = ast.parse(path.read_text(), filename=str(path))
+    depth = len(path.relative_to(ROOT).parts) - 1  # folders between the root and the module
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: stays inside the package unless it climbs out
-                if node.level > 1:
+            if node.level:  # relative: fine while it stays inside the top-level package
+                if node.level > depth:
                     yield "erasec.<above>"
                 continue
             yield node.module or ""

@@ -1,8 +1,10 @@
-"""Real-client exactness: diffusers' own LoRA loader applies exactly W0 + ΔW.
+"""Real-client exactness: diffusers' own LoRA loader applies exactly W0 + ΔW, for every family.
 
-The file is loaded with ``StableDiffusionPipeline.load_lora_weights`` and fused at scale 1.0, as
-a diffusers user would; every attn2 to_k/to_v must equal W0 + ΔW to 1e-5 relative (fp32), where
-ΔW comes from the compiler's float64 solution, and every other weight must be bit-identical.
+The file is loaded with ``load_lora_weights`` on the family's pipeline and fused at scale 1.0, as a
+diffusers user would; every attn2 to_k/to_v must equal W0 + ΔW to 1e-5 relative (fp32), where ΔW
+comes from the compiler's float64 solution, and every other weight must be bit-identical. kohya
+files carry diffusers-style names for SD1/SD2 and SGM/LDM names for SDXL (research/ecosystem.md
+§1.7); the SDXL mixin maps the latter with the pipeline's ``unet_config`` (§1.3).
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from erasec.compiler.build import build
+from erasec.compiler.builtin import builtin_model_path
 from erasec.compiler.lowering import Lowering
-from erasec.compiler.model import SD1Model
+from erasec.compiler.model import open_model
 from erasec.compiler.spec import load_spec
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS
@@ -22,61 +26,112 @@ SPEC = """\
 erasec: 1
 name: exact
 version: 1.0.0
-model: builtin:tiny-sd1
+model: {model}
 method: {method}
 erase:
   - {{concept: Van Gogh, anchor: art, templates: ["a painting by {{}}"]}}
   - {{concept: Kelly McKernan}}
 preserve: [Claude Monet]
-output: {{dtype: fp32}}
+output: {{dtype: fp32, format: {format}}}
 """
+SITES = {"tiny-sd1": 32, "tiny-sd2": 32, "tiny-sdxl": 140}
+# 1e-5 relative in fp32: W0 + up@down formed by PEFT in fp32 against the float64 ΔW.
+REL_TOL = 1e-5
 
 
-def _expected_deltas(spec_path):
+def expected_deltas(spec_path):
+    """module path → float64 ΔW, from the same spec lowered and solved outside the build."""
     spec = load_spec(spec_path, methods=tuple(PRESETS))
-    model = SD1Model.open(spec.model)
+    model = open_model(spec.model)
     program = Pipeline.parse(PRESETS[spec.method].pipeline).apply(Lowering(model).lower(spec, PRESETS[spec.method]))
     weights = model.kv_weights()
     solution = program.solution.spaces[0]
     return {path: solution.delta(path, weights[path]) for path in weights}
 
 
-@pytest.mark.parametrize("method", ["uce", "uce-legacy"])
-def test_diffusers_fuses_exactly_w0_plus_delta(tmp_path, tiny_sd1_path, method):
-    from diffusers import StableDiffusionPipeline
+def load_pipeline(name: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.format(method=method))
-    patch = tmp_path / "patch.safetensors"
-    build(spec, patch)
-    expected = _expected_deltas(spec)
-
-    pipe = StableDiffusionPipeline.from_pretrained(
-        tiny_sd1_path, safety_checker=None, requires_safety_checker=False, local_files_only=True
+    folder = builtin_model_path(name)
+    if name == "tiny-sdxl":
+        return StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True)
+    return StableDiffusionPipeline.from_pretrained(
+        folder, safety_checker=None, requires_safety_checker=False, local_files_only=True
     )
-    before = {
-        f"{part}.{k}": v.detach().clone()
-        for part, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder))
-        for k, v in module.state_dict().items()
-    }
-    pipe.load_lora_weights(str(tmp_path), weight_name="patch.safetensors", adapter_name="erase")
-    pipe.fuse_lora(lora_scale=1.0, components=["unet", "text_encoder"])
-    pipe.unload_lora_weights()
-    after = {
-        f"{part}.{k}": v.detach()
-        for part, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder))
-        for k, v in module.state_dict().items()
-    }
-    assert sorted(after) == sorted(before)
 
+
+def _state(pipe) -> dict[str, torch.Tensor]:
+    parts = ("unet", "text_encoder", "text_encoder_2")
+    return {
+        f"{part}.{k}": v.detach().clone()
+        for part in parts
+        if getattr(pipe, part, None) is not None
+        for k, v in getattr(pipe, part).state_dict().items()
+    }
+
+
+def assert_w0_plus_delta(before, after, expected) -> None:
+    """Edited K/V weights equal W0 + ΔW to REL_TOL; every other tensor is bit-identical."""
+    assert sorted(after) == sorted(before)
     edited = {f"unet.{path}.weight": path for path in expected}
-    assert len(edited) == 32
+    assert set(edited) <= set(after)
     for key, value in after.items():
         if key in edited:
             w0 = before[key].double().numpy()
             want = w0 + expected[edited[key]]
             error = np.linalg.norm(value.double().numpy() - want) / np.linalg.norm(want)
-            assert error < 1e-5, f"{key}: relative error {error:.2e}"
+            assert error < REL_TOL, f"{key}: relative error {error:.2e}"
             assert np.linalg.norm(expected[edited[key]]) > 1e-3 * np.linalg.norm(w0), "the edit is not trivial"
         else:
             assert torch.equal(value, before[key]), f"{key} changed"
+
+
+def _fuse(name: str, folder, weight_name: str):
+    pipe = load_pipeline(name)
+    before = _state(pipe)
+    pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name="erase")
+    components = [c for c in ("unet", "text_encoder", "text_encoder_2") if getattr(pipe, c, None) is not None]
+    pipe.fuse_lora(lora_scale=1.0, components=components)
+    pipe.unload_lora_weights()
+    return before, _state(pipe)
+
+
+@pytest.mark.parametrize("method", ["uce", "uce-legacy"])
+def test_diffusers_fuses_exactly_w0_plus_delta(tmp_path, tiny_sd1_path, method):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(model="builtin:tiny-sd1", method=method, format="kohya"))
+    build(spec, tmp_path / "patch.safetensors")
+    expected = expected_deltas(spec)
+    assert len(expected) == 32
+    assert_w0_plus_delta(*_fuse("tiny-sd1", tmp_path, "patch.safetensors"), expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "suffix", "format_"),
+    # Single-file inputs give byte-identical LoRAs to folder inputs (tests/compiler/test_families.py),
+    # so one single-file case per format suffices here.
+    [
+        ("tiny-sd1", ".safetensors", "kohya"),
+        ("tiny-sd2", "", "kohya"),
+        ("tiny-sdxl", "", "kohya"),
+        ("tiny-sd2", ".safetensors", "peft"),
+        ("tiny-sdxl", "", "peft"),
+    ],
+)
+def test_every_family_layout_and_format_fuses_exactly(tmp_path, name, suffix, format_):
+    """A LoRA built from the folder or the single file, in kohya or PEFT form, fused into the folder's pipeline."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(model=f"builtin:{name}{suffix}", method="uce", format=format_))
+    build(spec, tmp_path / "patch.safetensors")
+    expected = expected_deltas(spec)
+    assert len(expected) == SITES[name]
+    with safe_open(str(tmp_path / "patch.safetensors"), framework="pt") as handle:
+        keys = list(handle.keys())
+    if format_ == "peft":
+        assert all(k.startswith("unet.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
+    elif name == "tiny-sdxl":
+        assert "lora_unet_output_blocks_2_1_transformer_blocks_7_attn2_to_k.lora_down.weight" in keys
+        assert not [k for k in keys if "down_blocks" in k or "up_blocks" in k]
+    else:
+        assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight" in keys
+    assert_w0_plus_delta(*_fuse(name, tmp_path, "patch.safetensors"), expected)

@@ -1,4 +1,4 @@
-"""SD1Model: target from the UNet header, k/v weights, and key rows as the SD1 pipeline makes them."""
+"""The model frontend on SD1 (tiny-sd1 folder): target from the UNet header, k/v weights, and key rows as the SD1 pipeline makes them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from erasec.compiler.errors import ModelError
-from erasec.compiler.model import SD1Model
+from erasec.compiler.model import SDModel, open_model
 
 ASTRONAUT = "a photo of an astronaut riding a horse on mars"
 ASTRONAUT_IDS = [49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 525, 7496, 49407]
@@ -28,8 +28,8 @@ def sd15_site_paths() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def model(tiny_sd1_path: Path) -> SD1Model:
-    return SD1Model.open("builtin:tiny-sd1")
+def model(tiny_sd1_path: Path) -> SDModel:
+    return open_model("builtin:tiny-sd1")
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +54,14 @@ def _fake_model(root: Path, source: Path, *, unet: dict[str, torch.Tensor] | Non
 
 def _open_error(location: str | Path) -> str:
     with pytest.raises(ModelError) as caught:
-        SD1Model.open(str(location))
+        open_model(str(location))
     return str(caught.value)
 
 
 # --- target ---------------------------------------------------------------------------------------
 
 
-def test_target_has_sd15_sites_in_model_order(model: SD1Model, tiny_sd1_path: Path) -> None:
+def test_target_has_sd15_sites_in_model_order(model: SDModel, tiny_sd1_path: Path) -> None:
     assert model.location == "builtin:tiny-sd1"
     assert model.path == tiny_sd1_path
     assert model.unet_weights_file == tiny_sd1_path / "unet" / "diffusion_pytorch_model.safetensors"
@@ -77,7 +77,7 @@ def test_target_has_sd15_sites_in_model_order(model: SD1Model, tiny_sd1_path: Pa
     assert (mid.out_features, mid.in_features) == (64, 32)
 
 
-def test_kv_weights_equal_diffusers_unet(model: SD1Model, tiny_sd1_path: Path) -> None:
+def test_kv_weights_equal_diffusers_unet(model: SDModel, tiny_sd1_path: Path) -> None:
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(tiny_sd1_path / "unet", local_files_only=True)
@@ -102,7 +102,7 @@ def test_site_order_is_numeric_and_down_mid_up(tiny_sd1_path: Path, tmp_path: Pa
     ]
     unet = {f"{name}.weight": torch.zeros(8, 32) for name in names}
     unet["down_blocks.2.attentions.0.transformer_blocks.0.attn2.to_out.0.weight"] = torch.zeros(8, 8)
-    opened = SD1Model.open(str(_fake_model(tmp_path / "model", tiny_sd1_path, unet=unet)))
+    opened = open_model(str(_fake_model(tmp_path / "model", tiny_sd1_path, unet=unet)))
     assert [site.module_path for site in opened.target.sites] == [
         "down_blocks.2.attentions.0.transformer_blocks.0.attn2.to_k",
         "down_blocks.2.attentions.1.transformer_blocks.0.attn2.to_k",
@@ -115,9 +115,9 @@ def test_site_order_is_numeric_and_down_mid_up(tiny_sd1_path: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_unet_is_upcast(dtype: torch.dtype, model: SD1Model, tmp_path: Path) -> None:
+def test_half_precision_unet_is_upcast(dtype: torch.dtype, model: SDModel, tmp_path: Path) -> None:
     tensors = {name: t.to(dtype) for name, t in load_file(str(model.unet_weights_file)).items()}
-    half = SD1Model.open(str(_fake_model(tmp_path / "half", model.path, unet=tensors)))
+    half = open_model(str(_fake_model(tmp_path / "half", model.path, unet=tensors)))
     assert [s.module_path for s in half.target.sites] == sd15_site_paths()
     for path, array in half.kv_weights().items():
         assert array.dtype == np.float32
@@ -136,7 +136,7 @@ def test_open_and_kv_weights_do_not_load_the_text_encoder(tiny_sd1_path: Path, m
         return original(cls, *args, **kwargs)
 
     monkeypatch.setattr(CLIPTextModel, "from_pretrained", classmethod(counting))
-    opened = SD1Model.open(str(tiny_sd1_path))
+    opened = open_model(str(tiny_sd1_path))
     opened.kv_weights()
     assert opened.tokenize(["x"]) == [[49406, 343, 49407]]
     assert calls == []
@@ -148,14 +148,14 @@ def test_open_and_kv_weights_do_not_load_the_text_encoder(tiny_sd1_path: Path, m
 # --- tokenize / encode ----------------------------------------------------------------------------
 
 
-def test_tokenize_real_ids(model: SD1Model) -> None:
+def test_tokenize_real_ids(model: SDModel) -> None:
     ids = model.tokenize([ASTRONAUT, "", "word " * 90])
     assert ids[0] == ASTRONAUT_IDS
     assert ids[1] == [49406, 49407]
     assert len(ids[2]) == 77 and ids[2][-1] == 49407
 
 
-def test_unpadded_rows_are_prefix_of_padded(model: SD1Model) -> None:
+def test_unpadded_rows_are_prefix_of_padded(model: SDModel) -> None:
     prompts = [ASTRONAUT, "a cat", "van gogh", ""]
     short = model.encode(prompts, padded=False)
     full = model.encode(prompts, padded=True)
@@ -165,7 +165,7 @@ def test_unpadded_rows_are_prefix_of_padded(model: SD1Model) -> None:
         np.testing.assert_allclose(rows, padded_rows[: len(ids)], **ROW_TOL, err_msg=prompt)
 
 
-def test_padded_equals_pipeline_encode_prompt(model: SD1Model, pipeline) -> None:
+def test_padded_equals_pipeline_encode_prompt(model: SDModel, pipeline) -> None:
     prompts = ["a cat", ASTRONAUT, "van gogh"]
     with torch.inference_mode():
         expected, _ = pipeline.encode_prompt(prompts, "cpu", 1, False)
@@ -174,7 +174,7 @@ def test_padded_equals_pipeline_encode_prompt(model: SD1Model, pipeline) -> None
         np.testing.assert_allclose(ours[index], expected[index].double().numpy(), **ROW_TOL, err_msg=prompt)
 
 
-def test_caller_order_duplicates_and_chunks(model: SD1Model, pipeline) -> None:
+def test_caller_order_duplicates_and_chunks(model: SDModel, pipeline) -> None:
     # 40 distinct prompts span two chunks of 32; rows must not depend on the company a prompt keeps.
     prompts = [f"artist {i} " + "painting " * (i % 5) for i in range(40)]
     asked = list(reversed(prompts)) + [prompts[3]]
@@ -190,7 +190,7 @@ def test_caller_order_duplicates_and_chunks(model: SD1Model, pipeline) -> None:
     assert model.encode([], padded=True) == []
 
 
-def test_encode_is_deterministic(model: SD1Model) -> None:
+def test_encode_is_deterministic(model: SDModel) -> None:
     first = model.encode(["a cat", "a dog"], padded=True)
     second = model.encode(["a cat", "a dog"], padded=True)
     for a, b in zip(first, second):
@@ -204,15 +204,17 @@ def test_encode_is_deterministic(model: SD1Model) -> None:
 def test_missing_folder(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     assert _open_error(missing) == (
-        f"{missing}: no such folder; give a diffusers Stable Diffusion 1.x folder or builtin:NAME"
+        f"{missing}: no such file or folder; give a diffusers folder, a single-file .safetensors "
+        "checkpoint or builtin:NAME"
     )
 
 
-def test_file_instead_of_folder(tmp_path: Path) -> None:
+def test_file_that_is_not_safetensors(tmp_path: Path) -> None:
     checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"x")
     assert _open_error(checkpoint) == (
-        f"{checkpoint}: not a folder; single-file checkpoints are not supported yet, give a diffusers model folder"
+        f"{checkpoint}: not a readable safetensors file (Error while deserializing header: "
+        "header too small); re-download or re-save it"
     )
 
 
@@ -224,8 +226,8 @@ def test_missing_component(component: str, tiny_sd1_path: Path, tmp_path: Path) 
         if name != component:
             (root / name).symlink_to(tiny_sd1_path / name, target_is_directory=True)
     assert _open_error(root) == (
-        f"{root}: no {component}/ folder; expected a diffusers Stable Diffusion 1.x folder "
-        "with unet/, text_encoder/ and tokenizer/"
+        f"{root}: no {component}/ folder; expected a diffusers Stable Diffusion folder "
+        "with unet/, text_encoder/ and tokenizer/ (or a single-file checkpoint)"
     )
 
 
@@ -250,7 +252,7 @@ def test_unet_text_width_mismatch(tiny_sd1_path: Path, tmp_path: Path) -> None:
     root = _fake_model(tmp_path / "model", tiny_sd1_path, unet={name: torch.zeros(32, 768)})
     unet_file = root / "unet" / "diffusion_pytorch_model.safetensors"
     assert _open_error(root) == (
-        f"{unet_file}: {name} reads 768 features but the text encoder's hidden size is 32; "
+        f"{unet_file}: {name} reads 768 features but the text encoders give 32; "
         "the UNet and text encoder do not belong together"
     )
 
@@ -273,12 +275,15 @@ def test_corrupt_unet_file(damage: str, detail: str, tiny_sd1_path: Path, tmp_pa
 
 
 def test_unknown_builtin() -> None:
-    assert _open_error("builtin:nope") == "builtin:nope: unknown built-in model; available: tiny-sd1"
+    assert _open_error("builtin:nope") == (
+        "builtin:nope: unknown built-in model; available: tiny-sd1, tiny-sd2, tiny-sdxl "
+        "(add .safetensors for a single file)"
+    )
 
 
 def test_copy_of_builtin_opens_from_plain_path(tiny_sd1_path: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(tiny_sd1_path, copy)
-    opened = SD1Model.open(str(copy))
+    opened = open_model(str(copy))
     assert opened.target.name == str(copy)
     assert [s.module_path for s in opened.target.sites] == sd15_site_paths()

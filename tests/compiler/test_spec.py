@@ -285,14 +285,14 @@ BAD = [
      "spec.yaml:6: options.pipeline: is empty; remove the key to use the method's pipeline"),
     (MINIMAL + "options: [lambda]\n", "spec.yaml:6: options: expected a mapping, got list"),
     # output
-    (MINIMAL + "output: {format: onnx}\n", "spec.yaml:6: output.format: 'onnx' is not one of 'kohya'"),
+    (MINIMAL + "output: {format: tflite}\n", "spec.yaml:6: output.format: 'tflite' is not one of 'kohya', 'peft', 'checkpoint'"),
     (MINIMAL + "output: {dtype: fp61}\n",
      "spec.yaml:6: output.dtype: 'fp61' is not one of 'fp32', 'fp16', 'bf16'; did you mean 'fp16'?"),
     (MINIMAL + "output: {rank: 0}\n", "spec.yaml:6: output.rank: 0 is not >= 1"),
     (MINIMAL + "output: {rank: big}\n", "spec.yaml:6: output.rank: 'big' is not 'auto' or an integer >= 1"),
     (MINIMAL + "output: {rank: 2.0}\n", "spec.yaml:6: output.rank: expected 'auto' or an integer, got float"),
     (MINIMAL + "output: {rank: true}\n", "spec.yaml:6: output.rank: expected 'auto' or an integer, got bool"),
-    (MINIMAL + "output: {max_eror: 1}\n", "spec.yaml:6: output.max_eror: unknown key; expected one of format, dtype, rank"),
+    (MINIMAL + "output: {max_eror: 1}\n", "spec.yaml:6: output.max_eror: unknown key; expected one of format, dtype, rank, link"),
     (MINIMAL + "output: {fromat: kohya}\n", "spec.yaml:6: output.fromat: unknown key; did you mean 'format'?"),
     # YAML oddities
     (MINIMAL + "    <<: 3\n", "spec.yaml:6: erase[0]: a merge key (<<) takes a mapping or a list of them, got int"),
@@ -555,6 +555,7 @@ def _valid_spec_text(draw: st.DrawFn) -> str:
                 "format": st.just("kohya"),
                 "dtype": st.sampled_from(["fp32", "fp16", "bf16"]),
                 "rank": st.just("auto") | st.integers(1, 10**30),
+                "link": st.booleans(),
             },
         )
     )

@@ -111,5 +111,5 @@ def test_refuses_a_bad_tau():
 
 
 def test_round_trip():
-    text = "orthogonalize{mode=separable tau=0.01}"
+    text = "orthogonalize{mode=separable tau=0.01 soft=true}"
     assert str(Pipeline.parse(text)) == text

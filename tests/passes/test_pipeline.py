@@ -70,7 +70,11 @@ values = {
         "radius": st.floats(1e-6, 2).map(repr),
         "seed": st.integers(0, 2**31).map(str),
     },
-    "orthogonalize": {"mode": st.sampled_from(["hard", "separable"]), "tau": st.floats(1e-12, 1e12).map(repr)},
+    "orthogonalize": {
+        "mode": st.sampled_from(["hard", "separable"]),
+        "tau": st.floats(1e-12, 1e12).map(repr),
+        "soft": st.sampled_from(["true", "false"]),
+    },
     "check-conflicts": {
         "threshold": st.floats(1e-6, 1).map(repr),
         "on-conflict": st.sampled_from(["warn", "error"]),

@@ -1,0 +1,191 @@
+"""Finding the ONNX initializer that holds a site's weight: two pattern / check rules.
+
+PyTorch's ``Linear`` computes ``y = x Wᵀ``; exporters emit ``MatMul(x, B)`` with either
+``B = Wᵀ`` stored (``[in, out]``: legacy export with constant folding — the diffusers and optimum
+default — and dynamo with its optimizer on), or ``B = Transpose(W)`` of a named initializer
+(``[out, in]``: legacy without folding, dynamo ``optimize=False``). research/ecosystem.md §4.3.
+
+The module path is read, never guessed, from one of:
+
+- ``pkg.torch.onnx.name_scopes`` metadata of the MatMul (dynamo): element ``[-2]``;
+- the node name (legacy): ``/unet/down_blocks.0/…/attn2/to_k/MatMul`` → ``unet.down_blocks.0.….to_k``;
+- the initializer name ``<path>.weight`` (exports without folding).
+
+A wrapper prefix (``unet.``) is allowed: a scope matches a patch site when one of its dot-boundary
+suffixes, written as a kohya name, *equals* the site's name. Confirmation by value (the tensor,
+transposed back, against the base weight or the patch's base pin) is in ``rewrite.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import ClassVar, Iterable
+
+import onnx_ir as ir
+
+from ..errors import BackendError
+from ..kohya import kohya_module_name
+
+# com.microsoft ops that ORT's transformer optimizer makes when it fuses attention (§4.5).
+FUSED_ATTENTION_OPS = ("Attention", "MultiHeadAttention", "PackedAttention", "PackedMultiHeadAttention")
+PATCH_BEFORE_OPTIMISATION = (
+    "patch the graph as exported, before ONNX Runtime's transformer optimizer "
+    "(or optimise with --disable_packed_kv --disable_packed_qkv)"
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SiteMatch:
+    """Where one site's weight lives in a graph."""
+
+    name: str  # kohya module name of the site
+    module_path: str  # the scope as found, wrapper prefix stripped
+    matmul: ir.Node
+    weight: ir.Value  # the initializer
+    transposed: bool  # True: the initializer holds W [out, in] behind a Transpose; False: Wᵀ [in, out]
+    found_by: str  # "name_scopes" | "node name" | "initializer name"
+
+    @property
+    def activation(self) -> ir.Value:
+        """The MatMul's left input: the rows this Linear reads (e.g. encoder_hidden_states)."""
+        return self.matmul.inputs[0]
+
+    @property
+    def output(self) -> ir.Value:
+        return self.matmul.outputs[0]
+
+
+def _constant_initializer(value: ir.Value | None) -> bool:
+    return (
+        value is not None
+        and value.is_initializer()
+        and value.const_value is not None
+        and not value.is_graph_input()
+        and len(value.const_value.shape) == 2
+    )
+
+
+def _scopes(matmul: ir.Node, named: Iterable[ir.Node | ir.Value]) -> list[tuple[str, str]]:
+    """Candidate dotted module paths for a MatMul, with how each was found."""
+    found: list[tuple[str, str]] = []
+    scopes = matmul.metadata_props.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            parts = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            parts = None
+        if isinstance(parts, list) and len(parts) >= 2 and isinstance(parts[-2], str):
+            found.append((parts[-2], "name_scopes"))
+    for item in named:
+        name = item.name or ""
+        if isinstance(item, ir.Node) and name.startswith("/") and "/" in name[1:]:
+            found.append((".".join(name[1:].split("/")[:-1]), "node name"))
+        elif isinstance(item, ir.Value) and name.endswith(".weight"):
+            found.append((name.removesuffix(".weight"), "initializer name"))
+    return found
+
+
+def _resolve(scope: str, wanted: frozenset[str]) -> tuple[str, str] | None:
+    """(kohya name, module path) when a dot-boundary suffix of ``scope`` names a wanted site."""
+    parts = scope.split(".")
+    hits = {
+        kohya_module_name(".".join(parts[i:])): ".".join(parts[i:])
+        for i in range(len(parts))
+        if kohya_module_name(".".join(parts[i:])) in wanted
+    }
+    if len(hits) > 1:
+        raise BackendError(f"onnx: scope {scope!r} matches several patch sites {sorted(hits)}")
+    return next(iter(hits.items()), None)
+
+
+@dataclass(frozen=True, slots=True)
+class LinearWeightRule:
+    """``MatMul(x, B)`` with ``B = Wᵀ`` a constant ``[in, out]`` initializer."""
+
+    name: ClassVar[str] = "matmul-weight"
+
+    def pattern(self, node: ir.Node) -> tuple[ir.Value, tuple] | None:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            return None
+        weight = node.inputs[1]
+        if not _constant_initializer(weight):
+            return None
+        return weight, (node, weight)
+
+
+@dataclass(frozen=True, slots=True)
+class TransposedLinearWeightRule:
+    """``MatMul(x, Transpose(W, perm=[1, 0]))`` with ``W`` a constant ``[out, in]`` initializer."""
+
+    name: ClassVar[str] = "matmul-transposed-weight"
+
+    def pattern(self, node: ir.Node) -> tuple[ir.Value, tuple] | None:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            return None
+        transpose = node.inputs[1].producer() if node.inputs[1] is not None else None
+        if transpose is None or transpose.op_type != "Transpose" or len(transpose.inputs) != 1:
+            return None
+        perm = transpose.attributes.get("perm")
+        if perm is None or list(perm.as_ints()) != [1, 0]:
+            return None
+        weight = transpose.inputs[0]
+        if not _constant_initializer(weight):
+            return None
+        return weight, (node, transpose, weight)
+
+
+LOCATE_RULES = (LinearWeightRule(), TransposedLinearWeightRule())
+
+
+def locate_sites(graph: ir.Graph, sites: dict[str, tuple[int, int]], *, where: str) -> dict[str, SiteMatch]:
+    """Every wanted site (kohya name → (out, in)) matched to exactly one MatMul; else a clear error.
+
+    The check step refuses a match whose initializer shape is not the site's (``[in, out]``, or
+    ``[out, in]`` behind the Transpose): packed K/V after attention fusion shows up that way.
+    """
+    wanted = frozenset(sites)
+    matches: dict[str, SiteMatch] = {}
+    refused: dict[str, str] = {}
+    for node in graph.all_nodes():
+        for rule in LOCATE_RULES:
+            hit = rule.pattern(node)
+            if hit is None:
+                continue
+            weight, named = hit
+            for scope, how in _scopes(node, named):
+                resolved = _resolve(scope, wanted)
+                if resolved is None:
+                    continue
+                name, path = resolved
+                transposed = isinstance(rule, TransposedLinearWeightRule)
+                out_features, in_features = sites[name]
+                expected = (out_features, in_features) if transposed else (in_features, out_features)
+                shape = tuple(weight.const_value.shape)
+                if shape != expected:
+                    refused[name] = (
+                        f"node {node.name!r} holds {weight.name!r} of shape {list(shape)}, "
+                        f"not {list(expected)} (K and V packed by attention fusion?)"
+                    )
+                    break
+                if name in matches and matches[name].matmul is not node:
+                    raise BackendError(
+                        f"{where}: site {path} matches two MatMul nodes, {matches[name].matmul.name!r} and {node.name!r}"
+                    )
+                matches[name] = SiteMatch(
+                    name=name, module_path=path, matmul=node, weight=weight, transposed=transposed, found_by=how
+                )
+                break
+    missing = sorted(wanted - set(matches))
+    if missing:
+        name = missing[0]
+        fused = sorted({node.op_type for node in graph.all_nodes() if node.op_type in FUSED_ATTENTION_OPS})
+        count = f"{len(missing)} of {len(wanted)} sites" if len(missing) > 1 else "site"
+        if name in refused:
+            reason = refused[name]
+        elif fused:
+            reason = f"the graph has fused attention ({', '.join(fused)}), which packs K and V"
+        else:
+            reason = "no MatMul with that module path in its node name, name_scopes metadata or initializer name"
+        raise BackendError(f"{where}: {count} not found, first {name} ({reason}); {PATCH_BEFORE_OPTIMISATION}")
+    return matches

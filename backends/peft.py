@@ -1,0 +1,48 @@
+"""The PEFT/diffusers LoRA backend (``output.format: peft``), for diffusers-only users.
+
+The layout ``save_lora_weights`` writes (research/ecosystem.md §1.3): per site
+``unet.<diffusers module path>.lora_A.weight`` [r, in] and ``.lora_B.weight`` [out, r], no alpha
+tensors, and the LoRA config in the header as ``lora_adapter_metadata`` (JSON of ``LoraConfig``
+keyword arguments prefixed ``unet.``), with ``lora_alpha = r`` so PEFT's scaling is exactly 1.
+Diffusers loads it with ``load_lora_weights`` on any SD1/SD2/SDXL pipeline; A1111 and ComfyUI do not
+match these names for attention layers (§1.4, §1.5) — use the kohya format there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+import numpy as np
+
+from erasec.ir import ModelTarget, Solution
+from erasec.ir.naming import peft_module_name
+
+from .factors import LoraOptions, site_factors, uniform_rank
+
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeftOptions(LoraOptions):
+    format: ClassVar[str] = "peft"
+
+
+def build_peft(
+    solution: Solution,
+    target: ModelTarget,
+    base_weights: Mapping[str, np.ndarray],
+    options: PeftOptions = PeftOptions(),
+) -> tuple[dict[str, object], int, dict[str, str]]:
+    """(tensors by key, uniform rank, the header keys diffusers reads) of the LoRA for ``solution``."""
+    rank = uniform_rank(solution, options)
+    tensors: dict[str, object] = {}
+    modules = []
+    for site, up, down in site_factors(solution, target, base_weights, options, rank):
+        name = peft_module_name(site)
+        tensors[f"{name}.lora_A.weight"] = down
+        tensors[f"{name}.lora_B.weight"] = up
+        modules.append(site.module_path)
+    config = {"unet.r": rank, "unet.lora_alpha": rank, "unet.target_modules": sorted(modules)}
+    return tensors, rank, {ADAPTER_METADATA_KEY: json.dumps(config, sort_keys=True)}

@@ -1,0 +1,83 @@
+"""``erasec apply PATCH --model M -o OUT [--scale S]``: a merged checkpoint, ``W0 + S·ΔW``.
+
+The output has the model's layout — a diffusers folder gives a folder, a single ``.safetensors``
+checkpoint a single file — written by the merged-checkpoint backend (``backends/checkpoint.py``):
+only the bytes of the edited K/V tensors change, each ``cast(W0 + S·ΔW)`` computed in float64,
+header and every other tensor byte-identical, written under a temporary name and renamed.
+
+ΔW is read from the patch's own LoRA factors (``alpha/r · up @ down``), so what is merged is
+exactly what a LoRA loader would add. A positive scale requires the model to match the base pin
+(``--force`` skips the check); a negative one undoes a merge — ``--scale -1`` on a model merged
+with this patch restores the base within the storage dtype's rounding — and so is not checked
+against the pin, which a merged model no longer matches.
+"""
+
+from __future__ import annotations
+
+import math
+
+from erasec.backends.checkpoint import CheckpointSource, write_checkpoint
+from erasec.ir import LayerFactors, Solution, SolveReport, SpaceSolution
+from erasec.ir.naming import kohya_module_name
+from erasec.patches.pin import pin_difference
+from erasec.patches.read import PatchFile, read_patch
+
+from .errors import BuildError
+from .patch_verify import patch_layers, patch_target
+from .pins import model_base_pin
+
+
+def patch_solution(patch: PatchFile, scale: float) -> Solution:
+    """The patch's LoRA as a per-layer ``Solution`` of ``scale·ΔW`` (float64 from the stored factors)."""
+    family = patch.base.get("family", "")
+    spaces = []
+    for space in patch.spaces:
+        layers = []
+        for layer in space["layers"]:
+            name = kohya_module_name(layer, family)
+            up = patch.tensor(f"{name}.lora_up.weight")
+            down = patch.tensor(f"{name}.lora_down.weight")
+            alpha = float(patch.tensor(f"{name}.alpha")) if f"{name}.alpha" in patch.entries else down.shape[0]
+            layers.append(LayerFactors(module_path=layer, up=up * (scale * alpha / down.shape[0]), down=down))
+        spaces.append(
+            SpaceSolution(
+                space=space["space"],
+                form="per-layer",
+                rank=layers[0].down.shape[0] if layers else 0,
+                layers=tuple(layers),
+                report=SolveReport(condition=float(space.get("condition", 0.0)), residual=0.0, hard_rank=0),
+            )
+        )
+    return Solution(spaces=tuple(spaces))
+
+
+def apply_patch(patch_path: str, model_location: str, output: str, *, scale: float = 1.0, force: bool = False) -> dict:
+    from .model import open_model
+
+    if not math.isfinite(scale) or scale == 0:
+        raise BuildError(f"--scale: {scale} must be a finite, non-zero number")
+    patch = read_patch(patch_path)
+    model = open_model(model_location)
+    if patch.base.get("family") != model.target.family:
+        raise BuildError(f"{patch.path}: the patch is for {patch.base.get('family')}, the model is {model.target.family}")
+    target = patch_target(patch, model)
+    if scale > 0 and not force:
+        differ = pin_difference(patch.base, model_base_pin(model, patch_layers(patch)))
+        if differ:
+            raise BuildError(
+                f"{model_location}: not this patch's base ({len(differ)} touched tensors differ, first "
+                f"{differ[0].removesuffix('.weight')}); use 'erasec retarget' for a fine-tune, or --force"
+            )
+    source = CheckpointSource(
+        layout=model.layout, root=model.path, weights_file=model.unet_weights_file, weight_name=model.weight_name
+    )
+    size = write_checkpoint(patch_solution(patch, scale), target, model.kv_weights(), source, output)
+    return {
+        "output": str(output),
+        "model": model_location,
+        "layout": model.layout,
+        "patch": str(patch.path),
+        "scale": scale,
+        "tensors_changed": len(target.sites),
+        "size_bytes": size,
+    }

@@ -1,0 +1,89 @@
+"""``erasec inspect``: what a patch erases and keeps, what it was built against, and how big it is.
+
+Everything comes from the header (docs/patch-format.md); no tensor is read, no model opened.
+"""
+
+from __future__ import annotations
+
+from .read import PatchFile
+
+
+def describe(patch: PatchFile) -> dict:
+    """The patch's facts as plain JSON-able data (``--json`` prints exactly this)."""
+    spec, base, spaces = patch.spec, patch.base, patch.spaces
+    encoder = base.get("text_encoder")
+    return {
+        "file": str(patch.path),
+        "name": patch.name,
+        "version": patch.version,
+        "format": patch.metadata.get("erasec.format"),
+        "compiler": patch.metadata.get("erasec.compiler"),
+        "method": spec.get("method"),
+        "pipeline": patch.metadata.get("erasec.pipeline"),
+        "erase": [
+            {key: entry.get(key) for key in ("concept", "anchor", "synonyms", "templates", "strength")}
+            for entry in spec.get("erase", [])
+        ],
+        "preserve": list(spec.get("preserve", [])),
+        "options": spec.get("options", {}),
+        "base": {
+            "family": base.get("family"),
+            "model": base.get("model"),
+            "tensors": base.get("tensors"),
+            "dtype": base.get("dtype"),
+            "sha256": base.get("sha256"),
+            "sha256_fp16": base.get("sha256_fp16"),
+            "text_encoder_sha256": None if not encoder else encoder.get("sha256"),
+        },
+        "rank": int(patch.metadata.get("ss_network_dim", "0") or 0),
+        "spaces": [
+            {"space": s.get("space"), "form": s.get("form"), "rank": s.get("rank"), "layers": len(s.get("layers", []))}
+            for s in spaces
+        ],
+        "layers": sorted(layer for s in spaces for layer in s.get("layers", [])),
+        "dtype": patch.dtype,
+        "size_bytes": patch.size,
+        "sha256": patch.data_sha256,
+        "report": patch.json("erasec.report") if "erasec.report" in patch.metadata else None,
+        "retargetable": "erasec.shared" in patch.metadata,
+        "linked": "erasec.link" in patch.metadata,
+        "derived_from": patch.json("erasec.derived_from") if "erasec.derived_from" in patch.metadata else None,
+    }
+
+
+def render(facts: dict) -> str:
+    """The human-readable form of ``describe``'s facts."""
+    base = facts["base"]
+    report = facts["report"] or {}
+    efficacy = report.get("efficacy", {})
+    lines = [
+        f"{facts['name']} {facts['version']}  ({facts['file']}, {facts['size_bytes']} bytes, {facts['dtype']})",
+        f"  method    {facts['method']}   pipeline {facts['pipeline']}",
+        f"  compiler  erasec {facts['compiler']}, patch format {facts['format']}",
+        f"  base      {base['model']} ({base['family']}), {base['tensors']} tensors stored as {base['dtype']}",
+        f"            sha256 {base['sha256']}",
+        f"            sha256 (fp16-rounded) {base['sha256_fp16']}",
+        f"            text encoder {base['text_encoder_sha256'] or '(not pinned)'}",
+        f"  rank      {facts['rank']} in each of {len(facts['layers'])} layers  "
+        + ", ".join(f"{s['space']}: {s['form']}" for s in facts["spaces"]),
+        f"  sha256    {facts['sha256']} (tensor bytes; A1111 shows {facts['sha256'][:12]})",
+        f"  links     retarget {'yes' if facts['retargetable'] else 'no'}, "
+        f"compose {'yes' if facts['linked'] else 'no (built without output.link)'}",
+        "",
+        "  erases                               anchor             efficacy",
+    ]
+    for entry in facts["erase"]:
+        score = efficacy.get(entry["concept"])
+        shown = "" if score is None else f"{score:.4f}"
+        anchor = entry["anchor"] or '""'
+        lines.append(f"  {entry['concept'][:36]:<36} {anchor[:18]:<18} {shown:>8}")
+        if entry["synonyms"]:
+            lines.append(f"    also: {', '.join(entry['synonyms'])}")
+    preserve = facts["preserve"]
+    shown = ", ".join(preserve[:8]) + (f", … ({len(preserve)} in all)" if len(preserve) > 8 else "")
+    lines.append(f"  keeps     {shown or '(nothing listed)'}")
+    if report.get("specificity") is not None:
+        lines.append(f"  specificity {report['specificity']:.4f} over {report.get('preserve_rows')} preserved rows")
+    if facts["derived_from"]:
+        lines.append(f"  derived   {facts['derived_from']}")
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""``erasec publish PATCH --to DIR``: a hub-ready folder holding every published version of a patch.
+
+Layout (research/ecosystem.md §5.1–§5.2): ``<name>-<version>.safetensors`` per version — a
+kohya-format file, so loaders need ``weight_name=`` — plus ``manifest.json`` (every version: file,
+full-file sha256 = the Hub's LFS oid, tensor-bytes sha256 = ``sshs_model_hash``, base pin,
+concepts) and ``README.md``, a model card whose YAML front matter (``base_model``,
+``base_model_relation: adapter``, ``license``, ``tags``) is written with huggingface_hub's offline
+``ModelCardData``/``ModelCard``; nothing is uploaded. A published version is immutable: the same
+bytes again are a no-op, different bytes under the same version are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .diff import semver_core
+from .errors import PatchError
+from .read import PatchFile
+from .safetensors_io import atomic_write
+
+MANIFEST = "manifest.json"
+CARD = "README.md"
+DEFAULT_LICENSE = "creativeml-openrail-m"  # the SD1/SD2 weights' license; pass another for other bases
+TAGS = ("text-to-image", "stable-diffusion", "lora", "diffusers", "concept-erasure", "erasec")
+
+
+def versioned_file_name(patch: PatchFile) -> str:
+    return f"{patch.name}-{patch.version}.safetensors"
+
+
+def _entry(patch: PatchFile, file_name: str, file_sha256: str) -> dict:
+    spec, base = patch.spec, patch.base
+    return {
+        "file": file_name,
+        "sha256": file_sha256,
+        "sshs_model_hash": patch.data_sha256,
+        "size_bytes": patch.size,
+        "compiler": patch.metadata.get("erasec.compiler"),
+        "method": spec.get("method"),
+        "erase": [entry["concept"] for entry in spec.get("erase", [])],
+        "preserve_count": len(spec.get("preserve", [])),
+        "rank": int(patch.metadata.get("ss_network_dim", "0") or 0),
+        "dtype": patch.dtype,
+        "base": {key: base.get(key) for key in ("family", "model", "tensors", "dtype", "sha256", "sha256_fp16")},
+    }
+
+
+def _latest(versions: dict) -> str:
+    return max(versions, key=lambda v: (semver_core(v) or (0, 0, 0), "-" not in v, v))
+
+
+def _card(name: str, manifest: dict, base_model: str | None, license_id: str) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    latest = manifest["latest"]
+    entry = manifest["versions"][latest]
+    data = ModelCardData(
+        base_model=base_model,
+        base_model_relation="adapter" if base_model else None,
+        library_name="diffusers",
+        license=license_id,
+        tags=list(TAGS),
+    )
+    erased = "\n".join(f"- {concept}" for concept in entry["erase"])
+    rows = "\n".join(
+        f"| {version} | `{manifest['versions'][version]['file']}` | {', '.join(manifest['versions'][version]['erase'])} "
+        f"| `{manifest['versions'][version]['sshs_model_hash'][:12]}` |"
+        for version in sorted(manifest["versions"], key=lambda v: semver_core(v) or (0, 0, 0), reverse=True)
+    )
+    base = entry["base"]
+    body = f"""
+# {name} {latest}
+
+A concept-erasure patch compiled by [erasec](https://pypi.org/project/erasec/) (closed-form; no
+training): a kohya-format LoRA that loads unchanged in diffusers, ComfyUI, A1111/Forge and kohya.
+
+## Erases
+
+{erased}
+
+It keeps {entry['preserve_count']} listed prompts; method `{entry['method']}`, rank {entry['rank']}, {entry['dtype']}.
+
+## Use
+
+```python
+pipe.load_lora_weights("<this repo or folder>", weight_name="{entry['file']}")
+```
+
+Check that a model is the base this patch was built for, and merge it:
+
+```
+erasec verify {entry['file']} --model MODEL
+erasec apply {entry['file']} --model MODEL -o MERGED
+```
+
+## Base
+
+`{base['model']}` ({base['family']}); the patch pins the {base['tensors']} tensors it touches:
+sha256 `{base['sha256']}`, fp16-rounded `{base['sha256_fp16']}`.
+
+## Versions
+
+| version | file | erases | sha256 of tensors |
+|---|---|---|---|
+{rows}
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def publish(patch: PatchFile, folder: Path, *, base_model: str | None = None, license_id: str | None = None) -> dict:
+    """Add ``patch`` to the hub folder ``folder``; returns what was written."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PatchError(f"{folder}: is a file; give a folder to publish into")
+    manifest_path = folder / MANIFEST
+    manifest = {"name": patch.name, "latest": patch.version, "versions": {}}
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest["versions"]  # noqa: B018 — a KeyError means a foreign file
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise PatchError(f"{manifest_path}: not an erasec hub manifest; publish into another folder") from None
+        if manifest.get("name") != patch.name:
+            raise PatchError(
+                f"{folder}: holds the patch {manifest.get('name')!r}, not {patch.name!r}; publish into another folder"
+            )
+    file_name = versioned_file_name(patch)
+    raw = patch.path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    target = folder / file_name
+    status = "published"
+    if target.exists():
+        if hashlib.sha256(target.read_bytes()).hexdigest() != digest:
+            raise PatchError(
+                f"{target}: version {patch.version} is already published with different bytes; "
+                "bump the version in the spec and rebuild"
+            )
+        status = "unchanged"
+    known = manifest["versions"].get(patch.version)
+    if known is not None and known.get("sha256") != digest:
+        raise PatchError(
+            f"{manifest_path}: version {patch.version} is recorded with different bytes; bump the version and rebuild"
+        )
+    if status == "published":
+        atomic_write(target, raw)
+    manifest["versions"][patch.version] = _entry(patch, file_name, digest)
+    manifest["versions"] = dict(sorted(manifest["versions"].items()))
+    manifest["latest"] = _latest(manifest["versions"])
+    # a card option given once holds for later versions until given again
+    base_model = base_model or manifest.get("base_model")
+    license_id = license_id or manifest.get("license") or DEFAULT_LICENSE
+    manifest.update(base_model=base_model, license=license_id)
+    card = _card(patch.name, manifest, base_model, license_id)
+    atomic_write(
+        manifest_path,
+        (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode(),
+        safetensors=False,
+    )
+    atomic_write(folder / CARD, card.encode("utf-8"), safetensors=False)
+    return {
+        "status": status,
+        "folder": str(folder),
+        "file": file_name,
+        "sha256": digest,
+        "latest": manifest["latest"],
+        "versions": list(manifest["versions"]),
+        "base_model": base_model,
+        "license": license_id,
+    }
