@@ -14,10 +14,8 @@ The copy is written beside the output under a temporary name and renamed into pl
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Mapping
@@ -25,10 +23,12 @@ from typing import Callable, Literal, Mapping
 import numpy as np
 
 from erasec.ir import LinearSite, ModelTarget, Solution
+from erasec.patches.atomic import write_files_atomically
 from erasec.patches.errors import PatchError
 from erasec.patches.safetensors_io import read_header
 
 from .errors import BackendError
+from .factors import edited_sites, full_width
 
 _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
@@ -43,35 +43,38 @@ class CheckpointSource:
     weight_name: Callable[[LinearSite], str]
 
 
-def _merged_bytes(entry: dict, base: np.ndarray, delta: np.ndarray, name: str) -> bytes:
+def _merged_bytes(entry: dict, stored: bytes, delta: np.ndarray, name: str) -> bytes:
+    """``cast(W0 + ΔW)`` in the stored dtype, W0 being the stored values themselves."""
     import torch
 
     dtype = _DTYPES.get(entry["dtype"])
     if dtype is None:
         raise BackendError(f"checkpoint: {name} is stored as {entry['dtype']}; only F32, F16, BF16, F64 can be edited")
-    if tuple(entry["shape"]) != base.shape:
-        raise BackendError(f"checkpoint: {name} has shape {tuple(entry['shape'])} in the file, {base.shape} in the solution")
-    merged = base.astype(np.float64) + delta
+    if tuple(entry["shape"]) != delta.shape:
+        raise BackendError(f"checkpoint: {name} has shape {tuple(entry['shape'])} in the file, {delta.shape} in the solution")
+    base = torch.frombuffer(bytearray(stored), dtype=getattr(torch, dtype)).reshape(delta.shape)
+    merged = base.to(torch.float64).numpy() + delta
     if not np.isfinite(merged).all():
         raise BackendError(f"checkpoint: W0 + ΔW of {name} is not finite; the solve is unusable")
     tensor = torch.from_numpy(np.ascontiguousarray(merged)).to(getattr(torch, dtype)).contiguous()
     return tensor.view(torch.uint8).numpy().tobytes()
 
 
-def _patch_file(path: Path, edits: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Overwrite the data of tensors ``name → (W0, ΔW)`` in the safetensors file at ``path``."""
+def _patch_file(path: Path, edits: Mapping[str, np.ndarray]) -> None:
+    """Add ``name → ΔW`` to the stored tensors of the safetensors file at ``path``, in place."""
     try:
         header, _ = read_header(path)
     except PatchError as error:
         raise BackendError(f"checkpoint: {error}") from None
     with open(path, "r+b") as stream:
         (length,) = struct.unpack("<Q", stream.read(8))
-        for name, (base, delta) in edits.items():
+        for name, delta in edits.items():
             if name not in header:
                 raise BackendError(f"checkpoint: {path} has no tensor {name}")
             entry = header[name]
             start, stop = entry["data_offsets"]
-            raw = _merged_bytes(entry, base, delta, name)
+            stream.seek(8 + length + start)
+            raw = _merged_bytes(entry, stream.read(stop - start), delta, name)
             if len(raw) != stop - start:
                 raise BackendError(f"checkpoint: {name} would change size ({len(raw)} vs {stop - start} bytes)")
             stream.seek(8 + length + start)
@@ -86,15 +89,12 @@ def _header_bytes(path: Path) -> bytes:
 
 def merged_edits(
     solution: Solution, target: ModelTarget, base_weights: Mapping[str, np.ndarray], source: CheckpointSource
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """tensor name in the weights file → (W0, ΔW), both float64-able, for every edited site."""
+) -> dict[str, np.ndarray]:
+    """tensor name in the weights file → float64 ΔW of the tensor's full shape, for every edited site."""
     edits = {}
-    for space_solution in solution.spaces:
-        for site in target.space(space_solution.space).sites:
-            if site.module_path not in base_weights:
-                raise BackendError(f"checkpoint: no base weight for {site.module_path}")
-            base = base_weights[site.module_path]
-            edits[source.weight_name(site)] = (base, space_solution.delta(site.module_path, base))
+    for space_solution, site in edited_sites(solution, target, base_weights, "checkpoint"):
+        delta = space_solution.delta(site.module_path, base_weights[site.module_path])
+        edits[source.weight_name(site)] = full_width(site, delta)
     return edits
 
 
@@ -117,30 +117,21 @@ def write_checkpoint(
     if source.layout == "single-file" and output.is_dir():
         raise BackendError(f"checkpoint: {output} is a folder; give a file name such as {output / 'merged.safetensors'}")
     edits = merged_edits(solution, target, base_weights, source)
-    parent = output.parent if str(output.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent))
-    except OSError as error:
-        raise BackendError(f"checkpoint: {output}: cannot write here ({error.strerror})") from None
-    try:
+    before = _header_bytes(source.weights_file)
+
+    def write(staging: Path) -> None:
+        copy = staging / output.name
         if source.layout == "diffusers":
-            copy = staging / output.name
             shutil.copytree(source.root, copy, symlinks=False)
             edited = copy / source.weights_file.relative_to(source.root)
         else:
-            copy = staging / output.name
             shutil.copyfile(source.weights_file, copy)
             edited = copy
-        before = _header_bytes(source.weights_file)
         _patch_file(edited, edits)
         if _header_bytes(edited) != before:
             raise BackendError(f"checkpoint: {output}: the header changed while editing; nothing written")
-        os.replace(copy, output)
-    except OSError as error:
-        raise BackendError(f"checkpoint: {output}: cannot write ({error.strerror})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    write_files_atomically([output], write)
     if output.is_dir():
         return sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
     return output.stat().st_size

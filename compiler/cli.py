@@ -32,6 +32,26 @@ def _quiet_libraries() -> None:
         module.set_verbosity_error()
 
 
+def _return_freed_memory() -> None:
+    """Make glibc hand large freed blocks back to the OS.
+
+    glibc raises its mmap threshold as blocks are freed (up to 32 MiB), after which tens-of-MB
+    tensors come from the heap, where fragmentation keeps them resident: an SDXL build that reads
+    its weights one at a time then holds about 1 GiB more than it uses (measured; docs/performance.md).
+    A fixed 1 MiB threshold (``M_MMAP_THRESHOLD`` = -3) keeps the peak at what is live. No-op off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(-3, 1 << 20)
+    except OSError:
+        pass
+
+
 def _fail(error: ErasecError) -> None:
     click.echo(f"erasec: error: {error}", err=True)
     sys.exit(EXIT_USER_ERROR)
@@ -45,7 +65,7 @@ def _size(n: int) -> str:
     return str(n)
 
 
-_FORMAT_NAMES = {"kohya": "kohya LoRA", "peft": "PEFT/diffusers LoRA", "checkpoint": "merged checkpoint"}
+_FORMAT_NAMES = {"kohya": "kohya LoRA", "peft": "PEFT/diffusers LoRA", "checkpoint": "merged checkpoint", "onnx": "ONNX UNet"}
 
 
 def _summary(result) -> str:
@@ -58,6 +78,7 @@ def _summary(result) -> str:
         f"  rows     {result.erase_rows} erase, {result.preserve_rows} preserve, {result.hard_rows} hard"
         f"   condition {result.condition:.3g}",
         f"  rank     {result.rank} in each of {result.layers} layers",
+        *([f"  paths    {'; '.join(result.paths)}"] if result.paths else []),
         "  time     "
         + ", ".join(f"{k} {seconds[k]:.2f}s" for k in ("load", "encode", "solve", "evaluate", "emit", "total")),
         "",
@@ -75,6 +96,15 @@ def _summary(result) -> str:
         prompt, value = scores.worst_preserve
         lines.append(f"  least preserved: {prompt!r} {value:.4f}")
     lines.append("  (text pathway, all edited K/V layers; 1 = fully erased / fully kept)")
+    for diagnostic in result.diagnostics:
+        lines.append(f"  {diagnostic}")
+    pooled = getattr(result, "pooled_scores", None)
+    if pooled is not None:
+        lines.append("  pooled path (add_embedding.linear_1):")
+        for request in pooled.requests:
+            lines.append(f"  {request.request[:34]:<34} {request.rows:>6}   {request.efficacy:8.4f}")
+        if pooled.specificity is not None:
+            lines.append(f"  preserved prompts ({pooled.preserve_rows} rows)          specificity {pooled.specificity:.4f}")
     return "\n".join(lines)
 
 
@@ -101,6 +131,7 @@ def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickl
     from .build import BuildOptions, build as run_build
 
     _quiet_libraries()
+    _return_freed_memory()
     wanted = tuple(p.strip() for p in print_ir_after.split(",")) if print_ir_after else ()
     options = BuildOptions(
         model=model, print_ir_after=wanted, verify_each=verify_each, allow_pickle=allow_pickle
@@ -172,9 +203,10 @@ def _emit(data: dict, as_json: bool, text: str | None) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) if as_json else text)
 
 
-def _run_patch_command(action):
+def _run_patch_command(action, *, loads_models: bool = True):
     """Run ``action()``; a user-fixable ``ErasecError`` is one line on stderr and exit 2."""
-    _quiet_libraries()
+    if loads_models:  # commands reading only patch files skip importing diffusers/transformers
+        _quiet_libraries()
     try:
         return action()
     except ErasecError as error:
@@ -193,7 +225,7 @@ def inspect(patch, as_json) -> None:
     from erasec.patches.inspect import describe, render
     from erasec.patches.read import read_patch
 
-    facts = _run_patch_command(lambda: describe(read_patch(patch)))
+    facts = _run_patch_command(lambda: describe(read_patch(patch)), loads_models=False)
     _emit(facts, as_json, None if as_json else render(facts))
 
 
@@ -215,17 +247,32 @@ def verify(patch, model, as_json) -> None:
 
 @cli.command()
 @click.argument("patch")
-@click.option("--model", required=True, help="model folder, single file or builtin:NAME")
+@click.option("--model", default=None, help="model folder, single file or builtin:NAME")
+@click.option("--onnx", "onnx_graph", default=None, type=click.Path(dir_okay=False), help="a UNet ONNX graph, instead of --model")
+@click.option("--mode", default="bake", type=click.Choice(["bake", "switchable", "adapter"]), show_default=True,
+              help="with --onnx: bake ΔW into the weights, add a branch switched by erase_scale, or an .onnx_adapter")
 @click.option("-o", "--output", required=True, type=click.Path(), help="the merged model to write (new path)")
 @click.option("--scale", default=1.0, type=float, show_default=True, help="W0 + scale·ΔW; -1 undoes a merge")
 @click.option("--force", is_flag=True, help="merge even if the model does not match the patch's base pin")
 @_json_option
-def apply(patch, model, output, scale, force, as_json) -> None:
-    """Merge PATCH into MODEL: a checkpoint in the model's own layout."""
+def apply(patch, model, onnx_graph, mode, output, scale, force, as_json) -> None:
+    """Merge PATCH into MODEL (a checkpoint in the model's own layout) or into an ONNX UNet graph."""
     from .patch_apply import apply_patch
 
+    if onnx_graph is not None:
+        from .onnx_apply import apply_onnx
+
+        result = _run_patch_command(
+            lambda: apply_onnx(patch, onnx_graph, output, mode=mode, scale=scale, verify_base=not force)
+        )
+        text = f"wrote {', '.join(result['files'])} ({mode}, {result['sites']} sites, confirmed by {result['confirmed_by']})"
+        _emit(result, as_json, text)
+        return
+    if model is None:
+        _fail(ErasecError("apply: give --model (a merged checkpoint) or --onnx (a patched ONNX graph)"))
     result = _run_patch_command(lambda: apply_patch(patch, model, output, scale=scale, force=force))
-    text = f"wrote {output} ({result['layout']}, {result['tensors_changed']} tensors = W0 + {scale:g}·ΔW)"
+    sign = "+" if scale > 0 else "−"
+    text = f"wrote {output} ({result['layout']}, {result['tensors_changed']} tensors = W0 {sign} {abs(scale):g}·ΔW)"
     _emit(result, as_json, text)
 
 
@@ -255,7 +302,7 @@ def diff(old, new, as_json) -> None:
     from erasec.patches.diff import diff_patches, render
     from erasec.patches.read import read_patch
 
-    result = _run_patch_command(lambda: diff_patches(read_patch(old), read_patch(new)))
+    result = _run_patch_command(lambda: diff_patches(read_patch(old), read_patch(new)), loads_models=False)
     _emit(result, as_json, None if as_json else render(result))
 
 
@@ -273,7 +320,8 @@ def publish(patch, folder, base_model, license_id, as_json) -> None:
     from erasec.patches.read import read_patch
 
     result = _run_patch_command(
-        lambda: run_publish(read_patch(patch), Path(folder), base_model=base_model, license_id=license_id)
+        lambda: run_publish(read_patch(patch), Path(folder), base_model=base_model, license_id=license_id),
+        loads_models=False,
     )
     text = f"{result['status']} {result['folder']}/{result['file']} (latest {result['latest']})"
     _emit(result, as_json, text)
@@ -290,6 +338,70 @@ def retarget(patch, model, output, as_json) -> None:
 
     result = _run_patch_command(lambda: retarget_patch(patch, model, output))
     _emit(result, as_json, f"wrote {output} ({result['layers']} layers, rank {result['rank']}, for {model})")
+
+
+# --- ONNX (docs/onnx.md) ----------------------------------------------------------------------------
+
+
+@cli.command("export-onnx")
+@click.option("--model", required=True, help="model folder or builtin:NAME")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="the folder to write")
+@click.option("--exporter", default="dynamo", type=click.Choice(["dynamo", "legacy"]), show_default=True)
+@click.option("--opset", default=None, type=int, help="ONNX opset (default 20 for dynamo, 17 for legacy)")
+@click.option("--static", is_flag=True, help="fixed batch 2 and the model's sample size (faster to export)")
+@click.option("--components", default="unet,text_encoder", show_default=True, help="comma list")
+@_json_option
+def export_onnx(model, output, exporter, opset, static, components, as_json) -> None:
+    """Export MODEL's UNet and text encoder to ONNX graphs that erasec can patch."""
+    from pathlib import Path
+
+    from .onnx_export import ExportOptions, export_onnx as run_export
+
+    def action():
+        parts = tuple(part.strip() for part in components.split(",") if part.strip())
+        options = ExportOptions(exporter=exporter, opset=opset, dynamic=not static, components=parts)
+        return run_export(model, output, options)
+
+    result = _run_patch_command(action)
+    data = {
+        "folder": str(result.folder),
+        "files": {name: str(path) for name, path in result.files.items()},
+        "exporter": result.exporter,
+        "opset": result.opset,
+        "seconds": {name: round(value, 2) for name, value in result.seconds.items()},
+    }
+    text = "\n".join(
+        f"wrote {path} ({_size(Path(path).stat().st_size)}, {result.exporter} exporter, opset {result.opset}, "
+        f"{result.seconds[name]:.1f}s)"
+        for name, path in data["files"].items()
+    )
+    _emit(data, as_json, text)
+
+
+@cli.command("run-onnx")
+@click.argument("graph", type=click.Path())
+@click.option("--provider", "providers", multiple=True, help="execution provider(s) to try, in order "
+              "(default: TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider, where installed)")
+@click.option("--erase-scale", default=None, type=float, help="feed the switchable graph's erase_scale (0 = base)")
+@click.option("--adapter", default=None, type=click.Path(dir_okay=False), help="an .onnx_adapter to activate")
+@click.option("--seed", default=0, type=int, show_default=True, help="seed of the example latents and states")
+@click.option("--size", default=None, type=int, help="latent height and width (default: the graph's, else 64)")
+@click.option("--repeat", default=1, type=int, show_default=True, help="runs to time (median reported)")
+@_json_option
+def run_onnx(graph, providers, erase_scale, adapter, seed, size, repeat, as_json) -> None:
+    """Run one denoising step of a UNet GRAPH (or export folder) in ONNX Runtime; say which provider ran."""
+    from .onnx_runtime import run_onnx as run
+
+    result = _run_patch_command(
+        lambda: run(graph, providers=providers or None, erase_scale=erase_scale, adapter=adapter, seed=seed,
+                    size=size, repeat=repeat)
+    )
+    text = (
+        f"ran {result['graph']} on {result['provider']} (session providers: {', '.join(result['providers'])})\n"
+        f"  out_sample {result['output_shape']}  mean |x| {result['output_mean_abs']:.4g}  "
+        f"finite {result['finite']}  median {result['median_ms']:.1f} ms over {result['runs']} run(s)"
+    )
+    _emit(result, as_json, text)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ class Settings:
     lam: float
     erase_scale: float
     preserve_scale: float | None  # None: the legacy rule max(0.1, 1/|retain|)
+    prior_scale: float  # total weight of the preserve prior's rows (0: no prior)
 
 
 def resolve_settings(spec: Spec, preset: Preset) -> Settings:
@@ -54,13 +55,22 @@ def resolve_settings(spec: Spec, preset: Preset) -> Settings:
         lam=preset.lam if options.lam is None else options.lam,
         erase_scale=preset.erase_scale if options.erase_scale is None else options.erase_scale,
         preserve_scale=preserve,
+        prior_scale=(preset.prior_scale if options.prior_scale is None else options.prior_scale) if preset.prior else 0.0,
     )
+
+
+def prior_prompts(name: str) -> list[str]:
+    """The prompts of a shipped preserve prior (``compiler/data/prior-<name>.txt``)."""
+    from importlib import resources
+
+    text = (resources.files("erasec.compiler") / "data" / f"prior-{name}.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def erase_pairs(spec: Spec, preset: Preset) -> list[tuple[str, str, str, float]]:
     """(request, prompt, guide, strength) for every erase prompt, in spec order."""
     pairs = []
-    for entry in spec.erase:
+    for entry in ordered_entries(spec):
         names = (entry.concept, *entry.synonyms)
         anchor = entry.anchor if entry.anchor.strip() else preset.blank_guide
         for name in names:
@@ -71,8 +81,13 @@ def erase_pairs(spec: Spec, preset: Preset) -> list[tuple[str, str, str, float]]
     return pairs
 
 
+def ordered_entries(spec: Spec):
+    """The erase entries in a canonical order: a spec's list order changes nothing it builds."""
+    return sorted(spec.erase, key=lambda entry: (entry.concept.casefold(), entry.concept))
+
+
 def retain_prompts(spec: Spec, preset: Preset) -> list[str]:
-    prompts = list(spec.preserve)
+    prompts = sorted(spec.preserve, key=lambda prompt: (prompt.casefold(), prompt))
     if preset.preserve_empty and "" not in prompts:
         prompts.insert(0, "")
     return prompts
@@ -173,9 +188,22 @@ class Lowering:
             else:
                 p_keys.append(encoded[prompt][last[prompt]][None])
                 p_prov.append(Provenance(request="preserve", prompt=prompt, token=last[prompt]))
+        p_weights = [preserve_scale] * len(p_prov)
+        if settings.prior_scale > 0:
+            # the prior's rows: every token row of each prompt (BOS excluded: it is the same for all)
+            prior = prior_prompts(preset.prior)
+            rows = [r[1:] for r in self.model.encode(prior, padded=False)]
+            count = sum(r.shape[0] for r in rows)
+            for prompt, prompt_rows in zip(prior, rows):
+                p_keys.append(prompt_rows)
+                p_prov.extend(
+                    Provenance(request="preserve", prompt=f"<prior {preset.prior}> {prompt}", token=t + 1)
+                    for t in range(prompt_rows.shape[0])
+                )
+            p_weights.extend([settings.prior_scale / count] * count)
         preserve = PreserveRows(
             keys=np.concatenate(p_keys) if p_keys else np.zeros((0, space.dim)),
-            weights=np.full(len(p_prov), preserve_scale),
+            weights=np.array(p_weights, dtype=np.float64),
             provenance=tuple(p_prov),
         )
         invariant_rows = HardRows(
@@ -192,9 +220,38 @@ class Lowering:
             site_gram=site_gram(space, self.model.kv_weights(), preset.roles),
             roles=preset.roles,
         )
+        pooled = [self._pooled(space, pairs, retain, settings, preserve_scale) for space in self.model.target.spaces[1:]]
         return EditProgram(
             target=self.model.target,
-            requests=tuple(entry.concept for entry in spec.erase),
-            spaces=(program_space,),
-            phrases=tuple((entry.concept, *entry.synonyms) for entry in spec.erase),
+            requests=tuple(entry.concept for entry in ordered_entries(spec)),
+            spaces=(program_space, *pooled),
+            phrases=tuple((entry.concept, *entry.synonyms) for entry in ordered_entries(spec)),
+        )
+
+    def _pooled(self, space, pairs, retain: list[str], settings: Settings, preserve_scale: float) -> SpaceProgram:
+        """SDXL's pooled space (``options.pooled``): one pooled row per prompt, the same ridge system
+        on ``add_embedding.linear_1``'s pooled columns; the empty prompt's row is kept exactly."""
+        texts = sorted({p for _, p, _, _ in pairs} | {g for _, _, g, _ in pairs} | set(retain) | {""})
+        rows = dict(zip(texts, self.model.encode_pooled(texts)))
+        eot = {prompt: len(ids) - 1 for prompt, ids in self._ids(texts).items()}  # the pooled (EoT) position
+        erase = EraseRows(
+            keys=np.stack([rows[prompt] for _, prompt, _, _ in pairs]),
+            guides=np.stack([rows[guide] for _, _, guide, _ in pairs]),
+            weights=np.array([settings.erase_scale * strength for _, _, _, strength in pairs]),
+            provenance=tuple(Provenance(request=r, prompt=p, token=eot[p]) for r, p, _, _ in pairs),
+        )
+        preserve = PreserveRows(
+            keys=np.stack([rows[prompt] for prompt in retain]) if retain else np.zeros((0, space.dim)),
+            weights=np.full(len(retain), preserve_scale),
+            provenance=tuple(Provenance(request="preserve", prompt=p, token=eot[p]) for p in retain),
+        )
+        return SpaceProgram(
+            space=space.name,
+            lam=settings.lam,
+            erase=erase,
+            preserve=preserve,
+            hard=empty_hard(space.dim),
+            invariant_rows=HardRows(keys=rows[""][None], provenance=(Provenance(request="invariant", prompt="", token=1),)),
+            site_gram=site_gram(space, self.model.kv_weights(), ("pooled",)),
+            roles=("pooled",),
         )

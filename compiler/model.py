@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from erasec.ir import KeySpace, LinearSite, ModelTarget, VerifyError
 from erasec.ir.naming import LDM_UNET_PREFIX, checkpoint_weight_name, diffusers_module_path
 
 from . import layout as layouts
+from . import semantic
 from .builtin import TEXT_CONFIG_METADATA, builtin_model_path, cached
 from .errors import ModelError
 from .tokenizer import EOS_TOKEN, MODEL_MAX_LENGTH, OPEN_CLIP_PAD_TOKEN, load_clip_tokenizer, write_clip_tokenizer
@@ -122,6 +124,10 @@ def clip_config_overrides(config: Mapping[str, object], shapes: Mapping[str, tup
 # --- tensor sources ---------------------------------------------------------------------------------
 
 
+KV_CACHE_BYTES = 512 * 2**20
+_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
 class _TensorFile:
     """Named tensors of one file, read lazily (safetensors) or once (an allowed pickle)."""
 
@@ -134,21 +140,132 @@ class _TensorFile:
             self.metadata: dict[str, str] = {}
             self.shapes = {k: tuple(v.shape) for k, v in self._state.items()}
         else:
-            try:
+            try:  # safetensors validates the whole header (offsets tile the data, sizes match)
                 with safe_open(str(path), framework="pt") as handle:
                     self.metadata = dict(handle.metadata() or {})
                     self.shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
             except (SafetensorError, OSError) as error:
                 raise _unreadable(path, error) from error
+            with open(path, "rb") as stream:
+                (length,) = struct.unpack("<Q", stream.read(8))
+                self._entries = json.loads(stream.read(length))
+            self._data_start = 8 + length
 
     def tensors(self, names: Sequence[str]) -> dict[str, object]:
+        """The named tensors, each read with one seek and read: no mmap, so pages read once do not
+        stay resident (peak RSS, docs/performance.md)."""
         if self._state is not None:
             return {name: self._state[name] for name in names}
+        import torch
+
+        out = {}
         try:
-            with safe_open(str(self.path), framework="pt") as handle:
-                return {name: handle.get_tensor(name) for name in names}
-        except (SafetensorError, OSError) as error:
+            with open(self.path, "rb") as stream:
+                for name in names:
+                    entry = self._entries[name]
+                    start, stop = entry["data_offsets"]
+                    stream.seek(self._data_start + start)
+                    raw = bytearray(stream.read(stop - start))
+                    if len(raw) != stop - start:
+                        raise OSError(f"{name}: file shorter than its header says")
+                    dtype = getattr(torch, _TORCH_DTYPES[entry["dtype"]])
+                    out[name] = torch.frombuffer(raw, dtype=dtype).reshape(entry["shape"]) if raw else torch.zeros(
+                        entry["shape"], dtype=dtype
+                    )
+        except OSError as error:
             raise _unreadable(self.path, error) from error
+        except KeyError as error:
+            raise ModelError(f"{self.path}: tensor dtype {error.args[0]} is not a float type erasec reads") from None
+        return out
+
+
+def _assemble_clip(component: str, config: dict, state: dict, where) -> object:
+    """A CLIP text model of ``config`` holding ``state`` (HF names without ``text_model.``) as is.
+
+    Built on the meta device and given the tensors by assignment: no random initialisation and no
+    second copy, so loading peaks at the encoder's stored size (docs/performance.md).
+    """
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
+    if cls is CLIPTextModel:
+        state.pop("text_projection.weight", None)
+    with torch.device("meta"):
+        model = cls(CLIPTextConfig(**config))
+    if any(k.startswith("text_model.") for k in model.state_dict()):
+        state = {k if k == "text_projection.weight" else f"text_model.{k}": v for k, v in state.items()}
+    storage = {v.dtype for v in state.values()}
+    dtype = storage.pop() if len(storage) == 1 else torch.float32
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ModelError(
+            f"{where}: the text encoder does not match a CLIP text model "
+            f"(missing {missing[:2]}, unexpected {unexpected[:2]})"
+        )
+    for module in model.modules():  # non-persistent buffers are not in any file: make them again
+        if getattr(module, "position_ids", None) is not None and module.position_ids.is_meta:
+            count = module.position_ids.shape[-1]
+            module.register_buffer("position_ids", torch.arange(count).expand((1, -1)), persistent=False)
+    left = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
+    if left:
+        raise ModelError(f"{where}: the text encoder has no value for {left[0]}")
+    return _computing_in_fp32(model)
+
+
+def _computing_in_fp32(model):
+    """``model`` with its weights kept in their stored dtype, each module cast to fp32 only while it runs.
+
+    fp16 and bf16 values widen to fp32 exactly, so every output is bit-identical to an fp32 copy's,
+    while memory holds the stored size (SDXL's encoders: 1.6 GB in fp16 instead of 3.3 GB in fp32;
+    docs/performance.md). fp32 weights are left alone.
+    """
+    import torch
+
+    storage = {p.dtype for p in model.parameters()}
+    if storage == {torch.float32}:
+        return model
+    if len(storage) != 1:
+        return model.to(torch.float32)
+    (dtype,) = storage
+
+    def widen(module, args) -> None:
+        module.to(torch.float32)
+
+    def narrow(module, args, output) -> None:
+        module.to(dtype)
+
+    for module in model.modules():
+        if next(module.parameters(recurse=False), None) is not None:
+            module.register_forward_pre_hook(widen)
+            module.register_forward_hook(narrow)
+    return model
+
+
+class _LazyWeights(Mapping):
+    """module path → float32 weight, each read from the file when asked for."""
+
+    def __init__(self, file: _TensorFile, names: dict[str, tuple[str, int]]) -> None:
+        self._file = file
+        self._names = names  # module path -> (tensor name, columns the site reads)
+
+    def __getitem__(self, module_path: str) -> np.ndarray:
+        import torch
+
+        name, columns = self._names[module_path]
+        tensor = self._file.tensors([name])[name]
+        if tensor.shape[1] != columns:  # SDXL's add_embedding.linear_1: the pooled columns only
+            tensor = tensor[:, :columns].contiguous()
+        array = tensor.to(torch.float32).numpy()
+        array.flags.writeable = False
+        return array
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def _load_pickle(path: Path) -> dict:
@@ -204,7 +321,10 @@ def _folder_family(path: Path, location: str) -> str:
             raise ModelError(f"{location}: has text_encoder_2/ but no tokenizer_2/; an incomplete SDXL folder")
         return "sdxl"
     config_file = path / "text_encoder" / "config.json"
-    act = _read_json(config_file).get("hidden_act")
+    config = _read_json(config_file)
+    if semantic.is_bert(config):
+        return "sd1"  # the semantic test bed: an SD1-shaped UNet read by a BERT encoder
+    act = config.get("hidden_act")
     if act == "gelu":
         return "sd2"
     if act == "quick_gelu":
@@ -282,19 +402,21 @@ class SDModel:
         """The K/V tensor's name in ``unet_weights_file``."""
         return checkpoint_weight_name(site, self.layout)
 
-    def kv_weights(self) -> dict[str, np.ndarray]:
-        """module_path -> read-only float32 (out, in) weight; half-precision files are upcast."""
-        if "kv" not in self._cache:
-            import torch
+    def kv_weights(self) -> Mapping[str, np.ndarray]:
+        """module_path -> read-only float32 (out, in) weight; half-precision files are upcast exactly.
 
-            sites = self.target.sites
-            tensors = self._file.tensors([self.weight_name(site) for site in sites])
-            weights = {}
-            for site in sites:
-                array = tensors[self.weight_name(site)].to(torch.float32).numpy()
-                array.flags.writeable = False
-                weights[site.module_path] = array
-            self._cache["kv"] = weights
+        Held in memory when all of them take at most ``KV_CACHE_BYTES`` in fp32 (SD1/SD2: 0.2 GB);
+        otherwise read from the file on each access, one at a time — SDXL's 140 matrices would take
+        1.4 GB beside the text encoders (docs/performance.md).
+        """
+        weights = _LazyWeights(
+            self._file,
+            {site.module_path: (self.weight_name(site), site.in_features) for site in self.target.sites},
+        )
+        if sum(4 * site.out_features * site.in_features for site in self.target.sites) > KV_CACHE_BYTES:
+            return weights
+        if "kv" not in self._cache:
+            self._cache["kv"] = dict(weights.items())
         return dict(self._cache["kv"])
 
     # --- text ---------------------------------------------------------------------------------------
@@ -313,7 +435,8 @@ class SDModel:
                     self._cache.get("cache_dir"),
                     folder=True,
                 )
-            self._cache[key] = load_clip_tokenizer(folder)
+            bert = (folder / "vocab.txt").is_file()
+            self._cache[key] = semantic.load_bert_tokenizer(folder) if bert else load_clip_tokenizer(folder)
         return self._cache[key]
 
     def _text_encoder(self, component: str):
@@ -325,20 +448,25 @@ class SDModel:
         return self._cache[key]
 
     def _folder_encoder(self, component: str):
-        import torch
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+        from transformers import CLIPTextConfig
 
-        cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
         folder = self.path / component
+        if semantic.is_bert(_read_json(folder / "config.json")):
+            return semantic.load_bert_encoder(folder)
+        files = sorted(folder.glob("*.safetensors"))
+        if len(files) != 1:
+            raise ModelError(
+                f"{folder}: expected one .safetensors weights file, found {len(files)}; erasec reads no .bin pickles"
+            )
         try:
-            return cls.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+            config = CLIPTextConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
         except (OSError, ValueError) as error:
-            raise ModelError(f"{folder}: cannot load the CLIP text encoder ({_first_line(error)})") from error
+            raise ModelError(f"{folder}: cannot read the CLIP text config ({_first_line(error)})") from error
+        weights = _TensorFile(files[0], pickled=False)
+        state = weights.tensors([k for k in weights.shapes if not k.endswith("position_ids")])
+        return _assemble_clip(component, config, {k.removeprefix("text_model."): v for k, v in state.items()}, folder)
 
     def _file_encoder(self, component: str):
-        import torch
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
         family = self.family
         open_clip = family == "sd2" or component == "text_encoder_2"
         if open_clip:
@@ -362,20 +490,7 @@ class SDModel:
         overrides = self._file.metadata.get(TEXT_CONFIG_METADATA)
         if overrides:
             config.update(json.loads(overrides).get(component, {}))
-        cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
-        if cls is CLIPTextModel:
-            state.pop("text_projection.weight", None)
-        model = cls(CLIPTextConfig(**config))
-        if any(k.startswith("text_model.") for k in model.state_dict()):
-            state = {k if k == "text_projection.weight" else f"text_model.{k}": v for k, v in state.items()}
-        missing, unexpected = model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
-        missing = [k for k in missing if not k.endswith("position_ids")]
-        if missing or unexpected:
-            raise ModelError(
-                f"{self.path}: the text encoder under {prefix} does not match a CLIP text model "
-                f"(missing {missing[:2]}, unexpected {unexpected[:2]})"
-            )
-        return model
+        return _assemble_clip(component, config, state, f"{self.path} ({prefix})")
 
     def tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
         """CLIP ids with BOS and EoT, unpadded, truncated to 77 (EoT kept last, as the pipeline does)."""
@@ -407,6 +522,35 @@ class SDModel:
             rows[prompt] = array
         return [rows[prompt] for prompt in prompts]
 
+    def encode_pooled(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        """Read-only float64 pooled rows (``text_encoder_2``'s ``text_embeds``), one per prompt.
+
+        As StableDiffusionXLPipeline.encode_prompt makes them: ids padded to 77 with tokenizer_2's pad
+        token, the projected state at the EoT position (causal, so padding does not change it).
+        """
+        import torch
+
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        distinct = sorted(set(prompts))
+        ids = dict(zip(distinct, self._tokenize(distinct, "text_encoder_2")))
+        encoder = self._text_encoder("text_encoder_2")
+        pad_id = self._tokenizer("text_encoder_2").pad_token_id
+        rows: dict[str, np.ndarray] = {}
+        with torch.inference_mode():
+            for start in range(0, len(distinct), _ENCODE_CHUNK):
+                chunk = distinct[start : start + _ENCODE_CHUNK]
+                batch = torch.full((len(chunk), MODEL_MAX_LENGTH), pad_id, dtype=torch.long)
+                for index, prompt in enumerate(chunk):
+                    batch[index, : len(ids[prompt])] = torch.tensor(ids[prompt], dtype=torch.long)
+                embeds = encoder(input_ids=batch).text_embeds
+                for index, prompt in enumerate(chunk):
+                    array = embeds[index].to(torch.float64).numpy().copy()
+                    array.flags.writeable = False
+                    rows[prompt] = array
+        return [rows[prompt] for prompt in prompts]
+
     def _encode_with(self, distinct: list[str], component: str, hidden: HiddenState, padded: bool) -> dict:
         import torch
 
@@ -422,7 +566,12 @@ class SDModel:
                 batch = torch.full((len(chunk), width), pad_id, dtype=torch.long)
                 for index, prompt in enumerate(chunk):
                     batch[index, : len(ids[prompt])] = torch.tensor(ids[prompt], dtype=torch.long)
-                output = encoder(input_ids=batch, output_hidden_states=hidden == "penultimate")
+                extra = {}
+                if encoder.config.model_type == "bert":  # bidirectional: padding must be masked
+                    extra["attention_mask"] = torch.stack(
+                        [torch.arange(width) < len(ids[prompt]) for prompt in chunk]
+                    ).long()
+                output = encoder(input_ids=batch, output_hidden_states=hidden == "penultimate", **extra)
                 states = output.last_hidden_state if hidden == "last" else output.hidden_states[-2]
                 for index, prompt in enumerate(chunk):
                     count = width if padded else len(ids[prompt])
@@ -433,8 +582,14 @@ class SDModel:
 SD1Model = SDModel  # the name of the SD1-only frontend this generalises
 
 
-def open_model(location: str, *, cache_dir: Path | None = None, allow_pickle: bool = False) -> SDModel:
-    """Open a diffusers folder, a single-file checkpoint or ``builtin:NAME[.safetensors]``."""
+def open_model(
+    location: str, *, cache_dir: Path | None = None, allow_pickle: bool = False, pooled: bool = False
+) -> SDModel:
+    """Open a diffusers folder, a single-file checkpoint or ``builtin:NAME[.safetensors]``.
+
+    ``pooled``: add SDXL's pooled key space (``options.pooled``): the projected OpenCLIP-bigG pooled
+    embedding and the first columns of ``add_embedding.linear_1`` that read it.
+    """
     if location.startswith("builtin:"):
         path = builtin_model_path(location.removeprefix("builtin:"), cache_dir)
     else:
@@ -446,6 +601,8 @@ def open_model(location: str, *, cache_dir: Path | None = None, allow_pickle: bo
         )
     model = _open_folder(path, location) if path.is_dir() else _open_file(path, location, allow_pickle)
     model._cache["cache_dir"] = cache_dir
+    if pooled:
+        model = _with_pooled_space(model)
     logger.debug("opened %s (%s, %s): %d sites", location, model.family, model.layout, len(model.target.sites))
     return model
 
@@ -453,6 +610,8 @@ def open_model(location: str, *, cache_dir: Path | None = None, allow_pickle: bo
 def _open_folder(path: Path, location: str) -> SDModel:
     family = _folder_family(path, location)
     space_name, encoders = FAMILIES[family]
+    if semantic.is_bert(_read_json(path / "text_encoder" / "config.json")):
+        space_name = "minilm"
     dim = 0
     for component, _, _ in encoders:
         config_file = path / component / "config.json"
@@ -460,6 +619,7 @@ def _open_folder(path: Path, location: str) -> SDModel:
     for component, _, _ in encoders:
         tokenizer = path / _TOKENIZER_OF[component]
         has_pair = (tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file()
+        has_pair = has_pair or (tokenizer / "vocab.txt").is_file()  # BERT WordPiece (minilm-sd1)
         if not has_pair and not (tokenizer / "tokenizer.json").is_file():
             raise ModelError(f"{tokenizer}: no tokenizer files; expected vocab.json and merges.txt, or tokenizer.json")
     unet_file = path / "unet" / _UNET_FILE
@@ -520,3 +680,41 @@ def _model(location, path, layout, family, space_name, dim, sites, weights_file,
     return SDModel(
         location=location, path=path, layout=layout, target=target, unet_weights_file=weights_file, _file=tensors
     )
+
+
+POOLED_SPACE = "pooled"
+POOLED_MODULE = "add_embedding.linear_1"
+
+
+def _with_pooled_space(model: SDModel) -> SDModel:
+    """The model with SDXL's second key space: the pooled text embedding → ``add_embedding.linear_1``.
+
+    The SDXL UNet adds ``linear_2(act(linear_1([pooled ; time_ids embeddings])))`` to its time
+    embedding; ``pooled`` is ``text_encoder_2``'s projected EoT state (research/methods.md §7).
+    Only the pooled columns are a key space; the size/crop columns keep W0.
+    """
+    if model.family != "sdxl":
+        raise ModelError(f"{model.location}: options.pooled: only SDXL has a pooled text path; this is {model.family}")
+    if model.layout == "diffusers":
+        config_file = model.path / "text_encoder_2" / "config.json"
+        dim = _read_json(config_file).get("projection_dim")
+    else:
+        shape = model._file.shapes.get(layouts.OPEN_CLIP_PREFIXES["sdxl"] + "text_projection")
+        dim = shape[1] if shape else None
+    probe = LinearSite(module_path=POOLED_MODULE, out_features=1, in_features=1, role="pooled")
+    shape = model._file.shapes.get(model.weight_name(probe))
+    if not isinstance(dim, int) or shape is None or len(shape) != 2 or shape[1] <= dim:
+        raise ModelError(
+            f"{model.location}: options.pooled: no {POOLED_MODULE} reading a {dim}-wide pooled embedding; "
+            "not an SDXL base UNet"
+        )
+    site = LinearSite(module_path=POOLED_MODULE, out_features=shape[0], in_features=dim, role="pooled",
+                      full_in_features=shape[1])
+    space = KeySpace(name=POOLED_SPACE, dim=dim, encoder="text_encoder_2.text_embeds", sites=(site,))
+    target = ModelTarget(family=model.family, name=model.target.name, spaces=(*model.target.spaces, space))
+    opened = SDModel(
+        location=model.location, path=model.path, layout=model.layout, target=target,
+        unet_weights_file=model.unet_weights_file, _file=model._file,
+    )
+    opened._cache.update(model._cache)
+    return opened

@@ -110,7 +110,7 @@ def _export(module, args, path: Path, *, input_names, output_names, dynamic_axes
 
     import torch
 
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings and deprecation notes, not ours to fix
         if options.exporter == "legacy":
             torch.onnx.export(
@@ -163,7 +163,7 @@ def export_unet(unet, path: Path, options: ExportOptions) -> None:
         UNET_OUTPUT: {0: "batch", 2: "height", 3: "width"},
     }
     _export(
-        _unet_wrapper(unet.to(torch.float32)),
+        _unet_wrapper(unet if unet.dtype == torch.float32 else unet.to(torch.float32)),
         args,
         path,
         input_names=UNET_INPUTS,
@@ -179,7 +179,7 @@ def export_text_encoder(encoder, path: Path, options: ExportOptions) -> None:
     args = (torch.zeros(1, 77, dtype=torch.int32),)
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "last_hidden_state": {0: "batch", 1: "sequence"}}
     _export(
-        _text_encoder_wrapper(encoder.to(torch.float32)),
+        _text_encoder_wrapper(encoder if encoder.dtype == torch.float32 else encoder.to(torch.float32)),
         args,
         path,
         input_names=("input_ids",),
@@ -191,12 +191,17 @@ def export_text_encoder(encoder, path: Path, options: ExportOptions) -> None:
 
 def export_onnx(location: str, folder: str | Path, options: ExportOptions = ExportOptions()) -> ExportResult:
     """Export the components of the model at ``location`` (a folder or ``builtin:NAME``) to ``folder``."""
-    from .model import SD1Model
+    from .model import open_model
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise BuildError(f"{folder}: is a file; give a folder to export into")
-    model = SD1Model.open(location)
+    model = open_model(location)
+    if model.layout != "diffusers" or model.family not in ("sd1", "sd2"):
+        raise BuildError(
+            f"{location}: a {model.family} {model.layout} model; export-onnx takes SD1.x/SD2.x diffusers folders "
+            "(SDXL's extra UNet inputs are not exported yet)"
+        )
     seconds: dict[str, float] = {}
     files: dict[str, Path] = {}
     for component in options.components:

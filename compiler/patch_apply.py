@@ -5,7 +5,7 @@ checkpoint a single file — written by the merged-checkpoint backend (``backend
 only the bytes of the edited K/V tensors change, each ``cast(W0 + S·ΔW)`` computed in float64,
 header and every other tensor byte-identical, written under a temporary name and renamed.
 
-ΔW is read from the patch's own LoRA factors (``alpha/r · up @ down``), so what is merged is
+ΔW is read from the patch's own LoRA factors (kohya ``alpha/r · up @ down`` or PEFT ``B @ A``), so what is merged is
 exactly what a LoRA loader would add. A positive scale requires the model to match the base pin
 (``--force`` skips the check); a negative one undoes a merge — ``--scale -1`` on a model merged
 with this patch restores the base within the storage dtype's rounding — and so is not checked
@@ -18,27 +18,22 @@ import math
 
 from erasec.backends.checkpoint import CheckpointSource, write_checkpoint
 from erasec.ir import LayerFactors, Solution, SolveReport, SpaceSolution
-from erasec.ir.naming import kohya_module_name
 from erasec.patches.pin import pin_difference
 from erasec.patches.read import PatchFile, read_patch
 
 from .errors import BuildError
-from .patch_verify import patch_layers, patch_target
+from .patch_verify import patch_target
 from .pins import model_base_pin
 
 
 def patch_solution(patch: PatchFile, scale: float) -> Solution:
     """The patch's LoRA as a per-layer ``Solution`` of ``scale·ΔW`` (float64 from the stored factors)."""
-    family = patch.base.get("family", "")
     spaces = []
     for space in patch.spaces:
         layers = []
         for layer in space["layers"]:
-            name = kohya_module_name(layer, family)
-            up = patch.tensor(f"{name}.lora_up.weight")
-            down = patch.tensor(f"{name}.lora_down.weight")
-            alpha = float(patch.tensor(f"{name}.alpha")) if f"{name}.alpha" in patch.entries else down.shape[0]
-            layers.append(LayerFactors(module_path=layer, up=up * (scale * alpha / down.shape[0]), down=down))
+            up, down = patch.layer_factors(layer)
+            layers.append(LayerFactors(module_path=layer, up=up * scale, down=down))
         spaces.append(
             SpaceSolution(
                 space=space["space"],
@@ -62,7 +57,7 @@ def apply_patch(patch_path: str, model_location: str, output: str, *, scale: flo
         raise BuildError(f"{patch.path}: the patch is for {patch.base.get('family')}, the model is {model.target.family}")
     target = patch_target(patch, model)
     if scale > 0 and not force:
-        differ = pin_difference(patch.base, model_base_pin(model, patch_layers(patch)))
+        differ = pin_difference(patch.base, model_base_pin(model, patch.layers()))
         if differ:
             raise BuildError(
                 f"{model_location}: not this patch's base ({len(differ)} touched tensors differ, first "

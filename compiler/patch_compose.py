@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from erasec.backends.kohya import KohyaOptions, build_kohya
+from erasec.backends.peft import PeftOptions, build_peft
 from erasec.passes.presets import PRESETS
 from erasec.patches.link import decode_encodings, decode_shared
 from erasec.patches.manifest import Manifest, write_patch
@@ -34,7 +35,7 @@ from .encodings import ReplayModel
 from .errors import BuildError
 from .evaluate import score
 from .lowering import Lowering
-from .patch_verify import patch_layers, patch_target
+from .patch_verify import patch_target
 from .pins import model_base_pin, model_text_encoder_pin, storage_dtype
 from .spec import Spec, parse_spec
 from .version import erasec_version
@@ -127,7 +128,7 @@ def compose_patches(
     spec = spec_from_dict(data, source="compose")
     check_output_path(Path(output))
     opened = open_model(spec.model)
-    if not pins_match(first.base, model_base_pin(opened, patch_layers(first))):
+    if not pins_match(first.base, model_base_pin(opened, first.layers())):
         raise BuildError(f"{location}: not the base these patches pin; give the base with --model")
     encoder = (first.base.get("text_encoder") or {}).get("sha256")
     actual = model_text_encoder_pin(opened)
@@ -168,9 +169,13 @@ def retarget_patch(path: str, model_location: str, output: str) -> dict:
     target = patch_target(patch, model)
     weights = model.kv_weights()
     spec = spec_from_dict({**patch.spec, "model": model_location}, source=f"{patch.path}:erasec.spec")
-    tensors, rank = build_kohya(
-        solution, target, weights, KohyaOptions(dtype=spec.output.dtype, rank=int(patch.metadata["ss_network_dim"]))
-    )
+    rank_option = int(patch.metadata["ss_network_dim"])  # the patch's padded rank, kept
+    format_metadata: dict[str, str] = {}
+    if spec.output.format == "peft":
+        options = PeftOptions(dtype=spec.output.dtype, rank=rank_option)
+        tensors, rank, format_metadata = build_peft(solution, target, weights, options)
+    else:
+        tensors, rank = build_kohya(solution, target, weights, KohyaOptions(dtype=spec.output.dtype, rank=rank_option))
     if "erasec.link" in patch.metadata:
         replay = ReplayModel(model, decode_encodings(patch.metadata["erasec.link"]), where="retarget")
         lowered = Lowering(replay).lower(spec, PRESETS[spec.method])
@@ -199,7 +204,7 @@ def retarget_patch(path: str, model_location: str, output: str) -> dict:
         extra=_derived_from([patch]),
     )
     touched = {site.weight_name: weights[site.module_path] for site in target.sites}
-    size = write_patch(Path(output), tensors, manifest.metadata(touched))
+    size = write_patch(Path(output), tensors, {**manifest.metadata(touched), **format_metadata})
     return {
         "output": str(output),
         "model": model_location,

@@ -20,9 +20,9 @@ import dataclasses
 import numpy as np
 
 from erasec.ir import ModelTarget
-from erasec.ir.naming import kohya_module_name
 from erasec.patches.link import decode_shared
 from erasec.patches.pin import pin_difference
+from erasec.patches.errors import PatchError
 from erasec.patches.read import PatchFile, read_patch
 
 from .errors import BuildError
@@ -33,13 +33,9 @@ from .pins import model_base_pin
 DELTA_TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 4e-2}
 
 
-def patch_layers(patch: PatchFile) -> list[str]:
-    return sorted(layer for space in patch.spaces for layer in space.get("layers", []))
-
-
 def patch_target(patch: PatchFile, model) -> ModelTarget:
     """A model's target restricted to the sites the patch edits, shapes checked."""
-    wanted = set(patch_layers(patch))
+    wanted = set(patch.layers())
     spaces = []
     for space in model.target.spaces:
         sites = tuple(site for site in space.sites if site.module_path in wanted)
@@ -62,36 +58,40 @@ def _site_check(patch: PatchFile, model, layers: list[str]) -> dict:
         site = sites.get(layer)
         if site is None:
             return _check("sites", False, f"the model has no module {layer}")
-        name = kohya_module_name(layer, patch.base.get("family", ""))
-        up = patch.entries.get(f"{name}.lora_up.weight", {}).get("shape")
-        down = patch.entries.get(f"{name}.lora_down.weight", {}).get("shape")
-        if up is None or down is None:
-            return _check("sites", False, f"the patch has no LoRA tensors for {layer}")
-        if up[0] != site.out_features or down[1] != site.in_features:
+        try:
+            up, down = patch.layer_factors(layer)
+        except PatchError as error:
+            return _check("sites", False, str(error).split(": ", 1)[1])
+        if up.shape[0] != site.out_features or down.shape[1] != site.in_features:
             return _check(
-                "sites", False, f"{layer}: the patch is ({up[0]}, {down[1]}), the model ({site.out_features}, {site.in_features})"
+                "sites",
+                False,
+                f"{layer}: the patch is ({up.shape[0]}, {down.shape[1]}), the model ({site.out_features}, {site.in_features})",
             )
     return _check("sites", True, f"{len(layers)} modules present with matching shapes")
 
 
-def _delta_check(patch: PatchFile, weights: dict) -> dict:
+def _delta_check(patch: PatchFile, weights: dict, model_dtype: str | None) -> dict:
+    """The stored ΔW against W0·L·Rᵀ; the limit is the looser of the patch's and the model's storage
+    dtype (an fp16 release of the base has W0 rounded to fp16, which moves W0·L·Rᵀ by as much)."""
     if "erasec.shared" not in patch.metadata:
         return _check("delta", True, "not recorded (per-layer form); skipped")
     solution = decode_shared(patch.metadata["erasec.shared"])
-    tolerance = DELTA_TOLERANCE.get(patch.dtype, DELTA_TOLERANCE["bf16"])
+    tolerance = max(DELTA_TOLERANCE.get(kind, DELTA_TOLERANCE["bf16"]) for kind in (patch.dtype, model_dtype or "fp32"))
+    limit_dtype = patch.dtype if tolerance == DELTA_TOLERANCE.get(patch.dtype) else f"a {model_dtype} model"
     worst, worst_layer = 0.0, ""
     for space in patch.spaces:
         factors = solution.space(space["space"])
         for layer in space["layers"]:
             expected = factors.delta(layer, weights[layer])
-            stored = patch.delta(kohya_module_name(layer, patch.base.get("family", "")))
+            stored = patch.layer_delta(layer)
             norm = max(np.linalg.norm(expected), np.finfo(float).tiny)
             error = float(np.linalg.norm(stored - expected) / norm)
             if error > worst:
                 worst, worst_layer = error, layer
     ok = worst <= tolerance
     where = f" at {worst_layer}" if worst_layer else ""
-    return _check("delta", ok, f"stored ΔW vs W0·L·Rᵀ: max relative error {worst:.2e}{where} (limit {tolerance:.0e} for {patch.dtype})")
+    return _check("delta", ok, f"stored ΔW vs W0·L·Rᵀ: max relative error {worst:.2e}{where} (limit {tolerance:.0e} for {limit_dtype})")
 
 
 def verify_patch(patch_path: str, model_location: str) -> dict:
@@ -111,7 +111,7 @@ def verify_patch(patch_path: str, model_location: str) -> dict:
     ]
     model = open_model(model_location)
     base = patch.base
-    layers = patch_layers(patch)
+    layers = patch.layers()
     if base.get("family") != model.target.family:
         checks.append(_check("family", False, f"the patch is for {base.get('family')}, the model is {model.target.family}"))
     else:
@@ -130,7 +130,7 @@ def verify_patch(patch_path: str, model_location: str) -> dict:
             )
         )
         if all(check["ok"] for check in checks):
-            checks.append(_delta_check(patch, model.kv_weights()))
+            checks.append(_delta_check(patch, model.kv_weights(), actual.get("dtype")))
     ok = all(check["ok"] for check in checks)
     failed = next((check for check in checks if not check["ok"]), None)
     return {

@@ -60,19 +60,48 @@ class _LazyTensors(Mapping):
         return len(self._files)
 
 
+def _wanted(key: str) -> bool:
+    return key != "__metadata__" and not key.endswith("position_ids")  # an integer buffer, not a weight
+
+
+def _clip_name(key: str) -> str:
+    """HF CLIP names with or without the ``text_model.`` level (exports differ) → without."""
+    return key.removeprefix("text_model.")
+
+
 def text_encoder_tensors(model) -> Mapping[str, np.ndarray] | None:
-    """``folder/name`` → tensor of every text-encoder tensor of a diffusers folder; ``None`` for a
-    layout this does not know (the patch then records no text-encoder pin)."""
+    """``component/name`` → tensor of every text-encoder weight, or ``None`` for a layout this does
+    not know (the patch then records no text-encoder pin and cannot be retargeted).
+
+    Names are diffusers' (``text_encoder/embeddings.…``, without ``text_model.``); a single file's CLIP-L tensors are renamed
+    to them by dropping the LDM/SGM prefix (research/ecosystem.md §3.1), so an SD1 folder and its
+    single-file export pin the same encoder. OpenCLIP tensors keep their own (fused) names under
+    ``…/open_clip:``, so SD2/SDXL encoders match only within one layout.
+    """
     root = getattr(model, "path", None)
-    if root is None or not Path(root).is_dir():
+    if root is None:
         return None
     files = {}
-    for folder in _ENCODER_FOLDERS:
-        for path in sorted((Path(root) / folder).glob("*.safetensors")):
-            for key in _header(path):
-                if key != "__metadata__":
-                    files[f"{folder}/{key}"] = (path, key)
-    return _LazyTensors(files) if files else None
+    if Path(root).is_dir():
+        for folder in _ENCODER_FOLDERS:
+            for path in sorted((Path(root) / folder).glob("*.safetensors")):
+                files.update({f"{folder}/{_clip_name(key)}": (path, key) for key in _header(path) if _wanted(key)})
+    elif Path(root).suffix == ".safetensors":
+        from . import layout
+
+        family = model.target.family
+        keys = [key for key in _header(Path(root)) if _wanted(key)]
+        for prefix in layout.CLIP_PREFIXES.get(family, ()):
+            files.update(
+                {f"text_encoder/{_clip_name(k.removeprefix(prefix))}": (Path(root), k) for k in keys if k.startswith(prefix)}
+            )
+        prefix = layout.OPEN_CLIP_PREFIXES.get(family)
+        if prefix:
+            component = "text_encoder" if family == "sd2" else "text_encoder_2"
+            files.update(
+                {f"{component}/open_clip:{k.removeprefix(prefix)}": (Path(root), k) for k in keys if k.startswith(prefix)}
+            )
+    return _LazyTensors(dict(sorted(files.items()))) if files else None
 
 
 def model_text_encoder_pin(model) -> dict | None:

@@ -27,15 +27,17 @@ from erasec.compiler.errors import SpecError
 FORMAT_VERSION = 1
 DEFAULT_METHOD = "uce"
 BUILTIN_PREFIX = "builtin:"
-OUTPUT_FORMATS = ("kohya", "peft", "checkpoint")  # backends/kohya.py, peft.py, checkpoint.py
+OUTPUT_FORMATS = ("kohya", "peft", "checkpoint", "onnx")  # backends/kohya.py, peft.py, checkpoint.py, onnx/
+ONNX_MODES = ("bake", "switchable", "adapter")  # backends/onnx/rewrite.py
 OUTPUT_DTYPES = ("fp32", "fp16", "bf16")
 
 _TOP_KEYS = ("erasec", "name", "version", "model", "method", "erase", "preserve", "options", "output")
 _REQUIRED_KEYS = ("erasec", "name", "version", "erase")
 _ERASE_KEYS = ("concept", "file", "anchor", "synonyms", "templates", "strength")
-_OPTION_KEYS = ("lambda", "erase_scale", "preserve_scale", "pipeline")
-_OPTIONS_NOT_YET = ("rows", "preserve", "adversarial", "on_conflict", "pooled")  # DESIGN.md §3
-_OUTPUT_KEYS = ("format", "dtype", "rank", "link")
+_OPTION_KEYS = ("lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled")
+_OPTIONS_NOT_YET = ("rows", "preserve", "adversarial")  # DESIGN.md §3
+ON_CONFLICT = ("warn", "error")
+_OUTPUT_KEYS = ("format", "dtype", "rank", "link", "mode", "graph")
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 # semver.org 2.0.0's regex, with [0-9] for \d (which would take any Unicode digit).
@@ -72,7 +74,10 @@ class Options:
     lam: float | None = None
     erase_scale: float | None = None
     preserve_scale: float | None = None
+    prior_scale: float | None = None  # weight of each row of the method's preserve prior (0 = off)
+    on_conflict: str | None = None  # warn | error: what check-conflicts does (None: the method's)
     pipeline: str | None = None
+    pooled: bool = False  # SDXL: also edit the pooled path, add_embedding.linear_1 (docs/models.md)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +86,8 @@ class OutputSpec:
     dtype: str = "fp32"
     rank: int | str = "auto"
     link: bool = False  # carry the rows in the patch so that `erasec compose` can re-solve (docs/patch-format.md)
+    mode: str = "bake"  # format onnx: bake | switchable | adapter (docs/onnx.md)
+    graph: str | None = None  # format onnx: the UNet graph to patch (absolute); None = export the model's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,17 +128,27 @@ class Spec:
                 "erase_scale": self.options.erase_scale,
                 "preserve_scale": self.options.preserve_scale,
                 "pipeline": self.options.pipeline,
+                **({"prior_scale": self.options.prior_scale} if self.options.prior_scale is not None else {}),
+                **({"on_conflict": self.options.on_conflict} if self.options.on_conflict is not None else {}),
+                **({"pooled": True} if self.options.pooled else {}),  # absent when off: older specs keep their JSON
             },
             "output": {
                 "format": self.output.format,
                 "dtype": self.output.dtype,
                 "rank": self.output.rank,
                 **({"link": True} if self.output.link else {}),  # absent when off: older specs keep their JSON
+                **({"mode": self.output.mode} if self.output.format == "onnx" else {}),
+                **({"graph": self.output.graph} if self.output.graph else {}),
             },
         }
 
     def canonical_json(self) -> str:
-        return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        """``canonical()`` as compact JSON with the erase entries and preserve prompts sorted: the
+        order of a spec's lists does not change what it builds, so it does not change the record."""
+        data = self.canonical()
+        data["erase"] = sorted(data["erase"], key=lambda e: (e["concept"].casefold(), e["concept"]))
+        data["preserve"] = sorted(data["preserve"], key=lambda p: (p.casefold(), p))
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     def with_model(self, model: str) -> Spec:
         """The CLI's ``--model``: a relative path is taken from the working directory."""
@@ -586,8 +603,28 @@ class _Reader:
             lam=self.option_number(fields, "lambda", allow_zero=True),
             erase_scale=self.option_number(fields, "erase_scale", allow_zero=False),
             preserve_scale=self.option_number(fields, "preserve_scale", allow_zero=False),
+            prior_scale=self.option_number(fields, "prior_scale", allow_zero=True),
+            on_conflict=self.option_choice(fields, "on_conflict", ON_CONFLICT),
             pipeline=pipeline,
+            pooled=self.flag(fields, "pooled", "options.pooled"),
         )
+
+    def option_choice(self, fields: dict, key: str, choices: tuple[str, ...]) -> str | None:
+        if key not in fields:
+            return None
+        node = fields[key][1]
+        value = self.string(node, f"options.{key}", optional=True)
+        if value not in choices:
+            raise self.error(node, f"options.{key}", f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def flag(self, fields: dict, key: str, where: str) -> bool:
+        if key not in fields:
+            return False
+        node = fields[key][1]
+        if not (isinstance(node, ScalarNode) and node.tag == _TAG + "bool"):
+            raise self.error(node, where, f"expected true or false, got {_kind(node)}")
+        return yaml.constructor.SafeConstructor().construct_yaml_bool(node)
 
     def option_number(self, fields: dict, key: str, *, allow_zero: bool) -> float | None:
         if key not in fields:
@@ -615,6 +652,15 @@ class _Reader:
             if not (isinstance(node, ScalarNode) and node.tag == _TAG + "bool"):
                 raise self.error(node, "output.link", f"expected true or false, got {_kind(node)}")
             out = dataclasses.replace(out, link=yaml.constructor.SafeConstructor().construct_yaml_bool(node))
+        for key in ("mode", "graph"):
+            if key in fields and out.format != "onnx":
+                raise self.error(fields[key][1], f"output.{key}", "applies to format onnx only")
+        if "mode" in fields:
+            out = dataclasses.replace(out, mode=self.choice(fields["mode"][1], "output.mode", ONNX_MODES))
+        if "graph" in fields:
+            written = os.path.expanduser(self.string(fields["graph"][1], "output.graph"))
+            graph = os.path.abspath(os.path.join(self.base_dir, written))
+            out = dataclasses.replace(out, graph=graph)
         return out
 
     def rank(self, node: Node) -> int | str:

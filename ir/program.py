@@ -61,8 +61,8 @@ class SpaceProgram:
             raise VerifyError(f"{where}: the model has no key space {self.space!r}") from None
         if self.site_gram is not None and self.site_gram.shape != (space.dim, space.dim):
             raise VerifyError(f"{where}.site_gram: shape {self.site_gram.shape}, expected ({space.dim}, {space.dim})")
-        if not self.roles or any(role not in ("k", "v") for role in self.roles):
-            raise VerifyError(f"{where}.roles: {self.roles} must be a non-empty subset of ('k', 'v')")
+        if not self.roles or any(role not in ("k", "v", "pooled") for role in self.roles):
+            raise VerifyError(f"{where}.roles: {self.roles} must be a non-empty subset of ('k', 'v', 'pooled')")
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise VerifyError(f"{where}.lam: {self.lam} is not a finite number ≥ 0")
         for name, rows in (

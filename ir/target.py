@@ -13,7 +13,9 @@ from typing import Literal
 from .errors import VerifyError
 
 Family = Literal["sd1", "sd2", "sdxl"]
-Role = Literal["k", "v"]
+# k/v: a cross-attention to_k/to_v; pooled: SDXL's add_embedding.linear_1, read by the pooled text
+# embedding (research/methods.md §7)
+Role = Literal["k", "v", "pooled"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,12 +26,19 @@ class LinearSite:
     out_features: int
     in_features: int
     role: Role
+    # the weight's real width when the site reads only its first in_features columns (SDXL's
+    # add_embedding.linear_1: pooled embedding, then the size/crop time embeddings); None = in_features
+    full_in_features: int | None = None
 
     def __post_init__(self) -> None:
         if self.out_features <= 0 or self.in_features <= 0:
             raise VerifyError(f"site {self.module_path}: shape ({self.out_features}, {self.in_features}) is empty")
-        if self.role not in ("k", "v"):
-            raise VerifyError(f"site {self.module_path}: role {self.role!r} is not 'k' or 'v'")
+        if self.role not in ("k", "v", "pooled"):
+            raise VerifyError(f"site {self.module_path}: role {self.role!r} is not 'k', 'v' or 'pooled'")
+        if self.full_in_features is not None and self.full_in_features < self.in_features:
+            raise VerifyError(
+                f"site {self.module_path}: full width {self.full_in_features} is below its {self.in_features} columns"
+            )
 
     @property
     def weight_name(self) -> str:

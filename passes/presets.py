@@ -26,6 +26,10 @@ class Preset:
     reference: str
     roles: tuple[str, ...] = ("k", "v")  # which of each attention's to_k / to_v the edit applies to
     erase_weighting: Literal["sum", "mean"] = "sum"  # "mean": each erase prompt weighs 1/#prompts
+    # a shipped list of everyday prompts whose rows are preserved too (MACE's and OCE's COCO prior),
+    # with total weight prior_scale spread evenly over their rows
+    prior: str | None = None
+    prior_scale: float = 0.0
 
 
 PRESETS: dict[str, Preset] = {
@@ -96,6 +100,23 @@ PRESETS: dict[str, Preset] = {
             reference="Li et al., 2025, arXiv 2503.07392; train_erase_null.py @6d3df0c (IPF/DPA filters not applied)",
             roles=("v",),
             erase_weighting="mean",
+        ),
+        Preset(
+            name="erasec",
+            summary="erasec's default: last-token rows and their mined neighbours, an everyday-text preserve "
+            "prior, BOS and empty-prompt rows held exactly, conflicts reported",
+            pipeline="canonicalize,filter-preserve,check-conflicts,invariants{centroids=3},"
+            "mine-neighbors{count=4 radius=0.2},solve",
+            rows="last_token",
+            lam=0.5,
+            erase_scale=1.0,
+            preserve_scale=1.0,
+            preserve_empty=False,
+            blank_guide="",
+            reference="this project (docs/results.md): UCE rows (arXiv 2308.14761), RealEra's neighbours "
+            "(arXiv 2410.09140), a COCO preserve prior (MACE, arXiv 2403.06135), SPEED's invariants (arXiv 2503.07392)",
+            prior="coco",
+            prior_scale=1000.0,
         ),
     )
 }

@@ -30,7 +30,7 @@ def write_files_atomically(paths: Sequence[Path], write: Callable[[Path], None])
     try:
         write(staging)
         for path in paths:
-            if not (staging / path.name).is_file():
+            if not (staging / path.name).exists():  # a file, or a folder (a merged diffusers model)
                 raise PatchError(f"{path}: was not written")
         for path in paths:
             os.replace(staging / path.name, path)

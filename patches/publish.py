@@ -18,7 +18,7 @@ from pathlib import Path
 from .diff import semver_core
 from .errors import PatchError
 from .read import PatchFile
-from .safetensors_io import atomic_write
+from .atomic import write_files_atomically
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
@@ -143,8 +143,6 @@ def publish(patch: PatchFile, folder: Path, *, base_model: str | None = None, li
         raise PatchError(
             f"{manifest_path}: version {patch.version} is recorded with different bytes; bump the version and rebuild"
         )
-    if status == "published":
-        atomic_write(target, raw)
     manifest["versions"][patch.version] = _entry(patch, file_name, digest)
     manifest["versions"] = dict(sorted(manifest["versions"].items()))
     manifest["latest"] = _latest(manifest["versions"])
@@ -153,12 +151,16 @@ def publish(patch: PatchFile, folder: Path, *, base_model: str | None = None, li
     license_id = license_id or manifest.get("license") or DEFAULT_LICENSE
     manifest.update(base_model=base_model, license=license_id)
     card = _card(patch.name, manifest, base_model, license_id)
-    atomic_write(
-        manifest_path,
-        (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode(),
-        safetensors=False,
-    )
-    atomic_write(folder / CARD, card.encode("utf-8"), safetensors=False)
+    files = {manifest_path: (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()}
+    files[folder / CARD] = card.encode("utf-8")
+    if status == "published":
+        files[target] = raw
+
+    def write(staging: Path) -> None:
+        for path, data in files.items():
+            (staging / path.name).write_bytes(data)
+
+    write_files_atomically(list(files), write)  # all or nothing: never a card without its file
     return {
         "status": status,
         "folder": str(folder),

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from erasec.ir.naming import kohya_module_name, peft_module_name
+
 from .errors import PatchError
 from .manifest import FORMAT_VERSION
 from .safetensors_io import read_header
@@ -106,16 +108,30 @@ class PatchFile:
             raise PatchError(f"{self.path}: tensor {name!r} has {array.size} values for shape {shape}")
         return array.astype(np.float64).reshape(shape)
 
-    def delta(self, kohya_name: str) -> np.ndarray:
-        """``ΔW = alpha / r · up @ down`` of one module, in float64."""
-        up = self.tensor(f"{kohya_name}.lora_up.weight")
-        down = self.tensor(f"{kohya_name}.lora_down.weight")
-        alpha_key = f"{kohya_name}.alpha"
-        scale = float(self.tensor(alpha_key)) / down.shape[0] if alpha_key in self.entries else 1.0
-        return scale * (up @ down)
+    def layer_factors(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(up, down) with ``ΔW = up @ down`` of the site at diffusers module path ``layer``, in float64,
+        from a kohya (``lora_unet_…``, alpha/r folded into ``up``) or PEFT (``unet.….lora_A/B``) file."""
+        kohya = kohya_module_name(layer, self.base.get("family", ""))
+        if f"{kohya}.lora_down.weight" in self.entries:
+            up, down = self.tensor(f"{kohya}.lora_up.weight"), self.tensor(f"{kohya}.lora_down.weight")
+            alpha_key = f"{kohya}.alpha"
+            scale = float(self.tensor(alpha_key)) / down.shape[0] if alpha_key in self.entries else 1.0
+            return up * scale, down
+        peft = peft_module_name(layer)
+        if f"{peft}.lora_A.weight" in self.entries:
+            up, down = self.tensor(f"{peft}.lora_B.weight"), self.tensor(f"{peft}.lora_A.weight")
+            config = json.loads(self.metadata.get("lora_adapter_metadata", "{}") or "{}")
+            rank = config.get("unet.r", down.shape[0])
+            return up * (float(config.get("unet.lora_alpha", rank)) / float(rank)), down
+        raise PatchError(f"{self.path}: no LoRA tensors for {layer}")
 
-    def module_names(self) -> list[str]:
-        return sorted(name.removesuffix(".lora_down.weight") for name in self.entries if name.endswith(".lora_down.weight"))
+    def layers(self) -> list[str]:
+        """The diffusers module paths the patch edits (from ``erasec.spaces``)."""
+        return sorted(layer for space in self.spaces for layer in space.get("layers", []))
+
+    def layer_delta(self, layer: str) -> np.ndarray:
+        up, down = self.layer_factors(layer)
+        return up @ down
 
 
 def _data_sha256(path: Path, offset: int) -> str:

@@ -52,10 +52,9 @@ def data_sha256(raw: bytes) -> str:
     return hashlib.sha256(raw[8 + length :]).hexdigest()
 
 
-def atomic_write(path: Path, raw: bytes, *, safetensors: bool = True) -> None:
+def atomic_write(path: Path, raw: bytes) -> None:
     """Write ``raw`` to a temporary file beside ``path`` (making missing folders), check that it
-    parses (when it is a ``safetensors`` file), then rename it over ``path``: a reader never sees
-    a partial file."""
+    parses, then rename it over ``path``: a reader never sees a partial file."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     try:
@@ -67,8 +66,7 @@ def atomic_write(path: Path, raw: bytes, *, safetensors: bool = True) -> None:
         with os.fdopen(handle, "wb") as stream:
             stream.write(raw)
         try:
-            if safetensors:
-                read_header(Path(temp))
+            read_header(Path(temp))
         except PatchError as error:
             reason = str(error).split(": ", 1)[1]
             raise PatchError(f"{path}: refusing to write an invalid safetensors file ({reason})") from None

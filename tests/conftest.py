@@ -30,3 +30,11 @@ def tiny_sd1_path(erasec_cache_dir: Path) -> Path:
     from erasec.compiler.builtin import builtin_model_path
 
     return builtin_model_path("tiny-sd1")
+
+
+@pytest.fixture(scope="session")
+def minilm_sd1_path(erasec_cache_dir: Path) -> Path:
+    """The ``builtin:minilm-sd1`` folder (pretrained MiniLM encoder), built once per session."""
+    from erasec.compiler.builtin import builtin_model_path
+
+    return builtin_model_path("minilm-sd1")

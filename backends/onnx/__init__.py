@@ -6,7 +6,7 @@
 research/ecosystem.md §4.
 """
 
-from .factors import PatchDeltas, SiteDelta, deltas_from_solution, read_patch_deltas
+from .factors import PatchDeltas, SiteDelta, deltas_from_solution
 from .files import adapter_path, load_graph, write_graph
 from .locate import FUSED_ATTENTION_OPS, SiteMatch, locate_sites
 from .rewrite import MODES, SCALE_INPUT, OnnxOptions, OnnxPatchResult, patch_graph
@@ -25,6 +25,5 @@ __all__ = [
     "load_graph",
     "locate_sites",
     "patch_graph",
-    "read_patch_deltas",
     "write_graph",
 ]

@@ -76,6 +76,9 @@ def write_graph(
     extra = adapter_path(path) if adapter is not None else None
     files = [p for p in (path, data, extra) if p is not None]
 
+    if not external_data:
+        ir.external_data.load_to_model(model)  # external tensors of the source become inline
+
     def write(folder: Path) -> None:
         ir.save(
             model,

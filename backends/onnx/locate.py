@@ -12,7 +12,7 @@ The module path is read, never guessed, from one of:
 - the initializer name ``<path>.weight`` (exports without folding).
 
 A wrapper prefix (``unet.``) is allowed: a scope matches a patch site when one of its dot-boundary
-suffixes, written as a kohya name, *equals* the site's name. Confirmation by value (the tensor,
+suffixes *equals* the site's diffusers module path. Confirmation by value (the tensor,
 transposed back, against the base weight or the patch's base pin) is in ``rewrite.py``.
 """
 
@@ -25,7 +25,6 @@ from typing import ClassVar, Iterable
 import onnx_ir as ir
 
 from ..errors import BackendError
-from ..kohya import kohya_module_name
 
 # com.microsoft ops that ORT's transformer optimizer makes when it fuses attention (§4.5).
 FUSED_ATTENTION_OPS = ("Attention", "MultiHeadAttention", "PackedAttention", "PackedMultiHeadAttention")
@@ -39,8 +38,7 @@ PATCH_BEFORE_OPTIMISATION = (
 class SiteMatch:
     """Where one site's weight lives in a graph."""
 
-    name: str  # kohya module name of the site
-    module_path: str  # the scope as found, wrapper prefix stripped
+    module_path: str  # the site's diffusers path (the scope as found, wrapper prefix stripped)
     matmul: ir.Node
     weight: ir.Value  # the initializer
     transposed: bool  # True: the initializer holds W [out, in] behind a Transpose; False: Wᵀ [in, out]
@@ -86,17 +84,14 @@ def _scopes(matmul: ir.Node, named: Iterable[ir.Node | ir.Value]) -> list[tuple[
     return found
 
 
-def _resolve(scope: str, wanted: frozenset[str]) -> tuple[str, str] | None:
-    """(kohya name, module path) when a dot-boundary suffix of ``scope`` names a wanted site."""
+def _resolve(scope: str, wanted: frozenset[str]) -> str | None:
+    """The wanted module path that is a dot-boundary suffix of ``scope`` (the longest), if any."""
     parts = scope.split(".")
-    hits = {
-        kohya_module_name(".".join(parts[i:])): ".".join(parts[i:])
-        for i in range(len(parts))
-        if kohya_module_name(".".join(parts[i:])) in wanted
-    }
-    if len(hits) > 1:
-        raise BackendError(f"onnx: scope {scope!r} matches several patch sites {sorted(hits)}")
-    return next(iter(hits.items()), None)
+    for start in range(len(parts)):
+        suffix = ".".join(parts[start:])
+        if suffix in wanted:
+            return suffix
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +133,9 @@ class TransposedLinearWeightRule:
 LOCATE_RULES = (LinearWeightRule(), TransposedLinearWeightRule())
 
 
-def locate_sites(graph: ir.Graph, sites: dict[str, tuple[int, int]], *, where: str) -> dict[str, SiteMatch]:
-    """Every wanted site (kohya name → (out, in)) matched to exactly one MatMul; else a clear error.
+def locate_sites(graph: ir.Graph, sites: dict[str, tuple[int, int] | None], *, where: str) -> dict[str, SiteMatch]:
+    """Every wanted site (module path → (out, in), or None: any shape) matched to exactly one MatMul,
+    in graph order; else a clear error.
 
     The check step refuses a match whose initializer shape is not the site's (``[in, out]``, or
     ``[out, in]`` behind the Transpose): packed K/V after attention fusion shows up that way.
@@ -154,14 +150,15 @@ def locate_sites(graph: ir.Graph, sites: dict[str, tuple[int, int]], *, where: s
                 continue
             weight, named = hit
             for scope, how in _scopes(node, named):
-                resolved = _resolve(scope, wanted)
-                if resolved is None:
+                name = _resolve(scope, wanted)
+                if name is None:
                     continue
-                name, path = resolved
                 transposed = isinstance(rule, TransposedLinearWeightRule)
-                out_features, in_features = sites[name]
-                expected = (out_features, in_features) if transposed else (in_features, out_features)
                 shape = tuple(weight.const_value.shape)
+                expected = shape
+                if sites[name] is not None:
+                    out_features, in_features = sites[name]
+                    expected = (out_features, in_features) if transposed else (in_features, out_features)
                 if shape != expected:
                     refused[name] = (
                         f"node {node.name!r} holds {weight.name!r} of shape {list(shape)}, "
@@ -170,10 +167,10 @@ def locate_sites(graph: ir.Graph, sites: dict[str, tuple[int, int]], *, where: s
                     break
                 if name in matches and matches[name].matmul is not node:
                     raise BackendError(
-                        f"{where}: site {path} matches two MatMul nodes, {matches[name].matmul.name!r} and {node.name!r}"
+                        f"{where}: site {name} matches two MatMul nodes, {matches[name].matmul.name!r} and {node.name!r}"
                     )
                 matches[name] = SiteMatch(
-                    name=name, module_path=path, matmul=node, weight=weight, transposed=transposed, found_by=how
+                    module_path=name, matmul=node, weight=weight, transposed=transposed, found_by=how
                 )
                 break
     missing = sorted(wanted - set(matches))

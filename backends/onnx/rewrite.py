@@ -22,7 +22,7 @@ from typing import Literal, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from erasec.patches.pin import base_pin
+from erasec.patches.pin import base_pin, pin_difference
 
 from ..errors import BackendError
 from .factors import PatchDeltas, SiteDelta
@@ -33,6 +33,7 @@ MODES: tuple[str, ...] = ("bake", "switchable", "adapter")
 SCALE_INPUT = "erase_scale"
 RANK_DIM = "erasec_rank"
 _FLOATS = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16, ir.DataType.DOUBLE: np.float64}
+_PIN_DTYPES = {ir.DataType.FLOAT: "fp32", ir.DataType.FLOAT16: "fp16", ir.DataType.DOUBLE: "fp64"}
 # Relative tolerance of the by-value confirmation, by stored dtype: a few units in the last place.
 _CONFIRM_RTOL = {ir.DataType.FLOAT: 1e-6, ir.DataType.FLOAT16: 2e-3, ir.DataType.DOUBLE: 1e-12}
 
@@ -99,11 +100,13 @@ def confirm_base(
             "give the base model, or turn the check off"
         )
     weights = {f"{m.module_path}.weight": _stored_weight(m) for m in matches.values()}
-    pin = base_pin(weights)
-    if pin["sha256"] != deltas.base_pin.get("sha256") and pin["sha256_fp16"] != deltas.base_pin.get("sha256_fp16"):
+    kinds = {_PIN_DTYPES.get(_dtype(m)) for m in matches.values()}
+    differ = pin_difference(deltas.base_pin, base_pin(weights, dtype=kinds.pop() if len(kinds) == 1 else None))
+    if differ:
+        first = differ[0].removesuffix(".weight")
         raise BackendError(
-            f"{where}: the {len(weights)} located K/V weights do not match the patch's base pin "
-            f"(erasec.base sha256 {str(deltas.base_pin.get('sha256'))[:12]}…, graph {pin['sha256'][:12]}…); "
+            f"{where}: {len(differ)} of the {len(weights)} located K/V weights differ from the patch's base pin "
+            f"(first {first}); "
             "the graph was exported from another model, or was already patched"
         )
     return "base pin"
@@ -120,9 +123,9 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataTy
 
 def bake(graph: ir.Graph, matches: Mapping[str, SiteMatch], deltas: PatchDeltas) -> None:
     """``B ← B + ΔWᵀ`` (or ``W ← W + ΔW`` behind a Transpose), summed in float64, cast once."""
-    for name, match in sorted(matches.items()):
+    for match in matches.values():
         dtype = _dtype(match)
-        delta = deltas.site(name).delta()
+        delta = deltas.site(match.module_path).delta()
         stored = match.weight.const_value.numpy().astype(np.float64)
         new = stored + (delta if match.transposed else delta.T)
         tensor = ir.tensor(np.ascontiguousarray(new.astype(_FLOATS[dtype])), name=match.weight.name)
@@ -152,15 +155,17 @@ def _scale_value(graph: ir.Graph, options: OnnxOptions) -> ir.Value:
     return value
 
 
-def _factor(graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataType, *, as_input: bool, rank_axis: int):
-    """A factor initializer; ``as_input``: also a graph input, whose default has rank 0 (adapter mode)."""
+def _factor(graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataType, *, as_input: bool, rank: tuple):
+    """A factor initializer; ``as_input``: also a graph input whose default has rank 0 (adapter mode),
+    its rank axis ``rank = (axis, symbolic name)`` shared by the factors of one branch."""
+    rank_axis, rank_dim = rank
     if not as_input:
         return _initializer(graph, name, array, dtype)
     shape = list(array.shape)
     shape[rank_axis] = 0
     value = _initializer(graph, name, np.zeros(shape), dtype)
     dims = list(array.shape)
-    dims[rank_axis] = RANK_DIM
+    dims[rank_axis] = rank_dim
     value.shape = ir.Shape(dims)
     graph.inputs.append(value)
     return value
@@ -173,11 +178,11 @@ def branch(
     as_input = options.mode == "adapter"
     scale = _scale_value(graph, options)
     scales: dict[ir.DataType, ir.Value] = {ir.DataType.FLOAT: scale}
-    shared: dict[tuple[int, bytes], ir.Value] = {}
+    shared: dict[tuple[int, bytes], tuple[ir.Value, str]] = {}
     params: dict[str, np.ndarray] = {}
     for match in matches.values():  # graph order (locate_sites walks the nodes in order)
         dtype = _dtype(match)
-        site: SiteDelta = deltas.site(match.name)
+        site: SiteDelta = deltas.site(match.module_path)
         if site.rank == 0:
             continue
         if dtype not in scales:
@@ -189,16 +194,18 @@ def branch(
         anchor = match.matmul
         if key not in shared:
             down_name = f"erasec.{match.module_path}.down_T"
-            down = _factor(graph, down_name, site.down.T, dtype, as_input=as_input, rank_axis=1)
+            rank_dim = f"{RANK_DIM}_{len(shared)}"
+            down = _factor(graph, down_name, site.down.T, dtype, as_input=as_input, rank=(1, rank_dim))
             params[down_name] = site.down.T.astype(_FLOATS[dtype])
             project = _node("MatMul", [activation, down], f"erasec/{match.module_path}/down")
             graph.insert_after(anchor, project)
             anchor = project
-            shared[key] = project.outputs[0]
+            shared[key] = (project.outputs[0], rank_dim)
+        projected, rank_dim = shared[key]
         up_name = f"erasec.{match.module_path}.up_T"
-        up = _factor(graph, up_name, site.up.T, dtype, as_input=as_input, rank_axis=0)
+        up = _factor(graph, up_name, site.up.T, dtype, as_input=as_input, rank=(0, rank_dim))
         params[up_name] = site.up.T.astype(_FLOATS[dtype])
-        lift = _node("MatMul", [shared[key], up], f"erasec/{match.module_path}/up")
+        lift = _node("MatMul", [projected, up], f"erasec/{match.module_path}/up")
         scaled = _node("Mul", [lift.outputs[0], scales[dtype]], f"erasec/{match.module_path}/scale")
         base_output = match.output
         add = _node("Add", [base_output, scaled.outputs[0]], f"erasec/{match.module_path}/add")
@@ -228,12 +235,20 @@ def patch_graph(
     Locating and confirming happen before the first change, so a refusal leaves the model as it was.
     """
     graph = model.graph
-    if SCALE_INPUT in {value.name for value in graph.inputs} and options.mode != "bake":
-        raise BackendError(f"{where}: the graph already has an {SCALE_INPUT} input; patch the unpatched export")
-    matches = locate_sites(graph, {site.name: site.shape for site in deltas.sites}, where=where)
+    if "erasec.onnx.mode" in model.metadata_props or SCALE_INPUT in {value.name for value in graph.inputs}:
+        done = model.metadata_props.get("erasec.onnx.mode", "switchable")
+        name = model.metadata_props.get("erasec.name", "a patch")
+        raise BackendError(f"{where}: already patched ({name}, {done}); patch the unpatched export")
+    wanted: dict[str, tuple[int, int] | None] = {site.module_path: site.shape for site in deltas.sites}
+    if options.verify_base and base_weights is None and deltas.base_pin:
+        # the pin covers every tensor the patch was compiled against (e.g. to_k too when only to_v is edited)
+        for name in (deltas.base_pin.get("per_tensor") or {}):
+            wanted.setdefault(name.removesuffix(".weight"), None)
+    located = locate_sites(graph, wanted, where=where)
     confirmed_by = "not checked"
     if options.verify_base:
-        confirmed_by = confirm_base(matches, deltas, base_weights, where=where)
+        confirmed_by = confirm_base(located, deltas, base_weights, where=where)
+    matches = {path: match for path, match in located.items() if wanted[path] is not None}
     params = None
     if options.mode == "bake":
         bake(graph, matches, deltas)
@@ -243,5 +258,5 @@ def patch_graph(
     model.metadata_props.update(dict(deltas.metadata or {}))
     model.metadata_props["erasec.onnx.mode"] = options.mode
     model.metadata_props["erasec.onnx.sites"] = str(len(matches))
-    ordered = tuple(sorted(matches.values(), key=lambda m: m.name))
+    ordered = tuple(sorted(matches.values(), key=lambda m: m.module_path))
     return OnnxPatchResult(model=model, mode=options.mode, sites=ordered, adapter=params, confirmed_by=confirmed_by)

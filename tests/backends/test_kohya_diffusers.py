@@ -40,13 +40,20 @@ REL_TOL = 1e-5
 
 
 def expected_deltas(spec_path):
-    """module path → float64 ΔW, from the same spec lowered and solved outside the build."""
+    """module path → float64 ΔW of the weight's full shape, from the same spec lowered and solved
+    outside the build (the pooled site's ΔW is [ΔW | 0]: its size/crop columns keep W0)."""
     spec = load_spec(spec_path, methods=tuple(PRESETS))
-    model = open_model(spec.model)
+    model = open_model(spec.model, pooled=spec.options.pooled)
     program = Pipeline.parse(PRESETS[spec.method].pipeline).apply(Lowering(model).lower(spec, PRESETS[spec.method]))
     weights = model.kv_weights()
-    solution = program.solution.spaces[0]
-    return {path: solution.delta(path, weights[path]) for path in weights}
+    expected = {}
+    for solved in program.solution.spaces:
+        for site in program.target.space(solved.space).sites:
+            delta = solved.delta(site.module_path, weights[site.module_path])
+            if site.full_in_features:
+                delta = np.pad(delta, [(0, 0), (0, site.full_in_features - site.in_features)])
+            expected[site.module_path] = delta
+    return expected
 
 
 def load_pipeline(name: str):
@@ -115,7 +122,7 @@ def test_diffusers_fuses_exactly_w0_plus_delta(tmp_path, tiny_sd1_path, method):
         ("tiny-sd2", "", "kohya"),
         ("tiny-sdxl", "", "kohya"),
         ("tiny-sd2", ".safetensors", "peft"),
-        ("tiny-sdxl", "", "peft"),
+        pytest.param("tiny-sdxl", "", "peft", marks=pytest.mark.slow),
     ],
 )
 def test_every_family_layout_and_format_fuses_exactly(tmp_path, name, suffix, format_):
@@ -135,3 +142,25 @@ def test_every_family_layout_and_format_fuses_exactly(tmp_path, name, suffix, fo
     else:
         assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight" in keys
     assert_w0_plus_delta(*_fuse(name, tmp_path, "patch.safetensors"), expected)
+
+
+POOLED_SPEC = SPEC.replace("preserve: [Claude Monet]", "preserve: [Claude Monet]\noptions: {{pooled: true}}")
+
+
+@pytest.mark.parametrize("format_", ["kohya", "peft"])
+def test_sdxl_pooled_path_fuses_exactly(tmp_path, format_):
+    """options.pooled: add_embedding.linear_1 (SGM label_emb.0.0) gets [ΔW | 0]: its pooled columns
+    change, its size/crop columns keep W0; the K/V layers as before."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(POOLED_SPEC.format(model="builtin:tiny-sdxl", method="uce", format=format_))
+    result = build(spec, tmp_path / "patch.safetensors")
+    assert result.paths[-1] == "pooled add_embedding.linear_1[:, :32]"
+    assert result.pooled_scores is not None and min(r.efficacy for r in result.pooled_scores.requests) > 0.5
+    with safe_open(str(tmp_path / "patch.safetensors"), framework="pt") as handle:
+        name = "lora_unet_label_emb_0_0" if format_ == "kohya" else "unet.add_embedding.linear_1"
+        down = handle.get_tensor(f"{name}.lora_down.weight" if format_ == "kohya" else f"{name}.lora_A.weight")
+    assert down.shape[1] == 6 * 8 + 32 and not down[:, 32:].any()
+
+    expected = expected_deltas(spec)
+    assert len(expected) == 141
+    assert_w0_plus_delta(*_fuse("tiny-sdxl", tmp_path, "patch.safetensors"), expected)

@@ -55,7 +55,7 @@ def test_build_prints_a_summary_and_writes_a_kohya_lora(spec, tmp_path):
     assert meta["ss_network_dim"] == meta["ss_network_alpha"] == "2"
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
     assert meta["erasec.pipeline"] == "canonicalize{eps=1e-09},solve{max-condition=1e+12},compress{dtype=fp32 max-rank=0 max-error=0}"
-    assert json.loads(meta["erasec.spec"])["erase"][0]["concept"] == "Van Gogh"
+    assert [e["concept"] for e in json.loads(meta["erasec.spec"])["erase"]] == ["Kelly McKernan", "Van Gogh"]  # sorted
 
 
 def test_json_summary(spec, tmp_path):
@@ -151,3 +151,33 @@ def test_the_real_entry_point_exits_2_without_a_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"erasec: error: {bad}:")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_order_of_the_spec_lists_does_not_change_the_bytes(spec, tmp_path):
+    permuted = tmp_path / "permuted.yaml"
+    permuted.write_text(
+        SPEC.replace("  - {concept: Van Gogh, anchor: art}\n  - {concept: Kelly McKernan}\n",
+                     "  - {concept: Kelly McKernan}\n  - {concept: Van Gogh, anchor: art}\n")
+        .replace("[Claude Monet, a photo of a cat]", "[a photo of a cat, Claude Monet]")
+    )
+    assert permuted.read_text() != spec.read_text()
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert _run("build", spec, "-o", a).exit_code == 0
+    assert _run("build", permuted, "-o", b).exit_code == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_on_conflict_error_stops_the_build(tmp_path):
+    conflicting = tmp_path / "conflict.yaml"
+    conflicting.write_text(
+        SPEC.replace("[Claude Monet, a photo of a cat]", "[Van Gogh, a photo of a cat]") + "options: {on_conflict: error}\n"
+    )
+    out = tmp_path / "p.safetensors"
+    line = _fails(["build", conflicting, "-o", out], "check-conflicts: key space clip-l: erase 'Van Gogh' (prompt 'Van Gogh') lies in the preserved span")
+    assert line.endswith("set options.on_conflict: warn to build anyway")
+    assert not out.exists()
+    warned = tmp_path / "warn.yaml"
+    warned.write_text(conflicting.read_text().replace("on_conflict: error", "on_conflict: warn"))
+    result = _run("build", warned, "-o", out)
+    assert result.exit_code == 0
+    assert "warning [check-conflicts]" in result.output or "lies in the preserved span" in result.output

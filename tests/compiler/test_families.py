@@ -108,8 +108,15 @@ def test_half_precision_single_file(dtype, tmp_path) -> None:
     for site in model.target.sites[:6]:
         expected = tensors[model.weight_name(site)].to(torch.float32).numpy()
         np.testing.assert_array_equal(model.kv_weights()[site.module_path], expected)
-    rows = model.encode(["a cat"], padded=False)[0]
-    assert rows.dtype == np.float64 and rows.shape == (4, 192) and np.isfinite(rows).all()
+    # The encoders stay in the stored dtype and compute in fp32, so the rows equal those of an fp32
+    # file holding the same (rounded) values, bit for bit.
+    wide = tmp_path / "wide.safetensors"
+    save_file({k: v.to(torch.float32) for k, v in tensors.items()}, str(wide), metadata=metadata)
+    reference = open_model(str(wide))
+    for padded in (False, True):
+        for ours, theirs in zip(model.encode(PROMPTS, padded=padded), reference.encode(PROMPTS, padded=padded)):
+            np.testing.assert_array_equal(ours, theirs)
+    assert {p.dtype for p in model._text_encoder("text_encoder_2").parameters()} == {dtype}
 
 
 SPEC = """\
@@ -141,28 +148,18 @@ def test_folder_and_single_file_inputs_give_byte_identical_loras(name, tmp_path)
     assert head_a == head_b  # names, dtypes, shapes, offsets
     assert {k for k in meta_a if meta_a[k] != meta_b.get(k)} <= LOCATION_KEYS
     assert json.loads(meta_a["erasec.base"])["sha256"] == json.loads(meta_b["erasec.base"])["sha256"]
+    family_keys = (meta_a["ss_v2"], meta_a["ss_base_model_version"], meta_a["modelspec.architecture"])
+    assert family_keys == {
+        "tiny-sd1": ("False", "sd_v1", "stable-diffusion-v1/lora"),
+        "tiny-sd2": ("True", "sd_v2", "stable-diffusion-v2-512/lora"),
+        "tiny-sdxl": ("False", "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
+    }[name]
 
 
 def _options(model: str):
     from erasec.compiler.build import BuildOptions
 
     return BuildOptions(model=model)
-
-
-def test_family_keys_in_the_manifest(tmp_path) -> None:
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC)
-    seen = {}
-    for name in sorted(FAMILIES):
-        build(spec, tmp_path / f"{name}.safetensors", options=_options(f"builtin:{name}"))
-        with safe_open(str(tmp_path / f"{name}.safetensors"), framework="pt") as handle:
-            meta = handle.metadata()
-        seen[name] = (meta["ss_v2"], meta["ss_base_model_version"], meta["modelspec.architecture"])
-    assert seen == {
-        "tiny-sd1": ("False", "sd_v1", "stable-diffusion-v1/lora"),
-        "tiny-sd2": ("True", "sd_v2", "stable-diffusion-v2-512/lora"),
-        "tiny-sdxl": ("False", "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
-    }
 
 
 # --- export ---------------------------------------------------------------------------------------------
@@ -260,3 +257,29 @@ def test_cli_refuses_a_pickle_without_the_flag(tmp_path) -> None:
     )
     assert result.exit_code == 2
     assert "unknown architecture: no model.diffusion_model.* tensors" in result.output
+
+
+def test_pooled_rows_equal_the_pipelines_pooled_embeds() -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    model = open_model("builtin:tiny-sdxl.safetensors", pooled=True)
+    (_, space) = model.target.spaces
+    (site,) = space.sites
+    assert (space.name, space.dim, site.module_path, site.role, site.full_in_features) == (
+        "pooled", 32, "add_embedding.linear_1", "pooled", 80
+    )
+    assert model.weight_name(site) == "model.diffusion_model.label_emb.0.0.weight"
+    assert model.kv_weights()[site.module_path].shape == (site.out_features, 32)
+    pipe = StableDiffusionXLPipeline.from_pretrained(builtin_model_path("tiny-sdxl"), local_files_only=True)
+    with torch.inference_mode():
+        pooled = pipe.encode_prompt(PROMPTS, device="cpu", do_classifier_free_guidance=False)[2]
+    for ours, theirs in zip(model.encode_pooled(PROMPTS), pooled):
+        np.testing.assert_allclose(ours, theirs.double().numpy(), rtol=1e-6, atol=1e-6)
+    full = pipe.unet.add_embedding.linear_1.weight.detach().numpy()
+    np.testing.assert_array_equal(model.kv_weights()[site.module_path], full[:, :32])
+
+
+def test_pooled_is_sdxl_only() -> None:
+    assert _error("builtin:tiny-sd2", pooled=True) == (
+        "builtin:tiny-sd2: options.pooled: only SDXL has a pooled text path; this is sd2"
+    )

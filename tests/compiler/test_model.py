@@ -90,6 +90,19 @@ def test_kv_weights_equal_diffusers_unet(model: SDModel, tiny_sd1_path: Path) ->
     assert model.kv_weights() is not weights and model.kv_weights()[path] is array  # cached
 
 
+def test_large_kv_weights_are_read_on_demand(model: SDModel, monkeypatch) -> None:
+    import erasec.compiler.model as frontend
+
+    cached = model.kv_weights()
+    monkeypatch.setattr(frontend, "KV_CACHE_BYTES", 0)
+    streamed = model.kv_weights()
+    assert not isinstance(streamed, dict) and list(streamed) == list(cached)
+    for path, array in cached.items():
+        again = streamed[path]
+        assert again is not array and again.dtype == np.float32 and not again.flags.writeable
+        np.testing.assert_array_equal(again, array)
+
+
 def test_site_order_is_numeric_and_down_mid_up(tiny_sd1_path: Path, tmp_path: Path) -> None:
     names = [
         "up_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v",
@@ -126,16 +139,16 @@ def test_half_precision_unet_is_upcast(dtype: torch.dtype, model: SDModel, tmp_p
 
 
 def test_open_and_kv_weights_do_not_load_the_text_encoder(tiny_sd1_path: Path, monkeypatch) -> None:
-    from transformers import CLIPTextModel
+    import erasec.compiler.model as frontend
 
     calls = []
-    original = CLIPTextModel.from_pretrained.__func__
+    original = frontend._assemble_clip
 
-    def counting(cls, *args, **kwargs):
+    def counting(*args, **kwargs):
         calls.append(args)
-        return original(cls, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(CLIPTextModel, "from_pretrained", classmethod(counting))
+    monkeypatch.setattr(frontend, "_assemble_clip", counting)
     opened = open_model(str(tiny_sd1_path))
     opened.kv_weights()
     assert opened.tokenize(["x"]) == [[49406, 343, 49407]]
@@ -275,8 +288,10 @@ def test_corrupt_unet_file(damage: str, detail: str, tiny_sd1_path: Path, tmp_pa
 
 
 def test_unknown_builtin() -> None:
+    from erasec.compiler.builtin import BUILTIN_MODELS
+
     assert _open_error("builtin:nope") == (
-        "builtin:nope: unknown built-in model; available: tiny-sd1, tiny-sd2, tiny-sdxl "
+        f"builtin:nope: unknown built-in model; available: {', '.join(BUILTIN_MODELS)} "
         "(add .safetensors for a single file)"
     )
 

@@ -1,0 +1,94 @@
+"""``erasec apply PATCH --onnx unet.onnx -o out.onnx --mode bake|switchable|adapter``, and the ONNX
+step of ``erasec build`` (``output.format: onnx``).
+
+The patch is read and hash-checked by ``erasec.patches.read``; its LoRA factors, with
+``alpha / r`` folded in, come from ``patch_apply.patch_solution`` — exactly what a LoRA loader
+would add. The graph is rewritten by the ONNX backend (``backends/onnx``), which confirms the
+located K/V tensors against the patch's base pin before touching anything.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from erasec.backends.onnx import MODES, OnnxOptions, deltas_from_solution, load_graph, patch_graph, write_graph
+from erasec.patches.read import read_patch
+
+from .errors import BuildError
+from .patch_apply import patch_solution
+
+
+def _carried_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """The patch's identity in the graph's ``metadata_props``: name, version, base, spec, pipeline."""
+    keys = ("erasec.format", "erasec.name", "erasec.version", "erasec.compiler", "erasec.base", "erasec.pipeline")
+    return {key: metadata[key] for key in keys if key in metadata}
+
+
+def apply_onnx(
+    patch_path: str | os.PathLike,
+    onnx_path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    mode: str = "bake",
+    scale: float = 1.0,
+    erase_scale: float = 1.0,
+    verify_base: bool = True,
+    external_data: bool | None = None,
+) -> dict:
+    """Write ``output`` (and, for ``adapter``, ``output``'s ``.onnx_adapter``); returns a summary.
+
+    ``scale`` multiplies ΔW (as in a merged checkpoint); ``erase_scale`` is the default of the
+    switchable graph's ``erase_scale`` input.
+    """
+    if not math.isfinite(scale) or scale <= 0:
+        raise BuildError(f"--scale: {scale} must be a finite number > 0 for an ONNX graph")
+    if mode not in MODES:
+        raise BuildError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
+    onnx_path, output = Path(onnx_path), Path(output)
+    if output.resolve() == onnx_path.resolve():
+        raise BuildError(f"{output}: is the input graph; write the patched graph to a new path")
+    patch = read_patch(patch_path)
+    deltas = deltas_from_solution(
+        patch_solution(patch, scale),
+        source=str(patch.path),
+        base_pin=patch.base,
+        metadata=_carried_metadata(patch.metadata),
+    )
+    model = load_graph(onnx_path)
+    result = patch_graph(
+        model, deltas, OnnxOptions(mode=mode, erase_scale=erase_scale, verify_base=verify_base), where=str(onnx_path)
+    )
+    files = write_graph(result.model, output, adapter=result.adapter, external_data=external_data)
+    return {
+        "output": str(output),
+        "files": [str(path) for path in files],
+        "graph": str(onnx_path),
+        "patch": str(patch.path),
+        "mode": mode,
+        "sites": len(result.sites),
+        "found_by": sorted({match.found_by for match in result.sites}),
+        "confirmed_by": result.confirmed_by,
+        "size_bytes": sum(path.stat().st_size for path in files),
+    }
+
+
+def build_onnx(program, base_weights, output: Path, *, graph: str | None, mode: str, metadata: dict[str, str]) -> int:
+    """``output.format: onnx`` in ``erasec build``: the model's UNet graph (``graph``, or exported
+    now with the default settings) with the solution applied; returns the bytes written."""
+    import tempfile
+
+    from .onnx_export import ExportOptions, export_onnx
+
+    deltas = deltas_from_solution(
+        program.solution, source="build", target=program.target, base_weights=base_weights, metadata=metadata
+    )
+    with tempfile.TemporaryDirectory(prefix="erasec-onnx-") as scratch:
+        if graph is None:
+            graph = str(export_onnx(program.target.name, scratch, ExportOptions(components=("unet",))).files["unet"])
+        model = load_graph(graph)
+        result = patch_graph(model, deltas, OnnxOptions(mode=mode), base_weights=base_weights, where=graph)
+        files = write_graph(result.model, output, adapter=result.adapter)
+    return sum(path.stat().st_size for path in files)
+

@@ -1,0 +1,354 @@
+"""The patch commands as a user runs them: inspect, verify, apply, compose, diff, publish, retarget.
+
+Patches are built once per module from ``builtin:tiny-sd1``; OTHER is a copy of it whose UNet K/V
+weights are perturbed (a "fine-tune" with the same text encoder).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from erasec.compiler.cli import cli
+from erasec.patches.link import decode_shared
+from erasec.patches.manifest import write_patch
+from erasec.patches.read import read_patch
+
+SPEC_A = """\
+erasec: 1
+name: no-artists
+version: 1.0.0
+model: builtin:tiny-sd1
+erase:
+  - {concept: Van Gogh, anchor: art}
+preserve: [Claude Monet, a photo of a cat]
+output: {link: true}
+"""
+SPEC_B = """\
+erasec: 1
+name: more-artists
+version: 1.0.0
+model: builtin:tiny-sd1
+erase:
+  - {concept: Kelly McKernan}
+  - {concept: Greg Rutkowski, anchor: a painter}
+preserve: [claude monet, Pablo Picasso]
+output: {link: true}
+"""
+SPEC_UNION = """\
+erasec: 1
+name: no-artists
+version: 1.1.0
+model: builtin:tiny-sd1
+erase:
+  - {concept: Van Gogh, anchor: art}
+  - {concept: Kelly McKernan}
+  - {concept: Greg Rutkowski, anchor: a painter}
+preserve: [Claude Monet, a photo of a cat, Pablo Picasso]
+output: {link: true}
+"""
+KV = (".attn2.to_k.", ".attn2.to_v.")
+UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def _ok(*args) -> dict:
+    result = _run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def _perturbed_copy(source: Path, target: Path, select, scale: float, file: Path = UNET) -> Path:
+    shutil.copytree(source, target)
+    tensors = load_file(str(target / file))
+    generator = torch.Generator().manual_seed(0)
+    for name in sorted(tensors):
+        if select(name):
+            tensors[name] = tensors[name] + scale * torch.randn(tensors[name].shape, generator=generator)
+    save_file(tensors, str(target / file))
+    return target
+
+
+def _without(path: Path, key: str, output: Path) -> Path:
+    with safe_open(str(path), "pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    metadata.pop(key)
+    write_patch(output, tensors, metadata)
+    return output
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_sd1_path):
+    root = tmp_path_factory.mktemp("patches")
+    other = _perturbed_copy(tiny_sd1_path, root / "other", lambda n: any(k in n for k in KV), 0.05)
+    out = {"root": root, "base": tiny_sd1_path, "other": other}
+    for key, text, extra in (
+        ("a", SPEC_A, ()),
+        ("b", SPEC_B, ()),
+        ("union", SPEC_UNION, ()),
+        ("a_other", SPEC_A, ("--model", other)),
+    ):
+        spec = root / f"{key}.yaml"
+        spec.write_text(text)
+        out[key] = root / f"{key}.safetensors"
+        result = _run("build", spec, "-o", out[key], *extra)
+        assert result.exit_code == 0, result.output
+    return out
+
+
+def _deltas(path: Path, base: Path) -> dict[str, np.ndarray]:
+    """float64 ΔW per site from a patch's recorded shared factors and the base's W0."""
+    patch = read_patch(path)
+    solution = decode_shared(patch.metadata["erasec.shared"])
+    weights = load_file(str(base / UNET))
+    return {
+        layer: solution.space(space["space"]).delta(layer, weights[f"{layer}.weight"].double().numpy())
+        for space in patch.spaces
+        for layer in space["layers"]
+    }
+
+
+def _lora_products(path: Path) -> dict[str, np.ndarray]:
+    patch = read_patch(path)
+    return {layer: patch.layer_delta(layer) for layer in patch.layers()}
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# --- inspect, verify --------------------------------------------------------------------------------
+
+
+def test_inspect_shows_what_the_patch_does(built):
+    facts = _ok("inspect", built["a"])
+    assert facts["name"] == "no-artists" and facts["version"] == "1.0.0"
+    assert [e["concept"] for e in facts["erase"]] == ["Van Gogh"] and sorted(facts["preserve"]) == ["Claude Monet", "a photo of a cat"]
+    assert facts["base"]["tensors"] == 32 and len(facts["layers"]) == 32 and facts["rank"] == 1
+    assert facts["linked"] and facts["retargetable"] and facts["base"]["text_encoder_sha256"]
+    text = _run("inspect", built["a"]).output
+    assert "no-artists 1.0.0" in text and "Van Gogh" in text and "sha256 (fp16-rounded)" in text
+
+
+def test_verify_answers_yes_for_the_base(built):
+    result = _ok("verify", built["a"], "--model", "builtin:tiny-sd1")
+    assert result["ok"] and [c["check"] for c in result["checks"]] == ["integrity", "sites", "base", "delta"]
+    assert "verified against builtin:tiny-sd1" in _run("verify", built["a"], "--model", "builtin:tiny-sd1").output
+
+
+def test_verify_detects_a_flipped_bit_in_a_patch_tensor(built, tmp_path):
+    flipped = tmp_path / "flipped.safetensors"
+    raw = bytearray(built["a"].read_bytes())
+    start = 8 + int.from_bytes(raw[:8], "little")  # the tensor bytes follow the header
+    raw[(start + len(raw)) // 2] ^= 0x01
+    flipped.write_bytes(bytes(raw))
+    result = _run("verify", flipped, "--model", "builtin:tiny-sd1")
+    assert result.exit_code == 1
+    assert f"{flipped}: does NOT verify: integrity: tensor bytes hash to" in result.output
+    refused = _run("inspect", flipped)
+    assert refused.exit_code == 2 and "tampered or corrupted" in refused.output
+    assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1
+
+
+def test_verify_names_the_base_tensor_that_differs(built, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(built["base"], model)
+    tensors = load_file(str(model / UNET))
+    name = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight"
+    tensors[name].view(torch.int32)[0, 0] ^= 1  # one low mantissa bit of an fp32 base
+    save_file(tensors, str(model / UNET))
+    result = _run("verify", built["a"], "--model", model, "--json")
+    assert result.exit_code == 1
+    answer = json.loads(result.output)
+    assert not answer["ok"]
+    assert answer["reason"] == f"base: 1 of 32 touched tensors differ from the pin: {name.removesuffix('.weight')}"
+
+
+def test_the_fp16_release_of_the_base_verifies_too(built, tmp_path):
+    model = tmp_path / "fp16"
+    shutil.copytree(built["base"], model)
+    tensors = load_file(str(model / UNET))
+    save_file({name: tensor.half() for name, tensor in tensors.items()}, str(model / UNET))
+    result = _ok("verify", built["a"], "--model", model)
+    base = next(check for check in result["checks"] if check["check"] == "base")
+    assert result["ok"] and base["detail"] == "the 32 touched tensors match the pin (fp16-rounded)"
+
+
+# --- apply ------------------------------------------------------------------------------------------
+
+
+def test_apply_merges_and_scale_minus_one_restores_the_base(built, tmp_path):
+    merged, restored = tmp_path / "merged", tmp_path / "restored"
+    result = _ok("apply", built["a"], "--model", "builtin:tiny-sd1", "-o", merged)
+    assert result["tensors_changed"] == 32 and result["layout"] == "diffusers"
+    base = load_file(str(built["base"] / UNET))
+    after = load_file(str(merged / UNET))
+    products = _lora_products(built["a"])
+    for name, tensor in base.items():
+        if any(k in name for k in KV):
+            expected = tensor.double().numpy() + products[name.removesuffix(".weight")]
+            np.testing.assert_allclose(after[name].double().numpy(), expected, rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(after[name], tensor), name
+    _ok("apply", built["a"], "--model", merged, "-o", restored, "--scale", "-1")
+    back = load_file(str(restored / UNET))
+    for name, tensor in base.items():  # fp32: W0 + ΔW − ΔW is W0 to a few units of rounding
+        np.testing.assert_allclose(back[name].numpy(), tensor.numpy(), rtol=0, atol=1e-6)
+    assert (restored / "text_encoder" / "model.safetensors").read_bytes() == (
+        built["base"] / "text_encoder" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_apply_refuses_a_model_that_is_not_the_base(built, tmp_path):
+    result = _run("apply", built["a"], "--model", built["other"], "-o", tmp_path / "x")
+    assert result.exit_code == 2
+    assert "not this patch's base (32 touched tensors differ" in result.output and "erasec retarget" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+# --- compose ----------------------------------------------------------------------------------------
+
+
+def test_compose_equals_building_the_union_spec(built, tmp_path):
+    composed = tmp_path / "c.safetensors"
+    result = _ok("compose", built["a"], built["b"], "-o", composed, "--version", "1.1.0")
+    assert result["rank"] == 3
+    ours, theirs = _deltas(composed, built["base"]), _deltas(built["union"], built["base"])
+    for layer in theirs:
+        assert _relative(ours[layer], theirs[layer]) < 1e-8, layer
+    lora_ours, lora_theirs = _lora_products(composed), _lora_products(built["union"])
+    for module in lora_theirs:
+        np.testing.assert_allclose(lora_ours[module], lora_theirs[module], rtol=1e-5, atol=1e-7)
+    assert read_patch(composed).spec == read_patch(built["union"]).spec
+    derived = json.loads(read_patch(composed).metadata["erasec.derived_from"])
+    assert [d["name"] for d in derived] == ["no-artists", "more-artists"]
+
+
+def test_compose_is_not_the_sum_of_the_loras(built, tmp_path):
+    composed = tmp_path / "c.safetensors"
+    _ok("compose", built["a"], built["b"], "-o", composed)
+    ours, a, b = (_lora_products(p) for p in (composed, built["a"], built["b"]))
+    gaps = [_relative(a[m] + b[m], ours[m]) for m in ours]
+    assert min(gaps) > 1e-3, min(gaps)  # the joint solve differs in every layer
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("other-base", "pins another base than"),
+        ("lambda", "options.lambda is 1.0, "),
+        ("no-link", "records no text encodings (built without output.link: true)"),
+        ("same-concept", "erases 'Van Gogh', which "),
+    ],
+)
+def test_compose_refuses_with_the_reason(built, tmp_path, case, message):
+    second = {
+        "other-base": lambda: built["a_other"],
+        "lambda": lambda: _build_with_lambda(built, tmp_path),
+        "no-link": lambda: _without(built["b"], "erasec.link", tmp_path / "nolink.safetensors"),
+        "same-concept": lambda: built["a"],
+    }[case]()
+    result = _run("compose", built["a"], second, "-o", tmp_path / "c.safetensors")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def _build_with_lambda(built, tmp_path) -> Path:
+    spec = tmp_path / "lam.yaml"
+    spec.write_text(SPEC_B.replace("output:", "options: {lambda: 1.0}\noutput:"))
+    out = tmp_path / "lam.safetensors"
+    assert _run("build", spec, "-o", out).exit_code == 0
+    return out
+
+
+# --- diff, publish ----------------------------------------------------------------------------------
+
+
+def test_diff_reports_the_added_concepts_and_the_bump(built):
+    result = _ok("diff", built["a"], built["union"])
+    assert sorted(result["concepts"]["added"]) == ["Greg Rutkowski", "Kelly McKernan"]
+    assert result["preserve"]["added"] == ["Pablo Picasso"]
+    assert result["version"]["bump"] == result["version"]["required"] == "minor" and result["version"]["matches"]
+    assert result["version"]["reasons"][1:] == ["preserve list, options or pipeline changed"]
+    backwards = _ok("diff", built["union"], built["a"])
+    assert sorted(backwards["concepts"]["removed"]) == ["Greg Rutkowski", "Kelly McKernan"]
+    assert backwards["version"]["required"] == "major" and not backwards["version"]["matches"]
+
+
+def test_publish_makes_a_hub_folder_and_refuses_to_overwrite_a_version(built, tmp_path):
+    hub = tmp_path / "hub"
+    result = _ok("publish", built["a"], "--to", hub, "--base-model", "org/tiny")
+    assert result["file"] == "no-artists-1.0.0.safetensors" and result["status"] == "published"
+    assert (hub / "README.md").read_text().startswith("---\nbase_model: org/tiny\n")
+    again = _ok("publish", built["a"], "--to", hub)
+    assert again["status"] == "unchanged"
+    clash = _run("publish", built["a_other"], "--to", hub)
+    assert clash.exit_code == 2 and "already published with different bytes" in clash.output
+
+
+# --- retarget ---------------------------------------------------------------------------------------
+
+
+def test_retarget_equals_compiling_the_spec_against_the_other_model(built, tmp_path):
+    moved = tmp_path / "r.safetensors"
+    result = _ok("retarget", built["a"], "--model", built["other"], "-o", moved)
+    assert result["layers"] == 32
+    ours, theirs = load_file(str(moved)), load_file(str(built["a_other"]))
+    assert sorted(ours) == sorted(theirs)
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-6, atol=1e-7)
+    assert _ok("verify", moved, "--model", built["other"])["ok"]
+    same = read_patch(moved).metadata, read_patch(built["a_other"]).metadata
+    assert same[0]["erasec.base"] == same[1]["erasec.base"] and same[0]["erasec.report"] == same[1]["erasec.report"]
+
+
+def test_retarget_refuses_another_text_encoder(built, tmp_path):
+    encoder = Path("text_encoder") / "model.safetensors"
+    model = _perturbed_copy(built["other"], tmp_path / "m", lambda n: "final_layer_norm.weight" in n, 0.01, encoder)
+    result = _run("retarget", built["a"], "--model", model, "-o", tmp_path / "r.safetensors")
+    assert result.exit_code == 2
+    assert "its text encoder differs from the patch's" in result.output
+
+
+def test_retarget_refuses_a_patch_without_shared_factors(built, tmp_path):
+    plain = _without(built["a"], "erasec.shared", tmp_path / "plain.safetensors")
+    result = _run("retarget", plain, "--model", built["other"], "-o", tmp_path / "r.safetensors")
+    assert result.exit_code == 2
+    assert "not of the shared kind" in result.output
+
+
+def test_a_linked_build_is_byte_identical_when_repeated(built, tmp_path):
+    spec = tmp_path / "a.yaml"
+    spec.write_text(SPEC_A)
+    assert _run("build", spec, "-o", tmp_path / "again.safetensors").exit_code == 0
+    assert (tmp_path / "again.safetensors").read_bytes() == built["a"].read_bytes()
+
+
+def test_a_peft_patch_verifies_applies_and_retargets_like_the_kohya_one(built, tmp_path):
+    spec = tmp_path / "p.yaml"
+    spec.write_text(SPEC_A.replace("{link: true}", "{link: true, format: peft}"))
+    peft = tmp_path / "p.safetensors"
+    assert _run("build", spec, "-o", peft).exit_code == 0
+    assert _ok("verify", peft, "--model", "builtin:tiny-sd1")["ok"]
+    kohya_products, peft_products = _lora_products(built["a"]), _lora_products(peft)
+    for layer in kohya_products:
+        np.testing.assert_array_equal(peft_products[layer], kohya_products[layer])
+    moved = tmp_path / "moved.safetensors"
+    _ok("retarget", peft, "--model", built["other"], "-o", moved)
+    assert all(name.startswith("unet.") for name in load_file(str(moved)))
+    expected = _lora_products(built["a_other"])
+    for layer, delta in _lora_products(moved).items():
+        np.testing.assert_array_equal(delta, expected[layer])

@@ -1,0 +1,17 @@
+"""A model's pins: the text-encoder pin is the same for a diffusers folder and its single-file export."""
+
+from erasec.compiler.builtin import write_single_file
+from erasec.compiler.model import open_model
+from erasec.compiler.pins import model_base_pin, model_text_encoder_pin, storage_dtype, text_encoder_tensors
+
+
+def test_folder_and_single_file_pin_the_same_encoder_and_base(tiny_sd1_path, tmp_path):
+    single = tmp_path / "tiny.safetensors"
+    write_single_file(tiny_sd1_path, single)
+    folder, file = open_model(str(tiny_sd1_path)), open_model(str(single))
+    assert sorted(text_encoder_tensors(folder)) == sorted(text_encoder_tensors(file))
+    assert not any(name.endswith("position_ids") for name in text_encoder_tensors(folder))
+    assert model_text_encoder_pin(folder) == model_text_encoder_pin(file)
+    layers = [site.module_path for site in folder.target.sites]
+    assert model_base_pin(folder, layers) == model_base_pin(file, layers)
+    assert storage_dtype(folder) == storage_dtype(file) == "fp32"
