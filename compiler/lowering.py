@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from erasec.ir import EditProgram, EraseRows, HardRows, PreserveRows, Provenance, SpaceProgram, empty_hard
+from erasec.ir import Diagnostic, EditProgram, EraseRows, HardRows, PreserveRows, Provenance, SpaceProgram, empty_hard
 from erasec.passes.presets import Preset
 
+from .errors import ModelError
 from .spec import Spec
 
 
@@ -107,12 +108,14 @@ def time_alignment(source: list[int], guide: list[int], length: int = 77) -> lis
     return mapping[:length]
 
 
-def site_gram(space, weights, roles) -> np.ndarray:
-    """``Σ_l W0_lᵀ W0_l`` (d, d) over the space's sites whose role is edited."""
+def site_gram(space, weights, roles, where: str = "model") -> np.ndarray:
+    """``Σ_l W0_lᵀ W0_l`` (d, d) over the space's sites whose role is edited; refuses NaN weights."""
     gram = np.zeros((space.dim, space.dim))
     for site in space.sites:
+        w0 = np.asarray(weights[site.module_path], dtype=np.float64)
+        if not np.all(np.isfinite(w0)):
+            raise ModelError(f"{where}: {site.weight_name} contains NaN or infinity; the model file is damaged")
         if site.role in roles:
-            w0 = np.asarray(weights[site.module_path], dtype=np.float64)
             gram += w0.T @ w0
     return (gram + gram.T) * 0.5
 
@@ -126,6 +129,12 @@ class Lowering:
     def _encode(self, prompts: list[str], padded: bool) -> dict[str, np.ndarray]:
         distinct = sorted(set(prompts))
         rows = self.model.encode(distinct, padded=padded)
+        for prompt, array in zip(distinct, rows):
+            if not np.all(np.isfinite(array)):
+                raise ModelError(
+                    f"{self.model.location}: the text encoder gives NaN or infinity for {prompt!r}; "
+                    "its weights are damaged"
+                )
         return dict(zip(distinct, rows))
 
     def _ids(self, prompts: list[str]) -> dict[str, list[int]]:
@@ -133,6 +142,22 @@ class Lowering:
         return dict(zip(distinct, self.model.tokenize(distinct)))
 
     def lower(self, spec: Spec, preset: Preset) -> EditProgram:
+        program = self._lower(spec, preset)
+        erased = {phrase.casefold(): entry.concept for entry in spec.erase for phrase in (entry.concept, *entry.synonyms)}
+        clashes = sorted({p for p in spec.preserve if p.casefold() in erased})
+        return program.with_diagnostics(
+            *(
+                Diagnostic(
+                    origin="lowering",
+                    severity="warning",
+                    message=f"preserve prompt {p!r} is the erased concept {erased[p.casefold()]!r}: the two pull "
+                    "against each other; remove it from preserve (methods with filter-preserve drop it)",
+                )
+                for p in clashes
+            )
+        )
+
+    def _lower(self, spec: Spec, preset: Preset) -> EditProgram:
         settings = resolve_settings(spec, preset)
         space = self.model.target.spaces[0]
         pairs = erase_pairs(spec, preset)
@@ -217,7 +242,7 @@ class Lowering:
             preserve=preserve,
             hard=empty_hard(space.dim),
             invariant_rows=invariant_rows,
-            site_gram=site_gram(space, self.model.kv_weights(), preset.roles),
+            site_gram=site_gram(space, self.model.kv_weights(), preset.roles, self.model.location),
             roles=preset.roles,
         )
         pooled = [self._pooled(space, pairs, retain, settings, preserve_scale) for space in self.model.target.spaces[1:]]

@@ -2,8 +2,10 @@
 
 Two conflicts make a least-squares erasure quietly fail (research/methods.md §6.1):
 
-* an erase row that lies (nearly) in the span of the preserve rows: the solve must both move and
-  keep it, and with hard preservation (``orthogonalize{mode=hard}``) it cannot move at all;
+* an erase row that lies (nearly) in the span of the preserve rows, or next to one of them: the
+  solve must both move and keep it, and with hard preservation (``orthogonalize{mode=hard}``) it
+  cannot move at all. The span test applies only while the preserve rows span at most half the key
+  space (a preserve prior spans nearly all of it); otherwise single preserve rows are compared;
 * two requests whose keys (nearly) coincide but whose anchors differ: one row, two targets — the
   solve averages them (shared sub-tokens, "Bill Clinton" vs "Bill Murray").
 
@@ -57,16 +59,19 @@ class CheckConflictsPass(EditPass):
         keys = _unit(erase.keys[index])
         found = []
         if space.preserve.count:
+            closest = keys @ _unit(space.preserve.keys).T  # cosine with each preserve row
             basis = orthonormal_span(space.preserve.keys)
-            inside = np.linalg.norm(keys @ basis, axis=1)
-            closest = keys @ _unit(space.preserve.keys).T
-            for row, cosine in zip(index, inside):
-                if cosine >= self.threshold:
-                    j = int(np.argmax(closest[list(index).index(row)]))
+            # the span is only informative while the preserve rows leave room (a prior spans all of R^d)
+            roomy = basis.shape[1] <= keys.shape[1] // 2
+            inside = np.linalg.norm(keys @ basis, axis=1) if roomy else closest.max(axis=1)
+            for position, (row, cosine) in enumerate(zip(index, inside)):
+                if max(cosine, closest[position].max()) >= self.threshold:
+                    j = int(np.argmax(closest[position]))
                     source, other = erase.provenance[row], space.preserve.provenance[j]
+                    where = "lies in the preserved span" if closest[position, j] < self.threshold else "is preserved too"
                     found.append(
-                        f"erase {source.request!r} (prompt {source.prompt!r}) lies in the preserved span "
-                        f"(cosine {cosine:.3f}); closest preserve prompt {other.prompt!r}"
+                        f"erase {source.request!r} (prompt {source.prompt!r}) {where} "
+                        f"(cosine {max(cosine, closest[position].max()):.3f}); closest preserve prompt {other.prompt!r}"
                     )
         if erase.guides is not None and index.size > 1:
             guides = _unit(erase.guides[index])

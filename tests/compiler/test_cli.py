@@ -173,7 +173,7 @@ def test_on_conflict_error_stops_the_build(tmp_path):
         SPEC.replace("[Claude Monet, a photo of a cat]", "[Van Gogh, a photo of a cat]") + "options: {on_conflict: error}\n"
     )
     out = tmp_path / "p.safetensors"
-    line = _fails(["build", conflicting, "-o", out], "check-conflicts: key space clip-l: erase 'Van Gogh' (prompt 'Van Gogh') lies in the preserved span")
+    line = _fails(["build", conflicting, "-o", out], "check-conflicts: key space clip-l: erase 'Van Gogh' (prompt 'Van Gogh') is preserved too")
     assert line.endswith("set options.on_conflict: warn to build anyway")
     assert not out.exists()
     warned = tmp_path / "warn.yaml"
@@ -181,3 +181,36 @@ def test_on_conflict_error_stops_the_build(tmp_path):
     result = _run("build", warned, "-o", out)
     assert result.exit_code == 0
     assert "warning [check-conflicts]" in result.output or "lies in the preserved span" in result.output
+
+
+def test_preserving_an_erased_concept_warns_with_the_fix(tmp_path):
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(SPEC.replace("[Claude Monet, a photo of a cat]", "[van gogh, a photo of a cat]"))
+    result = _run("build", clash, "-o", tmp_path / "p.safetensors")
+    assert result.exit_code == 0
+    assert "warning [lowering] preserve prompt 'van gogh' is the erased concept 'Van Gogh'" in result.output
+
+
+def test_nan_weights_are_refused_naming_the_tensor(tmp_path, tiny_sd1_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_sd1_path, damaged)
+    unet = damaged / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(unet))
+    name = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight"
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(unet))
+    out = tmp_path / "p.safetensors"
+    _fails(["build", _spec_file(tmp_path), "-o", out, "--model", damaged],
+           f"{name} contains NaN or infinity; the model file is damaged")
+    assert not out.exists()
+
+
+def _spec_file(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SPEC)
+    return path
