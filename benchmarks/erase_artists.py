@@ -8,7 +8,7 @@ neighbours). Data: ../shared/data/artists1734_prompts.csv (1,734 artists × 5 st
 from rohitgandikota/unified-concept-editing) and coco_30k.csv. For N artists erased (anchor "art"),
 N other artists are preserved (534 at N = 1,000, where the list runs out). The spec names each artist bare; the five CSV prompts of an erased
 artist are never in the spec, so they measure generality. All metrics are exact text-pathway
-quantities over every edited K/V layer (docs/evaluation.md):
+quantities over every edited K/V layer, computed by compiler/evaluate.py (docs/evaluation.md):
 
 * efficacy     — the spec's own prompts: 1 − ‖W'k − W0 g‖ / ‖W0 k − W0 g‖ at the last subject token;
 * generality   — the same on the erased artists' five CSV prompts, against the prompt with the
@@ -69,23 +69,6 @@ def spec_text(erased: list[str], preserved: list[str], method: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-class MemoModel:
-    """Shares text encodings between the presets of one size (each preset re-lowers the same prompts)."""
-
-    def __init__(self, model) -> None:
-        self._model = model
-        self._rows: dict[tuple[str, bool], np.ndarray] = {}
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def encode(self, prompts, *, padded):
-        missing = sorted({p for p in prompts if (p, padded) not in self._rows})
-        for prompt, rows in zip(missing, self._model.encode(missing, padded=padded)):
-            self._rows[(prompt, padded)] = rows
-        return [self._rows[(p, padded)] for p in prompts]
-
-
 def deltas(solution, target, weights):
     space = solution.spaces[0]
     out = {}
@@ -93,24 +76,6 @@ def deltas(solution, target, weights):
         w0 = np.asarray(weights[site.module_path], dtype=np.float64)
         out[site.module_path] = space.delta(site.module_path, w0) if space.edits(site.role) else np.zeros_like(w0)
     return out
-
-
-def efficacy(keys, guides, weights, delta):
-    """1 − ‖W'k − W0g‖ / ‖W0k − W0g‖ with norms summed over rows and sites."""
-    before = after = 0.0
-    for path, w0 in weights.items():
-        gap = (keys - guides) @ w0.T
-        before += np.sum(gap**2)
-        after += np.sum((gap + keys @ delta[path].T) ** 2)
-    return 1.0 - np.sqrt(after / before)
-
-
-def specificity(rows, weights, delta):
-    moved = base = 0.0
-    for path, w0 in weights.items():
-        moved += np.sum((rows @ delta[path].T) ** 2)
-        base += np.sum((rows @ w0.T) ** 2)
-    return 1.0 - np.sqrt(moved / base)
 
 
 def last_rows(model, prompts):
@@ -128,13 +93,15 @@ def anchored(prompt: str, artist: str) -> str:
 
 
 def run(sizes, methods, seed=0):
+    from erasec.compiler.encodings import RecordingModel  # shares encodings between the presets
+    from erasec.compiler.evaluate import efficacy, specificity
     from erasec.compiler.lowering import Lowering
     from erasec.compiler.model import open_model
     from erasec.compiler.spec import parse_spec
     from erasec.passes.pipeline import Pipeline
     from erasec.passes.presets import PRESETS
 
-    model = MemoModel(open_model("builtin:minilm-sd1"))
+    model = RecordingModel(open_model("builtin:minilm-sd1"))
     weights = {k: np.asarray(v, dtype=np.float64) for k, v in model.kv_weights().items()}
     artists = load_artists()
     names = sorted(artists)
@@ -160,11 +127,11 @@ def run(sizes, methods, seed=0):
                 {
                     "n": n,
                     "method": method,
-                    "efficacy": efficacy(own_keys, own_guides, weights, delta),
-                    "generality": efficacy(general_keys, general_guides, weights, delta),
-                    "preserved": specificity(preserved_rows, weights, delta),
-                    "others": specificity(other_rows, weights, delta),
-                    "coco": specificity(coco, weights, delta),
+                    "efficacy": efficacy(own_keys, own_guides, weights, delta).total,
+                    "generality": efficacy(general_keys, general_guides, weights, delta).total,
+                    "preserved": specificity(preserved_rows, weights, delta).total,
+                    "others": specificity(other_rows, weights, delta).total,
+                    "coco": specificity(coco, weights, delta).total,
                     "rank": program.solution.spaces[0].rank,
                     "seconds": seconds,
                 }

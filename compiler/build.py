@@ -40,6 +40,8 @@ class BuildOptions:
     print_ir_after: tuple[str, ...] = ()  # pass names, or ("all",)
     verify_each: bool = False
     allow_pickle: bool = False  # open .ckpt/.pt models with torch.load(weights_only=True)
+    cache: bool = True  # reuse text-encoder rows from the embedding cache (compiler/embedding_cache.py)
+    cache_dir: Path | None = None  # the erasec cache dir (default: builtin.cache_root)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +67,7 @@ class BuildResult:
     condition: float = 0.0
     diagnostics: tuple[str, ...] = ()  # what passes reported: "<severity> [<pass>] <message>"
     format: str = "kohya"  # output.format: kohya | peft | checkpoint | onnx
+    prompts: dict[str, int] = field(default_factory=dict)  # {"cached": n, "encoded": m} distinct prompts
 
     def as_dict(self) -> dict:
         return {
@@ -87,6 +90,7 @@ class BuildResult:
             "scores": None if self.scores is None else self.scores.as_dict(),
             "pooled_scores": None if self.pooled_scores is None else self.pooled_scores.as_dict(),
             "paths": list(self.paths),
+            "prompts": dict(self.prompts),
         }
 
 
@@ -176,7 +180,10 @@ def build_spec(
     pipeline = Pipeline.parse(pipeline_text(spec), _ir_callback(options, emit_ir))
 
     if model is None:
+        from .embedding_cache import CachingModel, EmbeddingCache
+
         model = open_model(spec.model, allow_pickle=options.allow_pickle, pooled=spec.options.pooled)
+        model = CachingModel(model, EmbeddingCache.at(options.cache_dir) if options.cache else None)
     if spec.output.link:
         model = RecordingModel(model)
     base_weights = model.kv_weights()
@@ -184,6 +191,9 @@ def build_spec(
 
     mark = time.perf_counter()
     lowered = Lowering(model).lower(spec, preset)
+    release = getattr(model, "release_text_encoders", None)
+    if release is not None:  # every row is encoded: free SDXL's 1.6 GB of encoders (docs/performance.md)
+        release()
     seconds["encode"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -237,6 +247,7 @@ def build_spec(
         condition=max(s.report.condition for s in program.solution.spaces),
         format=spec.output.format,
         diagnostics=tuple(f"{d.severity} [{d.origin}] {d.message}" for d in program.diagnostics),
+        prompts={"cached": getattr(model, "hits", 0), "encoded": len(getattr(model, "encoded", ()))},
     )
 
 
@@ -298,7 +309,7 @@ def _write_lora(spec: Spec, pipeline, program: EditProgram, model, scores, base_
         ),
         report=scores.as_dict(),
         base_dtype=storage_dtype(model),
-        text_encoder=model_text_encoder_pin(model),
+        text_encoder=model.text_encoder_pin() if hasattr(model, "text_encoder_pin") else model_text_encoder_pin(model),
         shared=encode_shared(program.solution),
         link=encode_encodings(model.encodings) if spec.output.link else None,
         extra=extra_metadata,

@@ -316,7 +316,7 @@ def _write_single_file(folder: Path, output: Path) -> int:
 
     Every tensor keeps its values and dtype; only names (and the VAE attention's Linear → 1×1 conv
     shape) change. A text encoder whose config the reader could not infer from its shapes
-    (``model.infer_clip_config``) has the differing fields in the header under
+    (``text_encoders.infer_clip_config``) has the differing fields in the header under
     ``erasec.text_encoders``.
     """
     from safetensors.torch import load_file
@@ -324,7 +324,7 @@ def _write_single_file(folder: Path, output: Path) -> int:
     from erasec.patches.safetensors_io import atomic_write, serialize
 
     from . import layout
-    from .model import clip_config_overrides
+    from .text_encoders import clip_config_overrides
 
     folder = Path(folder)
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))

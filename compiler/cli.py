@@ -22,14 +22,28 @@ EXIT_USER_ERROR = 2
 
 def _quiet_libraries() -> None:
     """transformers and diffusers draw progress bars on stderr while loading; a compiler's output
-    should be its own summary."""
+    should be its own summary. Set through their environment variables, so neither is imported
+    here (a spec error exits before torch loads; docs/performance.md, start-up); a library that is
+    already imported is told directly."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        module = sys.modules.get(name)
+        if module is not None:
+            module.disable_progress_bar()
+            module.set_verbosity_error()
 
-    for module in (diffusers_logging, transformers_logging):
-        module.disable_progress_bar()
-        module.set_verbosity_error()
+
+def _use_all_cores() -> None:
+    """torch's intra-op threads = the CPUs this process may use (affinity/cgroup aware), set before
+    torch is imported; an explicit OMP_NUM_THREADS wins."""
+    from .build_many import cores
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(cores()))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def _return_freed_memory() -> None:
@@ -50,6 +64,10 @@ def _return_freed_memory() -> None:
             libc.mallopt(-3, 1 << 20)
     except OSError:
         pass
+
+
+def _json_option(function):
+    return click.option("--json", "as_json", is_flag=True, help="print the result as JSON")(function)
 
 
 def _fail(error: ErasecError) -> None:
@@ -78,6 +96,11 @@ def _summary(result) -> str:
         f"  rows     {result.erase_rows} erase, {result.preserve_rows} preserve, {result.hard_rows} hard"
         f"   condition {result.condition:.3g}",
         f"  rank     {result.rank} in each of {result.layers} layers",
+        *(
+            [f"  prompts  {result.prompts['encoded']} encoded, {result.prompts['cached']} from the embedding cache"]
+            if getattr(result, "prompts", None)
+            else []
+        ),
         *([f"  paths    {'; '.join(result.paths)}"] if result.paths else []),
         "  time     "
         + ", ".join(f"{k} {seconds[k]:.2f}s" for k in ("load", "encode", "solve", "evaluate", "emit", "total")),
@@ -126,15 +149,17 @@ def cli() -> None:
 @click.option(
     "--allow-pickle", is_flag=True, help="open a .ckpt/.pt model (read with torch.load(weights_only=True))"
 )
-def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickle) -> None:
+@click.option("--no-cache", is_flag=True, help="encode every prompt; neither read nor write the embedding cache")
+def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickle, no_cache) -> None:
     """Compile SPEC into a LoRA patch."""
     from .build import BuildOptions, build as run_build
 
     _quiet_libraries()
+    _use_all_cores()
     _return_freed_memory()
     wanted = tuple(p.strip() for p in print_ir_after.split(",")) if print_ir_after else ()
     options = BuildOptions(
-        model=model, print_ir_after=wanted, verify_each=verify_each, allow_pickle=allow_pickle
+        model=model, print_ir_after=wanted, verify_each=verify_each, allow_pickle=allow_pickle, cache=not no_cache
     )
     try:
         result = run_build(spec, output, options, emit_ir=lambda text: click.echo(text, err=True))
@@ -144,6 +169,63 @@ def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickl
         click.echo(json.dumps(result.as_dict(), indent=2, sort_keys=True))
     else:
         click.echo(_summary(result))
+
+
+@cli.command("build-many")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="the folder for the patches")
+@click.option("--model", default=None, help="model folder or builtin:NAME; overrides every spec's model")
+@click.option("-j", "--jobs", default=None, type=int, help="parallel processes (default: one per CPU)")
+@click.option("--ray", "ray_address", default=None, help="run on a Ray cluster at ADDRESS ('auto', ray://…, 'local')")
+@click.option("--no-cache", is_flag=True, help="do not use the embedding cache")
+@_json_option
+def build_many(folder, output, model, jobs, ray_address, no_cache, as_json) -> None:
+    """Compile every *.yaml spec in FOLDER into OUTPUT/<name>.safetensors, in parallel."""
+    from pathlib import Path
+
+    from .build_many import build_many as run_many
+
+    _quiet_libraries()
+    _return_freed_memory()
+    results = _run_patch_command(
+        lambda: run_many(Path(folder), Path(output), jobs=jobs, model=model, cache=not no_cache, ray_address=ray_address),
+        loads_models=False,
+    )
+    lines = [
+        f"{'built ' if r.ok else 'FAILED'} {r.output if r.ok else r.spec}  ({r.seconds:.1f}s)"
+        + ("" if r.ok else f"\n  erasec: error: {r.error}")
+        for r in results
+    ]
+    failed = sum(not r.ok for r in results)
+    lines.append(f"{len(results) - failed} built, {failed} failed")
+    _emit({"results": [r.as_dict() for r in results], "failed": failed}, as_json, "\n".join(lines))
+    if failed:
+        sys.exit(EXIT_USER_ERROR)
+
+
+@cli.group()
+def cache() -> None:
+    """The embedding cache: text-encoder rows reused between builds."""
+
+
+@cache.command("info")
+@_json_option
+def cache_info(as_json) -> None:
+    """Where the cache is, and how many entries and bytes it holds."""
+    from .embedding_cache import EmbeddingCache
+
+    info = EmbeddingCache.at().info()
+    _emit(info.as_dict(), as_json, f"{info.root}: {info.entries} entries, {_size(info.bytes)}")
+
+
+@cache.command("clear")
+@_json_option
+def cache_clear(as_json) -> None:
+    """Remove every entry of the embedding cache."""
+    from .embedding_cache import EmbeddingCache
+
+    info = EmbeddingCache.at().clear()
+    _emit(info.as_dict(), as_json, f"{info.root}: removed {info.entries} entries, {_size(info.bytes)}")
 
 
 @cli.command()
@@ -211,10 +293,6 @@ def _run_patch_command(action, *, loads_models: bool = True):
         return action()
     except ErasecError as error:
         _fail(error)
-
-
-def _json_option(function):
-    return click.option("--json", "as_json", is_flag=True, help="print the result as JSON")(function)
 
 
 @cli.command()
@@ -338,6 +416,77 @@ def retarget(patch, model, output, as_json) -> None:
 
     result = _run_patch_command(lambda: retarget_patch(patch, model, output))
     _emit(result, as_json, f"wrote {output} ({result['layers']} layers, rank {result['rank']}, for {model})")
+
+
+@cli.command("eval")
+@click.argument("patch")
+@click.option("--model", required=True, help="model folder, single file or builtin:NAME")
+@click.option("--suite", "suites", multiple=True, help="a shipped prompt suite (repeatable; default: artists and coco): "
+              "artists, coco, i2p-nudity, imagenette, ring-a-bell-nudity, ring-a-bell-van-gogh")
+@click.option("--prompts", default=None, type=click.Path(dir_okay=False), help="your prompts: .txt (one a line) or .csv "
+              "(prompt[,counterpart][,concept])")
+@click.option("-o", "--output", default=None, type=click.Path(file_okay=False), help="a folder for report.json, report.html "
+              "and the image grids")
+@click.option("--images", default=0, type=int, help="N images per erased concept, with and without the patch (needs -o)")
+@click.option("--steps", default=25, type=int, show_default=True, help="denoising steps for --images")
+@click.option("--clip-model", default=None, type=click.Path(file_okay=False), help="a local CLIP folder: adds a CLIP score "
+              "to --images")
+@click.option("--attack-lambda", default=0.1, type=float, show_default=True, help="λ of the recoverability attack")
+@click.option("--interference-max", default=12, type=int, show_default=True, help="re-solve concepts alone up to this many")
+@click.option("--max-unrelated", default=200, type=int, show_default=True, help="unrelated prompts per suite (0: all)")
+@_json_option
+def eval_command(patch, model, suites, prompts, output, images, steps, clip_model, attack_lambda, interference_max,
+                 max_unrelated, as_json) -> None:
+    """Measure what PATCH erases, keeps and leaves recoverable on MODEL (exact, text pathway)."""
+    from pathlib import Path
+
+    from .eval_report import render_table, write_report
+    from .evaluation import STAGES, EvalOptions, evaluate_patch
+
+    if images and output is None:
+        _fail(ErasecError("eval: --images writes grids; give -o FOLDER"))
+    options = _run_patch_command(lambda: EvalOptions(
+        suites=tuple(suites) or EvalOptions().suites, prompts=prompts, attack_lambda=attack_lambda,
+        interference_max=interference_max, max_unrelated=max_unrelated,
+    ), loads_models=False)
+    show = sys.stderr.isatty() and not as_json  # progress only on a terminal, never in --json mode
+    steps_total = len(STAGES) + (1 if images else 0)
+
+    def action():
+        with click.progressbar(length=steps_total, label="erasec eval", file=sys.stderr) if show else _NoBar() as bar:
+            result = evaluate_patch(patch, model, options, progress=lambda stage: bar.update(1))
+            written = {}
+            if output is not None:
+                written = write_report(result, Path(output))
+            if images:
+                from .eval_images import ImageOptions, image_grids
+                from .model import open_model
+
+                own = {c.concept: list(c.prompts) for c in result.concepts}
+                grids = image_grids(patch, open_model(model).path, own, Path(output) / "images",
+                                    ImageOptions(count=images, steps=steps, clip_model=clip_model))
+                bar.update(1)
+                written["images"] = grids
+        return result, written
+
+    result, written = _run_patch_command(action)
+    data = {**result.as_dict(), "written": written}
+    text = render_table(result)
+    if written:
+        text += "\n" + "\n".join(f"wrote {v}" for k, v in written.items() if k != "images")
+        text += "".join(f"\nwrote {g['file']}" for g in written.get("images", []))
+    _emit(data, as_json, text)
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int) -> None:
+        pass
 
 
 # --- ONNX (docs/onnx.md) ----------------------------------------------------------------------------

@@ -28,10 +28,12 @@ class RecordingModel:
         return getattr(self._model, name)
 
     def encode(self, prompts: Sequence[str], *, padded: bool) -> list[np.ndarray]:
-        rows = self._model.encode(prompts, padded=padded)
-        for prompt, array in zip(prompts, rows):
+        """Prompts seen before are answered from the record (a memo: ``erasec eval`` and the
+        benchmarks lower the same prompts many times); only new ones reach the text encoder."""
+        missing = [p for p in dict.fromkeys(prompts) if (p, padded) not in self.encodings]
+        for prompt, array in zip(missing, self._model.encode(missing, padded=padded)):
             self.encodings[(prompt, padded)] = array
-        return rows
+        return [self.encodings[(prompt, padded)] for prompt in prompts]
 
 
 class ReplayModel:

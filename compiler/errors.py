@@ -13,3 +13,7 @@ class ModelError(ErasecError):
 
 class BuildError(ErasecError):
     """The build cannot proceed (e.g. the output path cannot be written)."""
+
+
+class EvalError(ErasecError):
+    """An evaluation cannot run (unknown suite, unreadable prompt file, a patch of another model)."""

@@ -7,6 +7,11 @@ every edited site l the build can measure, over all sites stacked,
 * specificity ``1 − ‖W'c − W0 c‖ / ‖W0 c‖`` over the preserve rows (1: untouched).
 
 Per request the norms are summed over its rows before the ratio is taken.
+
+The per-layer metrics of ``erasec eval`` (docs/evaluation.md) live here too, on plain arrays —
+``weights`` and ``deltas`` map a module path to ``W0`` and ``ΔW`` (float64) — so that the CLI and
+``benchmarks/erase_artists.py`` compute them one way: ``efficacy``, ``specificity``,
+``displacement`` (the interference matrix) and ``recoverability`` (RECE's closed-form attack).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Mapping
 import numpy as np
 
 from erasec.ir import EditProgram, Solution
+from erasec.ir.linalg import attack_embeddings
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,3 +106,84 @@ def score(program: EditProgram, solution: Solution, base_weights: Mapping[str, n
             prompt = min(sorted(prompt_scores), key=lambda k: prompt_scores[k])
             worst = (prompt, prompt_scores[prompt])
     return Scores(requests=tuple(requests), preserve_rows=preserve_rows, specificity=specificity, worst_preserve=worst)
+
+
+# --- per-layer metrics on plain arrays (erasec eval, benchmarks) ----------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerScore:
+    """A metric over all sites stacked (``total``) and at each site (``layers``: module path, value)."""
+
+    total: float
+    rows: int
+    layers: tuple[tuple[str, float], ...]
+
+    def as_dict(self) -> dict:
+        return {"total": round(self.total, 6), "rows": self.rows, "layers": {k: round(v, 6) for k, v in self.layers}}
+
+
+def _one_minus_ratio(numerator: dict[str, float], denominator: dict[str, float], rows: int) -> LayerScore:
+    """``1 − sqrt(Σ num / Σ den)`` in total and per layer (a layer with a zero denominator scores 0)."""
+    def value(num: float, den: float) -> float:
+        return float(1.0 - np.sqrt(num / den)) if den > 0 else 0.0
+
+    total = value(sum(numerator.values()), sum(denominator.values()))
+    return LayerScore(total=total, rows=rows, layers=tuple((k, value(numerator[k], denominator[k])) for k in sorted(numerator)))
+
+
+def efficacy(keys: np.ndarray, guides: np.ndarray, weights: Mapping[str, np.ndarray], deltas: Mapping[str, np.ndarray]) -> LayerScore:
+    """``1 − ‖W'k − W0 g‖ / ‖W0 k − W0 g‖``, squared norms summed over the rows (and sites for the total)."""
+    after, before = {}, {}
+    for path, w0 in weights.items():
+        gap = (keys - guides) @ w0.T
+        before[path] = float(np.sum(gap**2))
+        after[path] = float(np.sum((gap + keys @ deltas[path].T) ** 2))
+    return _one_minus_ratio(after, before, keys.shape[0])
+
+
+def output_change(rows: np.ndarray, weights: Mapping[str, np.ndarray], deltas: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``‖ΔW_l c‖²`` and ``‖W0_l c‖²`` for every row c, summed over the sites: two arrays (rows,)."""
+    moved, base = np.zeros(rows.shape[0]), np.zeros(rows.shape[0])
+    for path, w0 in weights.items():
+        moved += np.einsum("ij,ij->i", change := rows @ deltas[path].T, change)
+        base += np.einsum("ij,ij->i", out := rows @ w0.T, out)
+    return moved, base
+
+
+def specificity(rows: np.ndarray, weights: Mapping[str, np.ndarray], deltas: Mapping[str, np.ndarray]) -> LayerScore:
+    """``1 − ‖ΔW c‖ / ‖W0 c‖`` over ``rows`` (1: untouched; 0: moved by as much as the output itself)."""
+    moved, base = {}, {}
+    for path, w0 in weights.items():
+        moved[path] = float(np.sum((rows @ deltas[path].T) ** 2))
+        base[path] = float(np.sum((rows @ w0.T) ** 2))
+    return _one_minus_ratio(moved, base, rows.shape[0])
+
+
+def displacement(keys: np.ndarray, guides: np.ndarray, weights: Mapping[str, np.ndarray], deltas: Mapping[str, np.ndarray]) -> float:
+    """``‖ΔW k‖ / ‖W0 k − W0 g‖``: how far a patch moved a concept's outputs, in units of that concept's
+    own erase distance (1: as far as erasing it would); the interference matrix's entries."""
+    moved = base = 0.0
+    for path, w0 in weights.items():
+        moved += float(np.sum((keys @ deltas[path].T) ** 2))
+        base += float(np.sum(((keys - guides) @ w0.T) ** 2))
+    return float(np.sqrt(moved / base)) if base > 0 else 0.0
+
+
+def recoverability(keys: np.ndarray, weights: Mapping[str, np.ndarray], deltas: Mapping[str, np.ndarray], lam: float) -> LayerScore:
+    """``1 − ‖W'c' − W0 c‖ / ‖W0 c‖`` with c' RECE's closed-form attack embedding for each row c
+    (``ir.linalg.attack_embeddings``; Gong et al., 2024, arXiv 2407.12383): 1 when an attacker's
+    embedding regenerates the concept's K/V outputs exactly through the edited weights, 0 when the
+    best it can do is no better than silence."""
+    dim = keys.shape[1]
+    edited_gram, cross = np.zeros((dim, dim)), np.zeros((dim, dim))
+    for path, w0 in weights.items():
+        edited = w0 + deltas[path]
+        edited_gram += edited.T @ edited
+        cross += edited.T @ w0
+    attack = attack_embeddings(edited_gram, cross, keys, lam)
+    missed, base = {}, {}
+    for path, w0 in weights.items():
+        missed[path] = float(np.sum((attack @ (w0 + deltas[path]).T - keys @ w0.T) ** 2))
+        base[path] = float(np.sum((keys @ w0.T) ** 2))
+    return _one_minus_ratio(missed, base, keys.shape[0])

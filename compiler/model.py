@@ -30,22 +30,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
 from erasec.ir import KeySpace, LinearSite, ModelTarget, VerifyError
 from erasec.ir.naming import LDM_UNET_PREFIX, checkpoint_weight_name, diffusers_module_path
 
 from . import layout as layouts
-from . import semantic
-from .builtin import TEXT_CONFIG_METADATA, builtin_model_path, cached
+from . import semantic, text_encoders
+from .builtin import builtin_model_path, cached
 from .errors import ModelError
+from .tensor_files import LazyWeights, TensorFile, first_line
 from .tokenizer import EOS_TOKEN, MODEL_MAX_LENGTH, OPEN_CLIP_PAD_TOKEN, load_clip_tokenizer, write_clip_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -58,7 +57,6 @@ _KV_WEIGHT = re.compile(r"^(?P<path>.+\.attn2\.to_(?P<role>[kv]))\.weight$")
 _BLOCK_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
 _ENCODE_CHUNK = 32
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-_CLIP_HEAD_WIDTH = 64
 
 # family -> (key space name, ((component, hidden state, tokenizer pad token), ...))
 FAMILIES: dict[str, tuple[str, tuple[tuple[str, HiddenState, str], ...]]] = {
@@ -81,212 +79,7 @@ def _site_order(module_path: str) -> tuple:
     )
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _unreadable(path: Path, error: BaseException) -> ModelError:
-    return ModelError(f"{path}: not a readable safetensors file ({_first_line(error)}); re-download or re-save it")
-
-
-# --- text encoder configs ---------------------------------------------------------------------------
-
-
-def infer_clip_config(shapes: Mapping[str, tuple], *, open_clip: bool) -> dict[str, object]:
-    """A ``CLIPTextConfig`` dict from HF-layout tensor shapes (no ``text_model.`` prefix)."""
-    vocab, hidden = shapes["embeddings.token_embedding.weight"]
-    layers = 1 + max(int(key.split(".")[2]) for key in shapes if key.startswith("encoder.layers."))
-    config = {
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": shapes["encoder.layers.0.mlp.fc1.weight"][0],
-        "num_hidden_layers": layers,
-        "num_attention_heads": max(1, hidden // _CLIP_HEAD_WIDTH),
-        "max_position_embeddings": shapes["embeddings.position_embedding.weight"][0],
-        "hidden_act": "gelu" if open_clip else "quick_gelu",
-        "layer_norm_eps": 1e-5,
-        "bos_token_id": 49406,
-        "eos_token_id": 49407,
-    }
-    if "text_projection.weight" in shapes:
-        config["projection_dim"] = shapes["text_projection.weight"][0]
-    return config
-
-
-def clip_config_overrides(config: Mapping[str, object], shapes: Mapping[str, tuple], *, open_clip: bool) -> dict:
-    """The fields of ``config`` that ``infer_clip_config`` would get wrong (what a single file must carry)."""
-    inferred = infer_clip_config(shapes, open_clip=open_clip)
-    compared = [k for k in inferred if k not in ("bos_token_id", "eos_token_id")]
-    return {key: config[key] for key in compared if key in config and config[key] != inferred[key]}
-
-
-# --- tensor sources ---------------------------------------------------------------------------------
-
-
 KV_CACHE_BYTES = 512 * 2**20
-_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-
-
-class _TensorFile:
-    """Named tensors of one file, read lazily (safetensors) or once (an allowed pickle)."""
-
-    def __init__(self, path: Path, *, pickled: bool) -> None:
-        self.path = path
-        self.pickled = pickled
-        self._state: dict | None = None
-        if pickled:
-            self._state = _load_pickle(path)
-            self.metadata: dict[str, str] = {}
-            self.shapes = {k: tuple(v.shape) for k, v in self._state.items()}
-        else:
-            try:  # safetensors validates the whole header (offsets tile the data, sizes match)
-                with safe_open(str(path), framework="pt") as handle:
-                    self.metadata = dict(handle.metadata() or {})
-                    self.shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-            except (SafetensorError, OSError) as error:
-                raise _unreadable(path, error) from error
-            with open(path, "rb") as stream:
-                (length,) = struct.unpack("<Q", stream.read(8))
-                self._entries = json.loads(stream.read(length))
-            self._data_start = 8 + length
-
-    def tensors(self, names: Sequence[str]) -> dict[str, object]:
-        """The named tensors, each read with one seek and read: no mmap, so pages read once do not
-        stay resident (peak RSS, docs/performance.md)."""
-        if self._state is not None:
-            return {name: self._state[name] for name in names}
-        import torch
-
-        out = {}
-        try:
-            with open(self.path, "rb") as stream:
-                for name in names:
-                    entry = self._entries[name]
-                    start, stop = entry["data_offsets"]
-                    stream.seek(self._data_start + start)
-                    raw = bytearray(stream.read(stop - start))
-                    if len(raw) != stop - start:
-                        raise OSError(f"{name}: file shorter than its header says")
-                    dtype = getattr(torch, _TORCH_DTYPES[entry["dtype"]])
-                    out[name] = torch.frombuffer(raw, dtype=dtype).reshape(entry["shape"]) if raw else torch.zeros(
-                        entry["shape"], dtype=dtype
-                    )
-        except OSError as error:
-            raise _unreadable(self.path, error) from error
-        except KeyError as error:
-            raise ModelError(f"{self.path}: tensor dtype {error.args[0]} is not a float type erasec reads") from None
-        return out
-
-
-def _assemble_clip(component: str, config: dict, state: dict, where) -> object:
-    """A CLIP text model of ``config`` holding ``state`` (HF names without ``text_model.``) as is.
-
-    Built on the meta device and given the tensors by assignment: no random initialisation and no
-    second copy, so loading peaks at the encoder's stored size (docs/performance.md).
-    """
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
-    if cls is CLIPTextModel:
-        state.pop("text_projection.weight", None)
-    with torch.device("meta"):
-        model = cls(CLIPTextConfig(**config))
-    if any(k.startswith("text_model.") for k in model.state_dict()):
-        state = {k if k == "text_projection.weight" else f"text_model.{k}": v for k, v in state.items()}
-    storage = {v.dtype for v in state.values()}
-    dtype = storage.pop() if len(storage) == 1 else torch.float32
-    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ModelError(
-            f"{where}: the text encoder does not match a CLIP text model "
-            f"(missing {missing[:2]}, unexpected {unexpected[:2]})"
-        )
-    for module in model.modules():  # non-persistent buffers are not in any file: make them again
-        if getattr(module, "position_ids", None) is not None and module.position_ids.is_meta:
-            count = module.position_ids.shape[-1]
-            module.register_buffer("position_ids", torch.arange(count).expand((1, -1)), persistent=False)
-    left = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
-    if left:
-        raise ModelError(f"{where}: the text encoder has no value for {left[0]}")
-    return _computing_in_fp32(model)
-
-
-def _computing_in_fp32(model):
-    """``model`` with its weights kept in their stored dtype, each module cast to fp32 only while it runs.
-
-    fp16 and bf16 values widen to fp32 exactly, so every output is bit-identical to an fp32 copy's,
-    while memory holds the stored size (SDXL's encoders: 1.6 GB in fp16 instead of 3.3 GB in fp32;
-    docs/performance.md). fp32 weights are left alone.
-    """
-    import torch
-
-    storage = {p.dtype for p in model.parameters()}
-    if storage == {torch.float32}:
-        return model
-    if len(storage) != 1:
-        return model.to(torch.float32)
-    (dtype,) = storage
-
-    def widen(module, args) -> None:
-        module.to(torch.float32)
-
-    def narrow(module, args, output) -> None:
-        module.to(dtype)
-
-    for module in model.modules():
-        if next(module.parameters(recurse=False), None) is not None:
-            module.register_forward_pre_hook(widen)
-            module.register_forward_hook(narrow)
-    return model
-
-
-class _LazyWeights(Mapping):
-    """module path → float32 weight, each read from the file when asked for."""
-
-    def __init__(self, file: _TensorFile, names: dict[str, tuple[str, int]]) -> None:
-        self._file = file
-        self._names = names  # module path -> (tensor name, columns the site reads)
-
-    def __getitem__(self, module_path: str) -> np.ndarray:
-        import torch
-
-        name, columns = self._names[module_path]
-        tensor = self._file.tensors([name])[name]
-        if tensor.shape[1] != columns:  # SDXL's add_embedding.linear_1: the pooled columns only
-            tensor = tensor[:, :columns].contiguous()
-        array = tensor.to(torch.float32).numpy()
-        array.flags.writeable = False
-        return array
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
-def _load_pickle(path: Path) -> dict:
-    import pickle
-
-    import torch
-
-    try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as error:
-        raise ModelError(
-            f"{path}: cannot load this pickle with weights_only=True ({_first_line(error)}); "
-            "convert it to .safetensors with the tool that made it"
-        ) from error
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise ModelError(f"{path}: the pickle holds a {type(loaded).__name__}, not a state dict of tensors")
-    return {k: v for k, v in loaded.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-
 # --- layouts ----------------------------------------------------------------------------------------
 
 
@@ -296,7 +89,7 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise ModelError(f"{path}: no such file; the component needs its config.json") from None
     except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: unreadable ({_first_line(error)})") from error
+        raise ModelError(f"{path}: unreadable ({first_line(error)})") from error
     if not isinstance(data, dict):
         raise ModelError(f"{path}: not a JSON object")
     return data
@@ -383,7 +176,7 @@ class SDModel:
     layout: Layout
     target: ModelTarget
     unet_weights_file: Path  # the file holding the K/V tensors (the single file itself for that layout)
-    _file: _TensorFile
+    _file: TensorFile
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
@@ -409,7 +202,7 @@ class SDModel:
         otherwise read from the file on each access, one at a time — SDXL's 140 matrices would take
         1.4 GB beside the text encoders (docs/performance.md).
         """
-        weights = _LazyWeights(
+        weights = LazyWeights(
             self._file,
             {site.module_path: (self.weight_name(site), site.in_features) for site in self.target.sites},
         )
@@ -461,36 +254,18 @@ class SDModel:
         try:
             config = CLIPTextConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
         except (OSError, ValueError) as error:
-            raise ModelError(f"{folder}: cannot read the CLIP text config ({_first_line(error)})") from error
-        weights = _TensorFile(files[0], pickled=False)
+            raise ModelError(f"{folder}: cannot read the CLIP text config ({first_line(error)})") from error
+        weights = TensorFile(files[0], pickled=False)
         state = weights.tensors([k for k in weights.shapes if not k.endswith("position_ids")])
-        return _assemble_clip(component, config, {k.removeprefix("text_model."): v for k, v in state.items()}, folder)
+        return text_encoders.assemble_clip(component, config, {k.removeprefix("text_model."): v for k, v in state.items()}, folder)
 
     def _file_encoder(self, component: str):
-        family = self.family
-        open_clip = family == "sd2" or component == "text_encoder_2"
-        if open_clip:
-            prefix = layouts.OPEN_CLIP_PREFIXES[family]
-            names = [k for k in self._file.shapes if k.startswith(prefix)]
-            raw = {k.removeprefix(prefix): v for k, v in self._file.tensors(names).items()}
-            try:
-                state = layouts.open_clip_to_clip(raw, drop_last_block=family == "sd2")
-            except KeyError as error:
-                raise ModelError(f"{self.path}: the OpenCLIP text encoder lacks {prefix}{error.args[0]}") from None
-        else:
-            prefix = layouts.CLIP_PREFIXES[family][0]
-            names = [k for k in self._file.shapes if k.startswith(prefix) and not k.endswith("position_ids")]
-            state = {
-                k.removeprefix(prefix).removeprefix("text_model."): v for k, v in self._file.tensors(names).items()
-            }
-        try:
-            config = infer_clip_config({k: tuple(v.shape) for k, v in state.items()}, open_clip=open_clip)
-        except (KeyError, ValueError) as error:
-            raise ModelError(f"{self.path}: the text encoder under {prefix} is incomplete ({error})") from None
-        overrides = self._file.metadata.get(TEXT_CONFIG_METADATA)
-        if overrides:
-            config.update(json.loads(overrides).get(component, {}))
-        return _assemble_clip(component, config, state, f"{self.path} ({prefix})")
+        return text_encoders.load_single_file_encoder(self._file, self.family, component)
+
+    def release_text_encoders(self) -> None:
+        """Drop the loaded text encoders (they load again if asked); tokenizers stay."""
+        for key in [key for key in self._cache if key.startswith("encoder:")]:
+            del self._cache[key]
 
     def tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
         """CLIP ids with BOS and EoT, unpadded, truncated to 77 (EoT kept last, as the pipeline does)."""
@@ -628,7 +403,7 @@ def _open_folder(path: Path, location: str) -> SDModel:
             f"{unet_file}: no such file; erasec reads only safetensors (.bin pickles are not read), "
             "re-save the UNet with safe_serialization=True"
         )
-    tensors = _TensorFile(unet_file, pickled=False)
+    tensors = TensorFile(unet_file, pickled=False)
     sites = _sites(tensors.shapes, dim, unet_file, lambda name: name)
     return _model(location, path, "diffusers", family, space_name, dim, sites, unet_file, tensors)
 
@@ -640,7 +415,7 @@ def _open_file(path: Path, location: str, allow_pickle: bool) -> SDModel:
             f"{location}: a {path.suffix} pickle can run arbitrary code when loaded, so erasec does not open it; "
             "convert it to .safetensors, or pass --allow-pickle to read it with torch.load(weights_only=True)"
         )
-    tensors = _TensorFile(path, pickled=pickled)
+    tensors = TensorFile(path, pickled=pickled)
     family = _single_file_family(set(tensors.shapes), location)
     space_name, _ = FAMILIES[family]
     if family == "sd1":

@@ -25,7 +25,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from erasec.compiler.errors import SpecError
 
 FORMAT_VERSION = 1
-DEFAULT_METHOD = "uce"
+DEFAULT_METHOD = "erasec"  # docs/results.md says why
 BUILTIN_PREFIX = "builtin:"
 OUTPUT_FORMATS = ("kohya", "peft", "checkpoint", "onnx")  # backends/kohya.py, peft.py, checkpoint.py, onnx/
 ONNX_MODES = ("bake", "switchable", "adapter")  # backends/onnx/rewrite.py

@@ -86,10 +86,16 @@ def regeneration_embeddings(shared: np.ndarray, gram: np.ndarray, keys: np.ndarr
     ``Σ_l ‖W0_l T c' − W0_l c‖² + λ‖c'‖² = (Tc' − c)ᵀ G (Tc' − c) + λ‖c'‖²``, i.e.
     ``c' = (λI + TᵀGT)⁻¹ TᵀG c`` (Gong et al., 2024, arXiv 2407.12383; research/methods.md §3.1, §10 item 11),
     with ``T`` the edited model's shared map and ``G = Σ_l W0_lᵀ W0_l``."""
-    matrix = shared.T @ gram @ shared
-    matrix = (matrix + matrix.T) * 0.5
+    return attack_embeddings(shared.T @ gram @ shared, shared.T @ gram, keys, lam)
+
+
+def attack_embeddings(edited_gram: np.ndarray, cross: np.ndarray, keys: np.ndarray, lam: float) -> np.ndarray:
+    """The same attack for any edited weights ``W'_l`` (a per-layer patch has no shared ``T``): the c'
+    minimising ``Σ_l ‖W'_l c' − W0_l c‖² + λ‖c'‖²`` is ``(λI + A)⁻¹ B c`` with ``A = Σ_l W'_lᵀ W'_l``
+    (``edited_gram``) and ``B = Σ_l W'_lᵀ W0_l`` (``cross``); rows in, rows out."""
+    matrix = (edited_gram + edited_gram.T) * 0.5
     matrix[np.diag_indices_from(matrix)] += lam
-    return scipy.linalg.solve(matrix, shared.T @ gram @ keys.T, assume_a="pos").T
+    return scipy.linalg.solve(matrix, cross @ keys.T, assume_a="pos").T
 
 
 def regeneration_gap(shared: np.ndarray, gram: np.ndarray, keys: np.ndarray, lam: float) -> np.ndarray:

@@ -100,12 +100,18 @@ def test_single_file_in_single_file_out(tmp_path, name, dtype, pooled) -> None:
     if dtype is None:
         _check_unet(unet, base_unet, expected_deltas(spec))
     else:
-        # fp16 storage: the file holds fp16(W0 + ΔW), the best an fp16 checkpoint can hold.
+        # fp16 storage: the file holds fp16(W0 + ΔW), the best an fp16 checkpoint can hold: within half
+        # an fp16 spacing of W0 + ΔW. The slack (1e-6 relative) covers ΔW recomputed here by another
+        # encoder run, whose fp32 rows match the build's to ~1e-7 only (batch shapes differ), so a
+        # value next to a rounding midpoint may round the other way (seen: 1 of ~3000).
         expected = expected_deltas(spec)
         for path, delta in expected.items():
             w0 = base_unet.state_dict()[f"{path}.weight"].double().numpy()
-            want = torch.from_numpy(w0 + delta).to(torch.float16)
-            assert torch.equal(unet.state_dict()[f"{path}.weight"].to(torch.float16), want), path
+            got = unet.state_dict()[f"{path}.weight"].to(torch.float16).numpy()
+            spacing = np.spacing(np.abs(got)).astype(np.float64)
+            error = np.abs(got.astype(np.float64) - (w0 + delta))
+            assert (error <= 0.5 * spacing + 1e-6 * np.abs(w0 + delta)).all(), path
+            assert not np.array_equal(got, w0.astype(np.float16)), f"{path} unchanged"
 
 
 def test_checkpoint_from_a_pickle_is_refused(tmp_path) -> None:

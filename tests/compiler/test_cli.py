@@ -21,6 +21,7 @@ erasec: 1
 name: no-van-gogh
 version: 1.2.0
 model: builtin:tiny-sd1
+method: uce
 erase:
   - {concept: Van Gogh, anchor: art}
   - {concept: Kelly McKernan}
@@ -102,7 +103,7 @@ def test_bad_spec_is_one_line_exit_2_and_no_output(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(SPEC.replace("  - {concept: Kelly McKernan}\n", "  - {concept: Kelly McKernan, strength: -1}\n"))
     out = tmp_path / "p.safetensors"
-    _fails(["build", bad, "-o", out], f"{bad}:7: erase[1].strength: -1")
+    _fails(["build", bad, "-o", out], f"{bad}:8: erase[1].strength: -1")
     assert not out.exists()
 
 

@@ -123,6 +123,7 @@ SPEC = """\
 erasec: 1
 name: same
 version: 1.0.0
+method: uce
 erase:
   - {concept: Van Gogh, anchor: art}
 preserve: [Claude Monet]
@@ -283,3 +284,24 @@ def test_pooled_is_sdxl_only() -> None:
     assert _error("builtin:tiny-sd2", pooled=True) == (
         "builtin:tiny-sd2: options.pooled: only SDXL has a pooled text path; this is sd2"
     )
+
+
+@pytest.mark.parametrize("name", ["tiny-sd2", "tiny-sdxl"])
+def test_single_file_loads_in_diffusers_with_a_local_config(name) -> None:
+    """Every component of the written single file (UNet, VAE, CLIP-L, OpenCLIP) converts back bit-exactly
+    through diffusers' own from_single_file, offline (research/ecosystem.md §3.5)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    folder = builtin_model_path(name)
+    cls = StableDiffusionXLPipeline if name == "tiny-sdxl" else StableDiffusionPipeline
+    extra = {} if name == "tiny-sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    ours = cls.from_single_file(str(builtin_model_path(f"{name}.safetensors")), config=str(folder),
+                                local_files_only=True, **extra)
+    theirs = cls.from_pretrained(folder, local_files_only=True, **extra)
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if getattr(theirs, component, None) is None:
+            continue
+        a, b = getattr(ours, component).state_dict(), getattr(theirs, component).state_dict()
+        assert sorted(a) == sorted(b), component
+        for key in b:
+            assert torch.equal(a[key], b[key]), f"{component}.{key}"

@@ -139,16 +139,16 @@ def test_half_precision_unet_is_upcast(dtype: torch.dtype, model: SDModel, tmp_p
 
 
 def test_open_and_kv_weights_do_not_load_the_text_encoder(tiny_sd1_path: Path, monkeypatch) -> None:
-    import erasec.compiler.model as frontend
+    import erasec.compiler.text_encoders as text_encoders
 
     calls = []
-    original = frontend._assemble_clip
+    original = text_encoders.assemble_clip
 
     def counting(*args, **kwargs):
         calls.append(args)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(frontend, "_assemble_clip", counting)
+    monkeypatch.setattr(text_encoders, "assemble_clip", counting)
     opened = open_model(str(tiny_sd1_path))
     opened.kv_weights()
     assert opened.tokenize(["x"]) == [[49406, 343, 49407]]

@@ -32,6 +32,7 @@ erasec: 1
 name: onnx-parity
 version: 1.0.0
 model: builtin:tiny-sd1
+method: uce
 erase:
   - {concept: Van Gogh, anchor: art}
   - {concept: Kelly McKernan}

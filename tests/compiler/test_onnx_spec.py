@@ -13,14 +13,14 @@ HEAD = "erasec: 1\nname: n\nversion: 1.0.0\nerase: [{concept: Van Gogh}]\n"
 
 
 def _parse(output: str):
-    return parse_spec(HEAD + output, source="s.yaml", base_dir=Path("/specs"), methods=("uce",))
+    return parse_spec(HEAD + output, source="s.yaml", base_dir=Path("/specs"), methods=("erasec", "uce"))
 
 
 def test_onnx_output_with_mode_and_relative_graph():
     spec = _parse("output: {format: onnx, mode: adapter, graph: exported/unet/model.onnx}\n")
     assert (spec.output.format, spec.output.mode, spec.output.graph) == ("onnx", "adapter", "/specs/exported/unet/model.onnx")
     assert spec.canonical()["output"]["mode"] == "adapter"
-    assert parse_spec(dump_spec(spec), source="s.yaml", base_dir=Path("/specs"), methods=("uce",)) == spec
+    assert parse_spec(dump_spec(spec), source="s.yaml", base_dir=Path("/specs"), methods=("erasec", "uce")) == spec
 
 
 def test_onnx_defaults_and_other_formats_keep_their_canonical_output():

@@ -27,6 +27,7 @@ erasec: 1
 name: no-artists
 version: 1.0.0
 model: builtin:tiny-sd1
+method: uce
 erase:
   - {concept: Van Gogh, anchor: art}
 preserve: [Claude Monet, a photo of a cat]
@@ -37,6 +38,7 @@ erasec: 1
 name: more-artists
 version: 1.0.0
 model: builtin:tiny-sd1
+method: uce
 erase:
   - {concept: Kelly McKernan}
   - {concept: Greg Rutkowski, anchor: a painter}
@@ -48,6 +50,7 @@ erasec: 1
 name: no-artists
 version: 1.1.0
 model: builtin:tiny-sd1
+method: uce
 erase:
   - {concept: Van Gogh, anchor: art}
   - {concept: Kelly McKernan}

@@ -22,7 +22,7 @@ from erasec.compiler.spec import (
     parse_spec,
 )
 
-METHODS = ("uce", "uce-legacy", "time", "rece", "speed")
+METHODS = ("erasec", "uce", "uce-legacy", "time", "rece", "speed")
 
 FULL = """\
 erasec: 1
@@ -105,7 +105,7 @@ def test_full_example(spec_dir: Path) -> None:
 def test_defaults() -> None:
     spec = _parse(MINIMAL)
     assert spec.model is None
-    assert spec.method == "uce"
+    assert spec.method == "erasec"
     assert spec.erase == (EraseEntry(concept="Van Gogh", anchor="", synonyms=(), templates=(), strength=1.0),)
     assert spec.preserve == ()
     assert spec.options == Options(lam=None, erase_scale=None, preserve_scale=None, pipeline=None)
@@ -220,9 +220,9 @@ BAD = [
     (MINIMAL + "model:\n", "spec.yaml:6: model: expected a string, got null; remove the key to use the default"),
     (MINIMAL + "model: 'builtin:'\n", "spec.yaml:6: model: 'builtin:' names no built-in model; write builtin:NAME"),
     (MINIMAL + "method: ucee\n",
-     "spec.yaml:6: method: 'ucee' is not one of 'rece', 'speed', 'time', 'uce', 'uce-legacy'; did you mean 'uce'?"),
+     "spec.yaml:6: method: 'ucee' is not one of 'erasec', 'rece', 'speed', 'time', 'uce', 'uce-legacy'; did you mean 'uce'?"),
     (MINIMAL + "method: UCE\n",
-     "spec.yaml:6: method: 'UCE' is not one of 'rece', 'speed', 'time', 'uce', 'uce-legacy'; did you mean 'uce'?"),
+     "spec.yaml:6: method: 'UCE' is not one of 'erasec', 'rece', 'speed', 'time', 'uce', 'uce-legacy'; did you mean 'uce'?"),
     # erase
     (MINIMAL.replace("\n  - concept: Van Gogh\n", " []\n"), "spec.yaml:4: erase: the list is empty; add a concept to erase"),
     (MINIMAL.replace("\n  - concept: Van Gogh\n", " Van Gogh\n"), "spec.yaml:4: erase: expected a list, got str"),
@@ -372,7 +372,7 @@ def test_default_method_unavailable() -> None:
     with pytest.raises(SpecError) as info:
         _parse(MINIMAL, methods=("time", "rece"))
     assert str(info.value) == (
-        "spec.yaml:1: method: missing, and the default 'uce' is not available; set one of 'rece', 'time'"
+        "spec.yaml:1: method: missing, and the default 'erasec' is not available; set one of 'rece', 'time'"
     )
 
 

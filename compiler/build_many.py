@@ -1,0 +1,108 @@
+"""``erasec build-many``: compile every spec in a folder, in parallel processes or on a Ray cluster.
+
+Each spec is one independent ``build`` (docs/scaling.md): a worker process opens its model, lowers,
+solves and writes ``<out>/<spec stem>.safetensors``. Workers share the embedding cache on disk
+(compiler/embedding_cache.py), so specs over one text encoder encode each prompt once between them
+(its writes are atomic renames). A failing spec is reported and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BuildError
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManyResult:
+    spec: str
+    output: str
+    ok: bool
+    seconds: float
+    error: str | None = None
+    summary: dict | None = None
+
+    def as_dict(self) -> dict:
+        return {"spec": self.spec, "output": self.output, "ok": self.ok, "seconds": round(self.seconds, 3),
+                "error": self.error, "summary": self.summary}
+
+
+def find_specs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise BuildError(f"{folder}: not a folder of specs; give a folder holding *.yaml files")
+    specs = sorted(p for p in folder.iterdir() if p.suffix in SPEC_SUFFIXES and p.is_file())
+    if not specs:
+        raise BuildError(f"{folder}: holds no *.yaml or *.yml specs")
+    return specs
+
+
+def cores() -> int:
+    """The CPUs this process may run on (cgroup/affinity aware where the OS says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def build_one(spec: str, output: str, model: str | None, cache: bool, threads: int) -> ManyResult:
+    """One build in this process; an ``ErasecError`` becomes a failed result, not an exception."""
+    from erasec.ir.errors import ErasecError
+
+    from .build import BuildOptions, build
+
+    clock = time.perf_counter()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        result = build(spec, output, BuildOptions(model=model, cache=cache))
+    except ErasecError as error:
+        return ManyResult(spec=spec, output=output, ok=False, seconds=time.perf_counter() - clock, error=str(error))
+    summary = result.as_dict()
+    summary.pop("scores", None), summary.pop("pooled_scores", None)
+    return ManyResult(spec=spec, output=output, ok=True, seconds=time.perf_counter() - clock, summary=summary)
+
+
+def build_many(
+    folder: Path,
+    out: Path,
+    *,
+    jobs: int | None = None,
+    model: str | None = None,
+    cache: bool = True,
+    ray_address: str | None = None,
+) -> list[ManyResult]:
+    """Build every spec in ``folder`` into ``out``; results in the specs' (sorted) order."""
+    specs = find_specs(Path(folder))
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{out}: is a file; give a folder for the patches")
+    tasks = [(str(spec), str(out / f"{spec.stem}.safetensors"), model, cache) for spec in specs]
+    if ray_address is not None:
+        return _on_ray(tasks, ray_address)
+    workers = max(1, min(jobs or cores(), len(tasks)))
+    threads = max(1, cores() // workers)
+    if workers == 1:
+        return [build_one(*task, threads) for task in tasks]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(build_one, *task, threads) for task in tasks]
+        return [future.result() for future in futures]
+
+
+def _on_ray(tasks: list[tuple], address: str) -> list[ManyResult]:
+    """The same builds as Ray tasks (one CPU each by default); ``address`` as ``ray.init`` takes it
+    (``auto``, ``ray://host:10001``, or ``local`` for a cluster started in this process)."""
+    try:
+        import ray
+    except ImportError:
+        raise BuildError("--ray: ray is not installed; pip install 'ray[default]' or drop --ray") from None
+    ray.init(address=None if address == "local" else address, ignore_reinit_error=True)
+    remote = ray.remote(build_one)
+    return ray.get([remote.remote(*task, 0) for task in tasks])
