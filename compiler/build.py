@@ -182,7 +182,9 @@ def build_spec(
     if model is None:
         from .embedding_cache import CachingModel, EmbeddingCache
 
-        model = open_model(spec.model, allow_pickle=options.allow_pickle, pooled=spec.options.pooled)
+        model = open_model(
+            spec.model, allow_pickle=options.allow_pickle, pooled=spec.options.pooled, family=spec.family
+        )
         model = CachingModel(model, EmbeddingCache.at(options.cache_dir) if options.cache else None)
     if spec.output.link:
         model = RecordingModel(model)

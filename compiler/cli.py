@@ -98,7 +98,7 @@ def _summary(result) -> str:
         f"  rank     {result.rank} in each of {result.layers} layers",
         *(
             [f"  prompts  {result.prompts['encoded']} encoded, {result.prompts['cached']} from the embedding cache"]
-            if getattr(result, "prompts", None)
+            if any((getattr(result, "prompts", None) or {}).values())
             else []
         ),
         *([f"  paths    {'; '.join(result.paths)}"] if result.paths else []),

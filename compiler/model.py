@@ -102,16 +102,28 @@ def _text_hidden_size(config: dict, config_file: Path) -> int:
     return hidden
 
 
-def _folder_family(path: Path, location: str) -> str:
+def _checked_override(family: str, sdxl_layout: bool, location: str) -> str:
+    """A spec's ``family:``: trusted where detection would fail, refused where the files contradict it."""
+    if family not in FAMILIES:
+        raise ModelError(f"{location}: family {family!r} is not one of {', '.join(sorted(FAMILIES))}")
+    if (family == "sdxl") != sdxl_layout:
+        found = "two text encoders (SDXL)" if sdxl_layout else "one text encoder"
+        raise ModelError(f"{location}: family {family!r} does not fit the files, which have {found}; remove family:")
+    return family
+
+
+def _folder_family(path: Path, location: str, override: str | None = None) -> str:
     for component in ("unet", "text_encoder", "tokenizer"):
         if not (path / component).is_dir():
             raise ModelError(
                 f"{location}: no {component}/ folder; expected a diffusers Stable Diffusion folder "
                 "with unet/, text_encoder/ and tokenizer/ (or a single-file checkpoint)"
             )
+    if (path / "text_encoder_2").is_dir() and not (path / "tokenizer_2").is_dir():
+        raise ModelError(f"{location}: has text_encoder_2/ but no tokenizer_2/; an incomplete SDXL folder")
+    if override is not None:
+        return _checked_override(override, (path / "text_encoder_2").is_dir(), location)
     if (path / "text_encoder_2").is_dir():
-        if not (path / "tokenizer_2").is_dir():
-            raise ModelError(f"{location}: has text_encoder_2/ but no tokenizer_2/; an incomplete SDXL folder")
         return "sdxl"
     config_file = path / "text_encoder" / "config.json"
     config = _read_json(config_file)
@@ -128,7 +140,9 @@ def _folder_family(path: Path, location: str) -> str:
     )
 
 
-def _single_file_family(keys: set[str], location: str) -> str:
+def _single_file_family(keys: set[str], location: str, override: str | None = None) -> str:
+    if override is not None:
+        return _checked_override(override, any(k.startswith("conditioner.embedders.1.") for k in keys), location)
     if "conditioner.embedders.1.model.token_embedding.weight" in keys:
         return "sdxl"
     if "cond_stage_model.model.token_embedding.weight" in keys:
@@ -358,12 +372,18 @@ SD1Model = SDModel  # the name of the SD1-only frontend this generalises
 
 
 def open_model(
-    location: str, *, cache_dir: Path | None = None, allow_pickle: bool = False, pooled: bool = False
+    location: str,
+    *,
+    cache_dir: Path | None = None,
+    allow_pickle: bool = False,
+    pooled: bool = False,
+    family: str | None = None,
 ) -> SDModel:
     """Open a diffusers folder, a single-file checkpoint or ``builtin:NAME[.safetensors]``.
 
     ``pooled``: add SDXL's pooled key space (``options.pooled``): the projected OpenCLIP-bigG pooled
-    embedding and the first columns of ``add_embedding.linear_1`` that read it.
+    embedding and the first columns of ``add_embedding.linear_1`` that read it. ``family``: the
+    spec's ``family:``, used instead of detection (checked against the files' layout).
     """
     if location.startswith("builtin:"):
         path = builtin_model_path(location.removeprefix("builtin:"), cache_dir)
@@ -374,7 +394,10 @@ def open_model(
             f"{location}: no such file or folder; give a diffusers folder, a single-file .safetensors "
             "checkpoint or builtin:NAME"
         )
-    model = _open_folder(path, location) if path.is_dir() else _open_file(path, location, allow_pickle)
+    if path.is_dir():
+        model = _open_folder(path, location, family)
+    else:
+        model = _open_file(path, location, allow_pickle, family)
     model._cache["cache_dir"] = cache_dir
     if pooled:
         model = _with_pooled_space(model)
@@ -382,8 +405,8 @@ def open_model(
     return model
 
 
-def _open_folder(path: Path, location: str) -> SDModel:
-    family = _folder_family(path, location)
+def _open_folder(path: Path, location: str, family: str | None = None) -> SDModel:
+    family = _folder_family(path, location, family)
     space_name, encoders = FAMILIES[family]
     if semantic.is_bert(_read_json(path / "text_encoder" / "config.json")):
         space_name = "minilm"
@@ -408,7 +431,7 @@ def _open_folder(path: Path, location: str) -> SDModel:
     return _model(location, path, "diffusers", family, space_name, dim, sites, unet_file, tensors)
 
 
-def _open_file(path: Path, location: str, allow_pickle: bool) -> SDModel:
+def _open_file(path: Path, location: str, allow_pickle: bool, family: str | None = None) -> SDModel:
     pickled = path.suffix.lower() in _PICKLE_SUFFIXES
     if pickled and not allow_pickle:
         raise ModelError(
@@ -416,7 +439,7 @@ def _open_file(path: Path, location: str, allow_pickle: bool) -> SDModel:
             "convert it to .safetensors, or pass --allow-pickle to read it with torch.load(weights_only=True)"
         )
     tensors = TensorFile(path, pickled=pickled)
-    family = _single_file_family(set(tensors.shapes), location)
+    family = _single_file_family(set(tensors.shapes), location, family)
     space_name, _ = FAMILIES[family]
     if family == "sd1":
         prefix = layouts.CLIP_PREFIXES["sd1"][0]

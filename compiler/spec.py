@@ -31,7 +31,8 @@ OUTPUT_FORMATS = ("kohya", "peft", "checkpoint", "onnx")  # backends/kohya.py, p
 ONNX_MODES = ("bake", "switchable", "adapter")  # backends/onnx/rewrite.py
 OUTPUT_DTYPES = ("fp32", "fp16", "bf16")
 
-_TOP_KEYS = ("erasec", "name", "version", "model", "method", "erase", "preserve", "options", "output")
+_TOP_KEYS = ("erasec", "name", "version", "model", "family", "method", "erase", "preserve", "options", "output")
+FAMILIES = ("sd1", "sd2", "sdxl")
 _REQUIRED_KEYS = ("erasec", "name", "version", "erase")
 _ERASE_KEYS = ("concept", "file", "anchor", "synonyms", "templates", "strength")
 _OPTION_KEYS = ("lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled")
@@ -103,6 +104,7 @@ class Spec:
     preserve: tuple[str, ...]
     options: Options
     output: OutputSpec
+    family: str | None = None  # overrides the family detected from the model files
 
     def canonical(self) -> dict:
         """Plain JSON-able data in a fixed key order, for hashing and for ``dump_spec``."""
@@ -111,6 +113,7 @@ class Spec:
             "name": self.name,
             "version": self.version,
             "model": self.model,
+            **({"family": self.family} if self.family is not None else {}),  # absent when detected
             "method": self.method,
             "erase": [
                 {
@@ -455,6 +458,7 @@ class _Reader:
             preserve=self.preserve(top["preserve"][1]) if "preserve" in top else (),
             options=self.options(top["options"][1]) if "options" in top else Options(),
             output=self.output(top["output"][1]) if "output" in top else OutputSpec(),
+            family=self.choice(top["family"][1], "family", FAMILIES) if "family" in top else None,
         )
 
     def model(self, node: Node) -> str:
@@ -604,19 +608,12 @@ class _Reader:
             erase_scale=self.option_number(fields, "erase_scale", allow_zero=False),
             preserve_scale=self.option_number(fields, "preserve_scale", allow_zero=False),
             prior_scale=self.option_number(fields, "prior_scale", allow_zero=True),
-            on_conflict=self.option_choice(fields, "on_conflict", ON_CONFLICT),
+            on_conflict=self.choice(fields["on_conflict"][1], "options.on_conflict", ON_CONFLICT)
+            if "on_conflict" in fields
+            else None,
             pipeline=pipeline,
             pooled=self.flag(fields, "pooled", "options.pooled"),
         )
-
-    def option_choice(self, fields: dict, key: str, choices: tuple[str, ...]) -> str | None:
-        if key not in fields:
-            return None
-        node = fields[key][1]
-        value = self.string(node, f"options.{key}", optional=True)
-        if value not in choices:
-            raise self.error(node, f"options.{key}", f"{value!r} is not one of {', '.join(choices)}")
-        return value
 
     def flag(self, fields: dict, key: str, where: str) -> bool:
         if key not in fields:

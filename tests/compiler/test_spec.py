@@ -198,9 +198,10 @@ BAD = [
     (MINIMAL.replace("name: x\n", ""), "spec.yaml:1: name: missing required key"),
     (MINIMAL.replace("erasec: 1\n", ""), "spec.yaml:1: erasec: missing required key"),
     (MINIMAL + "methdo: uce\n", "spec.yaml:6: methdo: unknown key; did you mean 'method'?"),
+    (MINIMAL + "family: sd3\n", "spec.yaml:6: family: 'sd3' is not one of 'sd1', 'sd2', 'sdxl'; did you mean 'sd2'?"),
     (
         MINIMAL + "zzz: 1\n",
-        "spec.yaml:6: zzz: unknown key; expected one of erasec, name, version, model, method, erase, "
+        "spec.yaml:6: zzz: unknown key; expected one of erasec, name, version, model, family, method, erase, "
         "preserve, options, output",
     ),
     (MINIMAL + "name: y\n", "spec.yaml:6: name: duplicate key (first on line 2)"),
@@ -277,7 +278,7 @@ BAD = [
     (MINIMAL + "options:\n  adversarial: {rounds: 2}\n", "spec.yaml:7: options.adversarial: not available in erasec 0.1"),
     (MINIMAL + "options: {rows: last_token}\n", "spec.yaml:6: options.rows: not available in erasec 0.1"),
     (MINIMAL + "options: {pooled: 1}\n", "spec.yaml:6: options.pooled: expected true or false, got int"),
-    (MINIMAL + "options: {on_conflict: x}\n", "spec.yaml:6: options.on_conflict: 'x' is not one of warn, error"),
+    (MINIMAL + "options: {on_conflict: x}\n", "spec.yaml:6: options.on_conflict: 'x' is not one of 'warn', 'error'"),
     (MINIMAL + "options: {on_conflict: 1}\n", "spec.yaml:6: options.on_conflict: expected a string, got int; write it in quotes (\"1\") if you mean the text"),
     (MINIMAL + "options: {prior_scale: -1}\n", "spec.yaml:6: options.prior_scale: -1 is not >= 0"),
     (MINIMAL + "options: {preserve: hard}\n", "spec.yaml:6: options.preserve: not available in erasec 0.1"),
