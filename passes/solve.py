@@ -25,16 +25,17 @@ from typing import ClassVar
 
 import numpy as np
 
-from erasec.ir import EditProgram, LayerFactors, Solution, SolveReport, SpaceProgram, SpaceSolution
+from erasec.ir import EditProgram, EraseRows, LayerFactors, Solution, SolveReport, SpaceProgram, SpaceSolution
 from erasec.ir.linalg import ConstrainedSolver, orthonormal_right, orthonormal_span, spd_condition, weighted_gram
 
 from .base import EditPass
 from .errors import SolveError
 
 
-def system_matrix(space: SpaceProgram, dim: int) -> np.ndarray:
-    """``A = λI + K diag(w) Kᵀ + Kp diag(p) Kpᵀ``."""
-    matrix = weighted_gram(space.erase.keys, space.erase.weights)
+def system_matrix(space: SpaceProgram, dim: int, rows: EraseRows | None = None) -> np.ndarray:
+    """``A = λI + K diag(w) Kᵀ + Kp diag(p) Kpᵀ`` (K: ``rows``, by default all the space's erase rows)."""
+    rows = space.erase if rows is None else rows
+    matrix = weighted_gram(rows.keys, rows.weights)
     matrix += weighted_gram(space.preserve.keys, space.preserve.weights)
     matrix[np.diag_indices(dim)] += space.lam
     return matrix
@@ -83,42 +84,46 @@ class SolvePass(EditPass):
     def __post_init__(self) -> None:
         self.check_range("max-condition", self.max_condition, 1.0, 1e15)
 
-    def _shared(self, space: SpaceProgram, rows, hard_keys: np.ndarray, dim: int):
-        """(left, right, condition, residual, hard rank) for guide-target ``rows`` of ``space``."""
-        matrix = weighted_gram(rows.keys, rows.weights) + weighted_gram(space.preserve.keys, space.preserve.weights)
-        matrix[np.diag_indices(dim)] += space.lam
+    def _shared(self, space: SpaceProgram, rows, hard_keys: np.ndarray, dim: int) -> SpaceSolution:
+        """The shared-form solution for guide-target ``rows`` of ``space`` with ``hard_keys`` held fixed."""
+        matrix = system_matrix(space, dim, rows)
         condition = _condition_checked(space, matrix, self.max_condition)
         solver, basis = _solver(space, matrix, hard_keys)
         left = (rows.guides - rows.keys).T * rows.weights  # (G − K) diag(w), (d, m)
         left, right = orthonormal_right(left, solver.apply(rows.keys.T))  # right: P Kᵀ → orthonormal
         rhs = ((rows.guides - rows.keys).T * rows.weights) @ rows.keys
         residual = _relative_residual(left @ right.T, matrix, rhs, basis)
-        return left, right, condition, residual, basis.shape[1]
-
-    def _separable(self, program: EditProgram, space: SpaceProgram, dim: int) -> SpaceSolution:
-        names = np.array([p.request for p in space.erase.provenance])
-        lefts, rights, blocks = [], [], []
-        condition, residual = 0.0, 0.0
-        for request in program.requests:
-            mine = names == request
-            if not mine.any():
-                continue
-            hard_keys = np.concatenate([space.hard.keys, space.erase.keys[~mine]])
-            left, right, cond, res, _ = self._shared(space, space.erase.select(mine), hard_keys, dim)
-            lefts.append(left)
-            rights.append(right)
-            blocks.append((request, right.shape[1]))
-            condition, residual = max(condition, cond), max(residual, res)
-        left, right = np.concatenate(lefts, axis=1), np.concatenate(rights, axis=1)
         return SpaceSolution(
             space=space.space,
             form="shared",
             rank=right.shape[1],
             left=left,
             right=right,
-            blocks=tuple(blocks),
+            report=SolveReport(condition=condition, residual=residual, hard_rank=basis.shape[1]),
+        )
+
+    def _separable(self, program: EditProgram, space: SpaceProgram, dim: int) -> SpaceSolution:
+        """One shared-form block per request, each with the other requests' keys held fixed, side by side."""
+        names = np.array([p.request for p in space.erase.provenance])
+        parts = []
+        for request in program.requests:
+            mine = names == request
+            if mine.any():
+                hard_keys = np.concatenate([space.hard.keys, space.erase.keys[~mine]])
+                parts.append((request, self._shared(space, space.erase.select(mine), hard_keys, dim)))
+        left = np.concatenate([part.left for _, part in parts], axis=1)
+        right = np.concatenate([part.right for _, part in parts], axis=1)
+        return SpaceSolution(
+            space=space.space,
+            form="shared",
+            rank=right.shape[1],
+            left=left,
+            right=right,
+            blocks=tuple((request, part.rank) for request, part in parts),
             report=SolveReport(
-                condition=condition, residual=residual, hard_rank=orthonormal_span(space.hard.keys).shape[1]
+                condition=max(part.report.condition for _, part in parts),
+                residual=max(part.report.residual for _, part in parts),
+                hard_rank=orthonormal_span(space.hard.keys).shape[1],
             ),
         )
 
@@ -132,15 +137,7 @@ class SolvePass(EditPass):
                 raise SolveError(f"key space {space.space}: separable solves need guide (anchor) targets")
             return self._separable(program, space, dim)
         if erase.shared:
-            left, right, condition, residual, hard_rank = self._shared(space, erase, space.hard.keys, dim)
-            return SpaceSolution(
-                space=space.space,
-                form="shared",
-                rank=right.shape[1],
-                left=left,
-                right=right,
-                report=SolveReport(condition=condition, residual=residual, hard_rank=hard_rank),
-            )
+            return self._shared(space, erase, space.hard.keys, dim)
         matrix = system_matrix(space, dim)
         condition = _condition_checked(space, matrix, self.max_condition)
         solver, basis = _solver(space, matrix, space.hard.keys)
