@@ -163,11 +163,27 @@ def specificity(rows: np.ndarray, weights: Mapping[str, np.ndarray], deltas: Map
 def displacement(keys: np.ndarray, guides: np.ndarray, weights: Mapping[str, np.ndarray], deltas: Mapping[str, np.ndarray]) -> float:
     """``‖ΔW k‖ / ‖W0 k − W0 g‖``: how far a patch moved a concept's outputs, in units of that concept's
     own erase distance (1: as far as erasing it would); the interference matrix's entries."""
-    moved = base = 0.0
-    for path, w0 in weights.items():
-        moved += float(np.sum((keys @ deltas[path].T) ** 2))
-        base += float(np.sum(((keys - guides) @ w0.T) ** 2))
+    parts = _displacement_parts(keys, guides, weights, deltas)
+    moved, base = sum(m for m, _ in parts.values()), sum(b for _, b in parts.values())
     return float(np.sqrt(moved / base)) if base > 0 else 0.0
+
+
+def displacement_by_layer(
+    keys: np.ndarray, guides: np.ndarray, weights: Mapping[str, np.ndarray], deltas: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+    """``displacement`` of each site on its own (the per-layer interference matrices)."""
+    return {
+        path: float(np.sqrt(moved / base)) if base > 0 else 0.0
+        for path, (moved, base) in _displacement_parts(keys, guides, weights, deltas).items()
+    }
+
+
+def _displacement_parts(keys, guides, weights, deltas) -> dict[str, tuple[float, float]]:
+    """Per site: ``(‖ΔW_l K‖², ‖W0_l (K − G)‖²)``."""
+    return {
+        path: (float(np.sum((keys @ deltas[path].T) ** 2)), float(np.sum(((keys - guides) @ w0.T) ** 2)))
+        for path, w0 in weights.items()
+    }
 
 
 def recoverability(keys: np.ndarray, weights: Mapping[str, np.ndarray], deltas: Mapping[str, np.ndarray], lam: float) -> LayerScore:

@@ -27,7 +27,15 @@ from erasec.patches.read import read_patch
 
 from .encodings import RecordingModel
 from .errors import EvalError
-from .evaluate import LayerScore, displacement, efficacy, output_change, recoverability, specificity
+from .evaluate import (
+    LayerScore,
+    displacement,
+    displacement_by_layer,
+    efficacy,
+    output_change,
+    recoverability,
+    specificity,
+)
 from .lowering import Lowering, erase_pairs, ordered_entries
 from .patch_compose import spec_from_dict
 from .patch_verify import patch_target
@@ -99,6 +107,8 @@ class EvalResult:
     interference: tuple[tuple[float, ...], ...] | None  # [i][j]: erasing concept i alone moved j
     interference_note: str
     attack_lambda: float
+    # the same matrix for each K/V site on its own: (module path, matrix), in site order
+    interference_layers: tuple[tuple[str, tuple[tuple[float, ...], ...]], ...] | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -117,6 +127,10 @@ class EvalResult:
             else {
                 "concepts": [c.concept for c in self.concepts],
                 "matrix": [[round(v, 6) for v in row] for row in self.interference],
+                "per_layer": {
+                    path: [[round(v, 6) for v in row] for row in matrix]
+                    for path, matrix in (self.interference_layers or ())
+                },
             },
             "interference_note": self.interference_note,
             "attack_lambda": self.attack_lambda,
@@ -173,23 +187,25 @@ def _solution_deltas(solution, space, weights) -> dict[str, np.ndarray]:
 
 
 def _interference(patch, spec, preset, model, space, weights, deltas, own_rows, options) -> tuple:
+    """(matrix, per-layer matrices, note): row i = what erasing concept i alone does to each concept j."""
     entries = ordered_entries(spec)
-    if len(entries) == 1:
-        keys, guides = own_rows[0]
-        return ((displacement(keys, guides, weights, deltas),),), "one concept: the patch itself"
-    if len(entries) > options.interference_max:
-        return None, (
+    if len(entries) > options.interference_max and len(entries) > 1:
+        return None, None, (
             f"not measured: {len(entries)} concepts > --interference-max {options.interference_max} "
             "(each needs its own solve)"
         )
-    pipeline = Pipeline.parse(patch.metadata.get("erasec.pipeline") or preset.pipeline)
-    matrix = []
-    for entry in entries:
-        alone = dataclasses.replace(spec, erase=(entry,))
-        program = pipeline.apply(Lowering(model).lower(alone, preset))
-        solo = _solution_deltas(program.solution, space, weights)
-        matrix.append(tuple(displacement(keys, guides, weights, solo) for keys, guides in own_rows))
-    return tuple(matrix), f"each concept re-solved alone with {pipeline}"
+    if len(entries) == 1:
+        solos, note = [deltas], "one concept: the patch itself"
+    else:
+        pipeline = Pipeline.parse(patch.metadata.get("erasec.pipeline") or preset.pipeline)
+        solos, note = [], f"each concept re-solved alone with {pipeline}"
+        for entry in entries:
+            program = pipeline.apply(Lowering(model).lower(dataclasses.replace(spec, erase=(entry,)), preset))
+            solos.append(_solution_deltas(program.solution, space, weights))
+    matrix = tuple(tuple(displacement(k, g, weights, solo) for k, g in own_rows) for solo in solos)
+    by_layer = [[displacement_by_layer(k, g, weights, solo) for k, g in own_rows] for solo in solos]
+    layers = tuple((path, tuple(tuple(cell[path] for cell in row) for row in by_layer)) for path in weights)
+    return matrix, layers, note
 
 
 def evaluate_patch(
@@ -266,7 +282,7 @@ def evaluate_patch(
     least = tuple(sorted(per_prompt.items(), key=lambda item: (item[1], item[0]))[:WORST_SHOWN])
 
     progress("interference")
-    matrix, note = _interference(patch, spec, preset, model, space, weights, deltas, own_rows, options)
+    matrix, layers, note = _interference(patch, spec, preset, model, space, weights, deltas, own_rows, options)
     return EvalResult(
         patch=str(patch.path),
         name=patch.name,
@@ -280,5 +296,6 @@ def evaluate_patch(
         least_kept=least,
         interference=matrix,
         interference_note=note,
+        interference_layers=layers,
         attack_lambda=options.attack_lambda,
     )

@@ -169,6 +169,13 @@ def test_the_real_patch_erases_what_it_names_and_measures_interference(tiny):
     matrix = np.array(result.interference)
     assert matrix.shape == (2, 2) and np.all(np.diag(matrix) > 0.5)
     assert "re-solved alone" in result.interference_note
+    # per layer: one 2×2 matrix per K/V site; the total is a weighted RMS of them, so it lies between
+    layers = dict(result.interference_layers)
+    assert len(layers) == 32
+    stacked = np.array(list(layers.values()))
+    assert stacked.shape == (32, 2, 2) and np.all(stacked >= 0)
+    assert np.all(stacked.min(axis=0) <= matrix + 1e-12) and np.all(matrix <= stacked.max(axis=0) + 1e-12)
+    assert result.as_dict()["interference"]["per_layer"].keys() == layers.keys()
 
 
 class _Images(HTMLParser):
