@@ -141,12 +141,16 @@ def _ir_callback(options: BuildOptions, emit: Callable[[str], None]):
     return callback
 
 
+BUILD_STAGES = ("load", "encode", "solve", "evaluate", "emit")
+
+
 def build(
     spec_path: str | os.PathLike,
     output: str | os.PathLike,
     options: BuildOptions = BuildOptions(),
     *,
     emit_ir: Callable[[str], None] = lambda text: None,
+    progress: Callable[[str], None] = lambda stage: None,
 ) -> BuildResult:
     clock = time.perf_counter()
     spec = load_spec(spec_path, methods=tuple(PRESETS))
@@ -154,7 +158,7 @@ def build(
         spec = spec.with_model(options.model)
     if not spec.model:
         raise SpecError(f"{spec_path}: model: no model given; set 'model:' in the spec or pass --model")
-    return build_spec(spec, output, options, emit_ir=emit_ir, clock=clock)
+    return build_spec(spec, output, options, emit_ir=emit_ir, clock=clock, progress=progress)
 
 
 def build_spec(
@@ -166,9 +170,11 @@ def build_spec(
     model=None,
     extra_metadata: tuple[tuple[str, str], ...] = (),
     clock: float | None = None,
+    progress: Callable[[str], None] = lambda stage: None,
 ) -> BuildResult:
     """Build a checked spec; ``model`` replaces opening ``spec.model`` (compose passes a model that
-    replays recorded encodings), ``extra_metadata`` adds ``erasec.*`` keys to the manifest."""
+    replays recorded encodings), ``extra_metadata`` adds ``erasec.*`` keys to the manifest;
+    ``progress(stage)`` is called as each of ``BUILD_STAGES`` begins (the CLI's progress bar)."""
     from .model import open_model  # torch and transformers load here, not at CLI start-up
 
     clock = time.perf_counter() if clock is None else clock
@@ -179,6 +185,7 @@ def build_spec(
     preset = PRESETS[spec.method]
     pipeline = Pipeline.parse(pipeline_text(spec), _ir_callback(options, emit_ir))
 
+    progress("load")
     if model is None:
         from .embedding_cache import CachingModel, EmbeddingCache
 
@@ -191,6 +198,7 @@ def build_spec(
     base_weights = model.kv_weights()
     seconds["load"] = time.perf_counter() - clock
 
+    progress("encode")
     mark = time.perf_counter()
     lowered = Lowering(model).lower(spec, preset)
     release = getattr(model, "release_text_encoders", None)
@@ -198,10 +206,12 @@ def build_spec(
         release()
     seconds["encode"] = time.perf_counter() - mark
 
+    progress("solve")
     mark = time.perf_counter()
     program = pipeline.apply(lowered)
     seconds["solve"] = time.perf_counter() - mark
 
+    progress("evaluate")
     mark = time.perf_counter()
     # the text-pathway K/V scores, and the pooled path's on their own (one space each)
     scores = score(replace(lowered, spaces=lowered.spaces[:1]), program.solution, base_weights)
@@ -210,6 +220,7 @@ def build_spec(
         pooled_scores = score(replace(lowered, spaces=lowered.spaces[1:]), program.solution, base_weights)
     seconds["evaluate"] = time.perf_counter() - mark
 
+    progress("emit")
     mark = time.perf_counter()
     if spec.output.format == "checkpoint":
         size = _write_merged(program, model, base_weights, output)

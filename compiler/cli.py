@@ -161,8 +161,14 @@ def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickl
     options = BuildOptions(
         model=model, print_ir_after=wanted, verify_each=verify_each, allow_pickle=allow_pickle, cache=not no_cache
     )
+    from .build import BUILD_STAGES
+
+    show = sys.stderr.isatty() and not as_json  # progress only on a terminal, never in --json mode
     try:
-        result = run_build(spec, output, options, emit_ir=lambda text: click.echo(text, err=True))
+        with click.progressbar(length=len(BUILD_STAGES), label="erasec build", file=sys.stderr) if show else _NoBar() as bar:
+            result = run_build(
+                spec, output, options, emit_ir=lambda text: click.echo(text, err=True), progress=lambda stage: bar.update(1)
+            )
     except ErasecError as error:
         _fail(error)
     if as_json:

@@ -215,3 +215,37 @@ def _spec_file(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(SPEC)
     return path
+
+
+def _stderr_on_a_terminal(args):
+    """Run the real entry point with stderr on a pseudo-terminal; return what the terminal got."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bin" / "erasec"), *map(str, args)],
+        stdout=subprocess.PIPE, stderr=slave, timeout=600,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the writer side is closed and drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return proc, b"".join(chunks).decode(errors="replace")
+
+
+def test_build_shows_a_progress_bar_on_a_terminal_but_not_with_json(spec, tmp_path):
+    proc, terminal = _stderr_on_a_terminal(["build", spec, "-o", tmp_path / "a.safetensors"])
+    assert proc.returncode == 0
+    assert "erasec build" in terminal
+    proc, terminal = _stderr_on_a_terminal(["build", spec, "-o", tmp_path / "b.safetensors", "--json"])
+    assert proc.returncode == 0 and json.loads(proc.stdout)["rank"] == 2
+    assert "erasec build" not in terminal
+    # and off a terminal (CliRunner's stderr is a pipe) there is none either
+    assert "erasec build" not in _run("build", spec, "-o", tmp_path / "c.safetensors").stderr
