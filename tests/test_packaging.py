@@ -16,10 +16,11 @@ def test_wheel_installs_a_working_command(tmp_path):
     )
     (wheel,) = wheels.glob("erasec-*.whl")
     venv = tmp_path / "venv"
-    # the fresh venv sees this interpreter's packages (torch, diffusers, …) but not erasec's source tree
+    # the fresh venv sees this interpreter's packages (torch, diffusers, …) but not erasec's source tree;
+    # --ignore-installed: CI has already installed erasec into those packages, and pip would stop there
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     pip = venv / "bin" / "pip"
-    subprocess.run([str(pip), "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True)
+    subprocess.run([str(pip), "install", "--no-deps", "--ignore-installed", "-q", str(wheel)], check=True, capture_output=True)
     result = subprocess.run([str(venv / "bin" / "erasec"), "--version"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "erasec 0.1.0"
