@@ -58,28 +58,11 @@ def score(program: EditProgram, solution: Solution, base_weights: Mapping[str, n
     per_prompt: dict[str, list[float]] = {}
     for space in program.spaces:
         sol = solution.space(space.space)
-        sites = program.target.space(space.space).sites
         erase = space.erase
-        before = np.zeros(erase.count)  # Σ_l ‖W0 k − W0 g‖² per row
-        after = np.zeros(erase.count)  # Σ_l ‖W' k − W0 g‖² per row
-        moved = np.zeros(space.preserve.count)
-        base = np.zeros(space.preserve.count)
-        for site in sites:
-            w0 = np.asarray(base_weights[site.module_path], dtype=np.float64)
-            delta = sol.delta(site.module_path, w0) if sol.edits(site.role) else np.zeros_like(w0)
-            if erase.guides is not None:
-                gap = (erase.keys - erase.guides) @ w0.T
-            else:
-                residual = dict(erase.residuals)[site.module_path]
-                gap = -residual.T
-            before += np.einsum("ij,ij->i", gap, gap)
-            shifted = gap + erase.keys @ delta.T
-            after += np.einsum("ij,ij->i", shifted, shifted)
-            if space.preserve.count:
-                change = space.preserve.keys @ delta.T
-                out = space.preserve.keys @ w0.T
-                moved += np.einsum("ij,ij->i", change, change)
-                base += np.einsum("ij,ij->i", out, out)
+        if sol.form == "shared" and erase.guides is not None:
+            before, after, moved, base = _shared_norms(program, space, sol, base_weights)
+        else:
+            before, after, moved, base = _site_norms(program, space, sol, base_weights)
         names = [p.request for p in erase.provenance]
         for request in program.requests:
             mask = np.array([n == request for n in names], dtype=bool)
@@ -106,6 +89,72 @@ def score(program: EditProgram, solution: Solution, base_weights: Mapping[str, n
             prompt = min(sorted(prompt_scores), key=lambda k: prompt_scores[k])
             worst = (prompt, prompt_scores[prompt])
     return Scores(requests=tuple(requests), preserve_rows=preserve_rows, specificity=specificity, worst_preserve=worst)
+
+
+def _site_norms(program, space, sol, base_weights):
+    """Per row, summed over the space's sites: ``‖W0 k − W0 g‖²``, ``‖W' k − W0 g‖²`` (erase rows),
+    ``‖ΔW c‖²`` and ``‖W0 c‖²`` (preserve rows) — site by site, for any form of solution."""
+    erase, preserve = space.erase, space.preserve
+    before, after = np.zeros(erase.count), np.zeros(erase.count)
+    moved, base = np.zeros(preserve.count), np.zeros(preserve.count)
+    for site in program.target.space(space.space).sites:
+        w0 = np.asarray(base_weights[site.module_path], dtype=np.float64)
+        delta = sol.delta(site.module_path, w0) if sol.edits(site.role) else np.zeros_like(w0)
+        if erase.guides is not None:
+            gap = (erase.keys - erase.guides) @ w0.T
+        else:
+            gap = -dict(erase.residuals)[site.module_path].T
+        before += _row_norms(gap)
+        after += _row_norms(gap + erase.keys @ delta.T)
+        if preserve.count:
+            moved += _row_norms(preserve.keys @ delta.T)
+            base += _row_norms(preserve.keys @ w0.T)
+    return before, after, moved, base
+
+
+def _shared_norms(program, space, sol, base_weights):
+    """``_site_norms`` for a shared-form solution, through d × d Gram matrices instead of every site.
+
+    With ``ΔW_l = W0_l L Rᵀ`` and ``S = Σ_l W0_lᵀ W0_l``, ``Σ_l ‖W0_l x‖² = xᵀ S x``: one (rows × d)
+    product per row set instead of one per site (33 sites of SD1.5, 140 of SDXL), the same numbers
+    to rounding. ``S`` splits into the edited sites' (the program's ``site_gram``) and the others'.
+    """
+    edited = _gram(program, space, base_weights, lambda role: sol.edits(role))
+    rest = _gram(program, space, base_weights, lambda role: not sol.edits(role))
+    whole = edited + rest
+    erase, preserve = space.erase, space.preserve
+    gap = erase.keys - erase.guides
+    shifted = gap + (erase.keys @ sol.right) @ sol.left.T
+    before = _quadratic(gap, whole)
+    after = _quadratic(shifted, edited) + _quadratic(gap, rest)
+    moved = _quadratic(preserve.keys @ sol.right, sol.left.T @ edited @ sol.left)
+    base = _quadratic(preserve.keys, whole)
+    return before, after, moved, base
+
+
+def _gram(program, space, base_weights, chosen) -> np.ndarray:
+    """``Σ W0_lᵀ W0_l`` over the space's sites whose role is ``chosen``; the program's own
+    ``site_gram`` when it covers exactly those sites."""
+    sites = program.target.space(space.space).sites
+    roles = {site.role for site in sites if chosen(site.role)}
+    if space.site_gram is not None and roles and roles == set(space.roles) & {site.role for site in sites}:
+        return np.asarray(space.site_gram)
+    dim = program.target.space(space.space).dim
+    gram = np.zeros((dim, dim))
+    for site in sites:
+        if site.role in roles:
+            w0 = np.asarray(base_weights[site.module_path], dtype=np.float64)
+            gram += w0.T @ w0
+    return gram
+
+
+def _row_norms(rows: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", rows, rows)
+
+
+def _quadratic(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``xᵀ M x`` for every row x."""
+    return np.einsum("ij,ij->i", rows @ matrix, rows)
 
 
 # --- per-layer metrics on plain arrays (erasec eval, benchmarks) ----------------------------------

@@ -55,7 +55,7 @@ HiddenState = Literal["last", "penultimate"]
 _UNET_FILE = "diffusion_pytorch_model.safetensors"
 _KV_WEIGHT = re.compile(r"^(?P<path>.+\.attn2\.to_(?P<role>[kv]))\.weight$")
 _BLOCK_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
-_ENCODE_CHUNK = 32
+_ENCODE_CHUNK = 64
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 # family -> (key space name, ((component, hidden state, tokenizer pad token), ...))

@@ -23,10 +23,12 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from erasec.ir import Diagnostic, EditProgram, SpaceProgram
-from erasec.ir.linalg import orthonormal_span
 
 from .base import EditPass
 from .errors import PassError
+
+
+_SPAN_RTOL = 1e-6
 
 
 def _first_rows(space: SpaceProgram) -> np.ndarray:
@@ -36,6 +38,21 @@ def _first_rows(space: SpaceProgram) -> np.ndarray:
             seen.add((p.request, p.prompt))
             index.append(i)
     return np.array(index, dtype=int)
+
+
+def _span_cosines(keys: np.ndarray, preserve: np.ndarray) -> np.ndarray | None:
+    """The cosine of each unit row of ``keys`` with the span of ``preserve``, or None when that span
+    takes more than half the key space.
+
+    The span is read off the eigenvectors of the preserve rows' Gram matrix (d × d: cheap however
+    many rows), keeping directions whose singular value is at least ``_SPAN_RTOL`` of the largest;
+    finer directions are numerically there but say nothing about a conflict.
+    """
+    values, vectors = np.linalg.eigh(preserve.T @ preserve)
+    inside = values > _SPAN_RTOL**2 * values[-1]
+    if inside.sum() > keys.shape[1] // 2:
+        return None
+    return np.linalg.norm(keys @ vectors[:, inside], axis=1)
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -60,10 +77,10 @@ class CheckConflictsPass(EditPass):
         found = []
         if space.preserve.count:
             closest = keys @ _unit(space.preserve.keys).T  # cosine with each preserve row
-            basis = orthonormal_span(space.preserve.keys)
             # the span is only informative while the preserve rows leave room (a prior spans all of R^d)
-            roomy = basis.shape[1] <= keys.shape[1] // 2
-            inside = np.linalg.norm(keys @ basis, axis=1) if roomy else closest.max(axis=1)
+            inside = _span_cosines(keys, space.preserve.keys)
+            if inside is None:
+                inside = closest.max(axis=1)
             for position, (row, cosine) in enumerate(zip(index, inside)):
                 if max(cosine, closest[position].max()) >= self.threshold:
                     j = int(np.argmax(closest[position]))

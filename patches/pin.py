@@ -24,7 +24,7 @@ import numpy as np
 def _digest(weights: Mapping[str, np.ndarray], dtype) -> str:
     digest = hashlib.sha256()
     for name in sorted(weights):
-        array = np.ascontiguousarray(np.asarray(weights[name]).astype(dtype).astype("<f4"))
+        array = np.ascontiguousarray(np.asarray(weights[name], dtype=dtype).astype("<f4", copy=False))
         digest.update(f"{name}|{'x'.join(map(str, array.shape))}\n".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()

@@ -73,6 +73,39 @@ def test_recoverability_by_hand():
     assert recoverability(keys, w0, half, 0.25).total == pytest.approx(1 - miss, abs=1e-12)
 
 
+@pytest.mark.parametrize("roles", [("k", "v"), ("v",)])
+@pytest.mark.parametrize("site_gram", [False, True])
+def test_the_build_scores_a_shared_solution_as_it_would_site_by_site(roles, site_gram):
+    from dataclasses import replace
+
+    from erasec.compiler.evaluate import score
+    from erasec.ir import LayerFactors, SpaceSolution
+    from erasec.passes.solve import SolvePass
+    from programs import base_weights, random_program
+
+    rng = np.random.default_rng(3)
+    program = random_program(rng, dim=6, erase=5, preserve=4, requests=("a", "b"))
+    weights = base_weights(program.target, rng)
+    space = program.spaces[0]
+    gram = sum(w.T @ w for path, w in weights.items() if path[-1] in roles) if site_gram else None
+    program = replace(program, spaces=(replace(space, roles=roles, site_gram=gram),))
+    shared = SolvePass().apply(program).solution
+    assert shared.spaces[0].form == "shared" and shared.spaces[0].roles == roles
+    sol = shared.spaces[0]
+    layers = tuple(
+        LayerFactors(module_path=path, up=w @ sol.left, down=sol.right.T) for path, w in sorted(weights.items())
+    )
+    per_layer = replace(
+        shared, spaces=(SpaceSolution(space=sol.space, form="per-layer", rank=sol.rank, report=sol.report, layers=layers, roles=roles),)
+    )
+    fast, slow = score(program, shared, weights), score(program, per_layer, weights)
+    for a, b in zip(fast.requests, slow.requests):
+        assert a.request == b.request and a.efficacy == pytest.approx(b.efficacy, abs=1e-9)
+    assert 0 < fast.specificity < 1
+    assert fast.specificity == pytest.approx(slow.specificity, abs=1e-9)
+    assert fast.worst_preserve[1] == pytest.approx(slow.worst_preserve[1], abs=1e-9)
+
+
 # --- suites -------------------------------------------------------------------------------------
 
 
