@@ -63,14 +63,17 @@ def score(program: EditProgram, solution: Solution, base_weights: Mapping[str, n
             before, after, moved, base = _shared_norms(program, space, sol, base_weights)
         else:
             before, after, moved, base = _site_norms(program, space, sol, base_weights)
-        names = [p.request for p in erase.provenance]
+        names, which = np.unique([p.request for p in erase.provenance], return_inverse=True)
+        rows = np.bincount(which, minlength=names.size)
+        before, after = (np.bincount(which, weights=v, minlength=names.size) for v in (before, after))
+        found = {name: i for i, name in enumerate(names.tolist())}
         for request in program.requests:
-            mask = np.array([n == request for n in names], dtype=bool)
-            if not mask.any():
+            if request not in found:
                 continue
-            denominator = np.sqrt(before[mask].sum())
-            efficacy = 1.0 - np.sqrt(after[mask].sum()) / denominator if denominator > 0 else 0.0
-            requests.append(RequestScore(request=request, rows=int(mask.sum()), efficacy=float(efficacy)))
+            i = found[request]
+            denominator = np.sqrt(before[i])
+            efficacy = 1.0 - np.sqrt(after[i]) / denominator if denominator > 0 else 0.0
+            requests.append(RequestScore(request=request, rows=int(rows[i]), efficacy=float(efficacy)))
         preserve_rows += space.preserve.count
         moved_total += moved.sum()
         base_total += base.sum()

@@ -297,7 +297,9 @@ class SDModel:
         ``padded=False``: rows BOS..EoT. ``padded=True``: all 77 rows of the prompt padded with each
         encoder's own pad token, as the diffusers pipelines encode it. Distinct prompts are sorted (by
         token count, then text) and run in chunks padded to their longest member; CLIP's causal mask
-        makes each row depend only on the tokens up to it, so the padding does not change the kept rows.
+        makes each row depend only on the tokens up to it, so the padding does not change the kept rows
+        beyond the last bits of fp32: the kernels round differently with a batch's width and size, so
+        a row can differ by an ulp with the company its prompt keeps (docs/patch-format.md, Determinism).
         """
         prompts = list(prompts)
         if not prompts:

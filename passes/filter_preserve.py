@@ -40,7 +40,8 @@ class FilterPreservePass(EditPass):
         spaces, dropped = [], set()
         for space in program.spaces:
             rows = space.preserve
-            keep = np.array([pattern.search(p.prompt) is None for p in rows.provenance], dtype=bool).reshape(-1)
+            clean = {prompt: pattern.search(prompt) is None for prompt in {p.prompt for p in rows.provenance}}
+            keep = np.array([clean[p.prompt] for p in rows.provenance], dtype=bool).reshape(-1)
             if keep.all():
                 spaces.append(space)
                 continue

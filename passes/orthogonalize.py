@@ -73,10 +73,8 @@ class OrthogonalizePass(EditPass):
     def _separable(self, program: EditProgram, space: SpaceProgram) -> SpaceProgram:
         dim = space.erase.keys.shape[1]
         hard_rank = orthonormal_span(space.hard.keys).shape[1]
-        names = [p.request for p in space.erase.provenance]
-        need = sum(
-            orthonormal_span(space.erase.keys[[n == r for n in names]]).shape[1] for r in program.requests if r in names
-        )
+        names = np.array([p.request for p in space.erase.provenance])
+        need = sum(orthonormal_span(space.erase.keys[names == r]).shape[1] for r in program.requests if r in names)
         if hard_rank + need > dim:
             raise PassError(
                 f"mode=separable: key space {space.space} has room for {dim - hard_rank} request rows "
