@@ -504,16 +504,17 @@ class _NoBar:
 @click.option("--exporter", default="dynamo", type=click.Choice(["dynamo", "legacy"]), show_default=True)
 @click.option("--opset", default=None, type=int, help="ONNX opset (default 20 for dynamo, 17 for legacy)")
 @click.option("--static", is_flag=True, help="fixed batch 2 and the model's sample size (faster to export)")
-@click.option("--components", default="unet,text_encoder", show_default=True, help="comma list")
+@click.option("--components", default=None,
+              help="comma list of unet, text_encoder, text_encoder_2 (default: all the model has)")
 @_json_option
 def export_onnx(model, output, exporter, opset, static, components, as_json) -> None:
-    """Export MODEL's UNet and text encoder to ONNX graphs that erasec can patch."""
+    """Export MODEL's UNet and text encoder(s) to ONNX graphs that erasec can patch."""
     from pathlib import Path
 
     from .onnx_export import ExportOptions, export_onnx as run_export
 
     def action():
-        parts = tuple(part.strip() for part in components.split(",") if part.strip())
+        parts = tuple(part.strip() for part in components.split(",") if part.strip()) if components is not None else None
         options = ExportOptions(exporter=exporter, opset=opset, dynamic=not static, components=parts)
         return run_export(model, output, options)
 

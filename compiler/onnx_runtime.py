@@ -5,6 +5,11 @@ offers (``onnxruntime-gpu`` has the first two, research/ecosystem.md §4.6). ORT
 provider whose libraries fail to load, so what *ran* is read back from the session, not assumed.
 A switchable graph is run with its ``erase_scale`` input; an ``.onnx_adapter`` is activated through
 ``RunOptions.add_active_adapter`` (§4.4 (c); adapters do not apply to IOBinding runs).
+
+An SDXL graph (inputs ``text_embeds`` and ``time_ids``, optimum's names) gets seeded normal
+``text_embeds`` like the encoder states, and the ``time_ids`` an SDXL pipeline makes for an
+uncropped image of 8 × the latent size: ``[h, w, 0, 0, h, w]`` (original size, crop top-left,
+target size); five ids (the refiner) end with the aesthetic score 6.0 instead of the target size.
 """
 
 from __future__ import annotations
@@ -68,8 +73,18 @@ def open_session(path: str | Path, providers: Sequence[str] | None = None) -> On
     return OnnxSession(path=path, session=session, requested=tuple(requested), providers=tuple(session.get_providers()))
 
 
+def sdxl_time_ids(height: int, width: int, count: int) -> np.ndarray:
+    """One image's ``time_ids`` (module docstring), ``height``/``width`` in pixels."""
+    if count == 6:
+        return np.array([height, width, 0, 0, height, width], dtype=np.float64)
+    if count == 5:
+        return np.array([height, width, 0, 0, 6.0], dtype=np.float64)
+    raise BuildError(f"time_ids: {count} ids per image; SDXL base has 6, the refiner 5")
+
+
 def unet_inputs(session: OnnxSession, *, batch: int = 2, size: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded example inputs for a UNet graph: latents, one timestep, encoder states (77 tokens)."""
+    """Seeded example inputs for a UNet graph: latents, one timestep, encoder states (77 tokens);
+    for SDXL also ``text_embeds`` and ``time_ids`` (module docstring)."""
     rng = np.random.default_rng(seed)
     inputs = {i.name: i for i in session.session.get_inputs()}
     missing = [name for name in ("sample", "timestep", "encoder_hidden_states") if name not in inputs]
@@ -84,13 +99,22 @@ def unet_inputs(session: OnnxSession, *, batch: int = 2, size: int | None = None
     if size is not None:
         sample_shape[2:] = [size, size]
     states_shape = dims("encoder_hidden_states", (sample_shape[0], 77, 768))
-    return {
+    feeds = {
         "sample": rng.standard_normal(sample_shape).astype(_NUMPY.get(inputs["sample"].type, np.float32)),
         "timestep": np.array([981.0], dtype=_NUMPY.get(inputs["timestep"].type, np.float32)),
         "encoder_hidden_states": rng.standard_normal(states_shape).astype(
             _NUMPY.get(inputs["encoder_hidden_states"].type, np.float32)
         ),
     }
+    if "text_embeds" in inputs or "time_ids" in inputs:
+        for name in ("text_embeds", "time_ids"):
+            if name not in inputs or not isinstance(inputs[name].shape[-1], int):
+                raise BuildError(f"{session.path}: an SDXL UNet graph needs input {name!r} with a fixed last dimension")
+        embeds_shape = dims("text_embeds", (sample_shape[0], 1280))
+        time_ids = sdxl_time_ids(8 * sample_shape[2], 8 * sample_shape[3], inputs["time_ids"].shape[-1])
+        feeds["text_embeds"] = rng.standard_normal(embeds_shape).astype(_NUMPY.get(inputs["text_embeds"].type, np.float32))
+        feeds["time_ids"] = np.tile(time_ids, (sample_shape[0], 1)).astype(_NUMPY.get(inputs["time_ids"].type, np.float32))
+    return feeds
 
 
 def run_step(

@@ -17,6 +17,7 @@ import numpy as np
 from erasec.ir import ModelTarget, Solution
 
 from ..errors import BackendError
+from ..factors import full_width
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -85,7 +86,8 @@ def deltas_from_solution(
     metadata: Mapping[str, str] | None = None,
 ) -> PatchDeltas:
     """The site deltas of a solution: per-layer factors as stored; the shared form
-    (``up = W0_l L``, ``down = Rᵀ``) needs the target's sites and their base weights."""
+    (``up = W0_l L``, ``down = Rᵀ``) needs the target's sites and their base weights. ``down``
+    spans the weight's full width (SDXL's pooled site: zero beyond its pooled columns)."""
     sites = []
     for space in solution.spaces:
         if space.form == "per-layer":
@@ -96,5 +98,5 @@ def deltas_from_solution(
         for site in target.space(space.space).sites:
             if space.edits(site.role):
                 up, down = space.factors(site.module_path, base_weights[site.module_path])
-                sites.append(SiteDelta(module_path=site.module_path, up=up, down=down))
+                sites.append(SiteDelta(module_path=site.module_path, up=up, down=full_width(site, down)))
     return PatchDeltas(source=source, sites=tuple(sites), base_pin=base_pin, metadata=metadata)

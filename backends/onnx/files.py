@@ -50,9 +50,11 @@ def _write_adapter(path: Path, parameters: Mapping[str, np.ndarray]) -> None:
     adapter = ort.AdapterFormat()
     adapter.set_adapter_version(1)
     adapter.set_model_version(1)
-    adapter.set_parameters(
-        {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)) for name, array in sorted(parameters.items())}
-    )
+    # An OrtValue made from numpy borrows the array's buffer: the contiguous copies must outlive
+    # export_adapter. Made inline, they were freed at once and the file held whatever reused the
+    # memory (seen on tiny-sdxl: one factor of 141 came out as garbage, for a 1.7 output error).
+    arrays = {name: np.ascontiguousarray(array) for name, array in sorted(parameters.items())}
+    adapter.set_parameters({name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in arrays.items()})
     adapter.export_adapter(str(path.resolve()))
 
 

@@ -4,6 +4,8 @@ PyTorch's ``Linear`` computes ``y = x Wᵀ``; exporters emit ``MatMul(x, B)`` wi
 ``B = Wᵀ`` stored (``[in, out]``: legacy export with constant folding — the diffusers and optimum
 default — and dynamo with its optimizer on), or ``B = Transpose(W)`` of a named initializer
 (``[out, in]``: legacy without folding, dynamo ``optimize=False``). research/ecosystem.md §4.3.
+A Linear on 2-D rows — SDXL's ``add_embedding.linear_1``, the ``options.pooled`` site — is a
+``Gemm(x, W, b, transB=1)`` over ``W [out, in]`` in both exporters' graphs (seen on tiny-sdxl).
 
 The module path is read, never guessed, from one of:
 
@@ -39,10 +41,11 @@ class SiteMatch:
     """Where one site's weight lives in a graph."""
 
     module_path: str  # the site's diffusers path (the scope as found, wrapper prefix stripped)
-    matmul: ir.Node
+    matmul: ir.Node  # the MatMul (or Gemm) computing the Linear's product
     weight: ir.Value  # the initializer
-    transposed: bool  # True: the initializer holds W [out, in] behind a Transpose; False: Wᵀ [in, out]
+    transposed: bool  # True: the initializer holds W [out, in] (behind a Transpose, or Gemm transB=1); False: Wᵀ [in, out]
     found_by: str  # "name_scopes" | "node name" | "initializer name"
+    reader: ir.Node  # the node reading the initializer: the MatMul/Gemm, or the Transpose before it
 
     @property
     def activation(self) -> ir.Value:
@@ -99,14 +102,16 @@ class LinearWeightRule:
     """``MatMul(x, B)`` with ``B = Wᵀ`` a constant ``[in, out]`` initializer."""
 
     name: ClassVar[str] = "matmul-weight"
+    transposed: ClassVar[bool] = False
 
-    def pattern(self, node: ir.Node) -> tuple[ir.Value, tuple] | None:
+    def pattern(self, node: ir.Node) -> tuple[ir.Value, tuple, ir.Node] | None:
+        """(the initializer, the items naming the site, the node reading the initializer), or None."""
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
             return None
         weight = node.inputs[1]
         if not _constant_initializer(weight):
             return None
-        return weight, (node, weight)
+        return weight, (node, weight), node
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +119,9 @@ class TransposedLinearWeightRule:
     """``MatMul(x, Transpose(W, perm=[1, 0]))`` with ``W`` a constant ``[out, in]`` initializer."""
 
     name: ClassVar[str] = "matmul-transposed-weight"
+    transposed: ClassVar[bool] = True
 
-    def pattern(self, node: ir.Node) -> tuple[ir.Value, tuple] | None:
+    def pattern(self, node: ir.Node) -> tuple[ir.Value, tuple, ir.Node] | None:
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
             return None
         transpose = node.inputs[1].producer() if node.inputs[1] is not None else None
@@ -127,10 +133,35 @@ class TransposedLinearWeightRule:
         weight = transpose.inputs[0]
         if not _constant_initializer(weight):
             return None
-        return weight, (node, transpose, weight)
+        return weight, (node, transpose, weight), transpose
 
 
-LOCATE_RULES = (LinearWeightRule(), TransposedLinearWeightRule())
+def _attribute(node: ir.Node, name: str, default):
+    attribute = node.attributes.get(name)
+    return default if attribute is None else attribute.value
+
+
+@dataclass(frozen=True, slots=True)
+class GemmWeightRule:
+    """``Gemm(x, W, b, transB=1)`` with ``W`` a constant ``[out, in]`` initializer (``alpha = 1``,
+    ``transA = 0``: the product is exactly ``x Wᵀ``; the bias is left alone). ``transB = 0``
+    (``Wᵀ`` stored) is refused here, so ``transposed`` holds for every match of this rule."""
+
+    name: ClassVar[str] = "gemm-weight"
+    transposed: ClassVar[bool] = True
+
+    def pattern(self, node: ir.Node) -> tuple[ir.Value, tuple, ir.Node] | None:
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+            return None
+        if _attribute(node, "transA", 0) != 0 or _attribute(node, "transB", 0) != 1 or _attribute(node, "alpha", 1.0) != 1.0:
+            return None
+        weight = node.inputs[1]
+        if not _constant_initializer(weight):
+            return None
+        return weight, (node, weight), node
+
+
+LOCATE_RULES = (LinearWeightRule(), TransposedLinearWeightRule(), GemmWeightRule())
 
 
 def locate_sites(graph: ir.Graph, sites: dict[str, tuple[int, int] | None], *, where: str) -> dict[str, SiteMatch]:
@@ -148,12 +179,12 @@ def locate_sites(graph: ir.Graph, sites: dict[str, tuple[int, int] | None], *, w
             hit = rule.pattern(node)
             if hit is None:
                 continue
-            weight, named = hit
+            weight, named, reader = hit
             for scope, how in _scopes(node, named):
                 name = _resolve(scope, wanted)
                 if name is None:
                     continue
-                transposed = isinstance(rule, TransposedLinearWeightRule)
+                transposed = rule.transposed
                 shape = tuple(weight.const_value.shape)
                 expected = shape
                 if sites[name] is not None:
@@ -170,7 +201,7 @@ def locate_sites(graph: ir.Graph, sites: dict[str, tuple[int, int] | None], *, w
                         f"{where}: site {name} matches two MatMul nodes, {matches[name].matmul.name!r} and {node.name!r}"
                     )
                 matches[name] = SiteMatch(
-                    module_path=name, matmul=node, weight=weight, transposed=transposed, found_by=how
+                    module_path=name, matmul=node, weight=weight, transposed=transposed, found_by=how, reader=reader
                 )
                 break
     missing = sorted(wanted - set(matches))

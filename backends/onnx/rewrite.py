@@ -11,7 +11,10 @@
   0 (the base model), plus the factors as parameters of an ONNX Runtime ``.onnx_adapter`` (§4.4 (c)).
 
 Before any rewrite the located tensors are confirmed by value: against the base weights when
-the caller has them, else against the patch's base pin (``erasec.base``, DESIGN.md §7).
+the caller has them, else against the patch's base pin (``erasec.base``, DESIGN.md §7). SDXL's
+``add_embedding.linear_1`` (``options.pooled``) was compiled and pinned on its pooled columns
+only — the leading ``text_embeds``-wide block it reads (``LinearSite.full_in_features``) — so
+those columns are what is compared; the graph's ``text_embeds`` input says how many.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ Mode = Literal["bake", "switchable", "adapter"]
 MODES: tuple[str, ...] = ("bake", "switchable", "adapter")
 SCALE_INPUT = "erase_scale"
 RANK_DIM = "erasec_rank"
+POOLED_SITE = "add_embedding.linear_1"  # reads [text_embeds ; time embeddings] in an SDXL UNet
+POOLED_INPUT = "text_embeds"  # the SDXL UNet graph input (optimum's name)
 _FLOATS = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16, ir.DataType.DOUBLE: np.float64}
 _PIN_DTYPES = {ir.DataType.FLOAT: "fp32", ir.DataType.FLOAT16: "fp16", ir.DataType.DOUBLE: "fp64"}
 # Relative tolerance of the by-value confirmation, by stored dtype: a few units in the last place.
@@ -60,10 +65,25 @@ class OnnxPatchResult:
     confirmed_by: str  # "base weights" | "base pin" | "not checked"
 
 
-def _stored_weight(match: SiteMatch) -> np.ndarray:
-    """The located tensor as W [out, in], float64."""
+def _stored_weight(match: SiteMatch, columns: int | None = None) -> np.ndarray:
+    """The located tensor as W [out, in], float64; ``columns``: only the leading ones."""
     array = match.weight.const_value.numpy().astype(np.float64)
-    return array if match.transposed else array.T
+    weight = array if match.transposed else array.T
+    return weight if columns is None else weight[:, :columns]
+
+
+def pinned_columns(graph: ir.Graph, sites, *, where: str) -> dict[str, int]:
+    """module path → the leading columns its base was compiled on, for sites compiled on fewer
+    than the weight has: the pooled site, on the ``text_embeds`` columns (module docstring)."""
+    if POOLED_SITE not in sites:
+        return {}
+    width = next((value.shape[-1] for value in graph.inputs if value.name == POOLED_INPUT and value.shape), None)
+    if not isinstance(width, int):
+        raise BackendError(
+            f"{where}: site {POOLED_SITE} (options.pooled) needs the graph's {POOLED_INPUT} input with a fixed width "
+            "to tell its pooled columns; patch an SDXL UNet as erasec export-onnx or optimum export it"
+        )
+    return {POOLED_SITE: width}
 
 
 def _dtype(match: SiteMatch) -> ir.DataType:
@@ -79,14 +99,17 @@ def confirm_base(
     base_weights: Mapping[str, np.ndarray] | None,
     *,
     where: str,
+    columns: Mapping[str, int] | None = None,
 ) -> str:
-    """Check that the located tensors are the base the patch was compiled against; say how."""
+    """Check that the located tensors are the base the patch was compiled against; say how.
+    ``columns``: sites compared on their leading columns only (``pinned_columns``)."""
+    columns = columns or {}
     if base_weights is not None:
         for name, match in sorted(matches.items()):
             if match.module_path not in base_weights:
                 raise BackendError(f"{where}: no base weight for {match.module_path} to compare with")
             want = np.asarray(base_weights[match.module_path], dtype=np.float64)
-            have = _stored_weight(match)
+            have = _stored_weight(match, columns.get(match.module_path))
             rtol = _CONFIRM_RTOL[_dtype(match)]
             if have.shape != want.shape or np.max(np.abs(have - want)) > rtol * max(np.max(np.abs(want)), 1e-30):
                 raise BackendError(
@@ -99,7 +122,7 @@ def confirm_base(
             f"{where}: {deltas.source} carries no base pin (erasec.base) to confirm the located weights; "
             "give the base model, or turn the check off"
         )
-    weights = {f"{m.module_path}.weight": _stored_weight(m) for m in matches.values()}
+    weights = {f"{m.module_path}.weight": _stored_weight(m, columns.get(m.module_path)) for m in matches.values()}
     kinds = {_PIN_DTYPES.get(_dtype(m)) for m in matches.values()}
     differ = pin_difference(deltas.base_pin, base_pin(weights, dtype=kinds.pop() if len(kinds) == 1 else None))
     if differ:
@@ -130,12 +153,12 @@ def bake(graph: ir.Graph, matches: Mapping[str, SiteMatch], deltas: PatchDeltas)
         new = stored + (delta if match.transposed else delta.T)
         tensor = ir.tensor(np.ascontiguousarray(new.astype(_FLOATS[dtype])), name=match.weight.name)
         users = {node for node, _ in match.weight.uses()}
-        consumer = match.matmul if not match.transposed else match.matmul.inputs[1].producer()
-        if users == {consumer}:
+        if users == {match.reader}:
             match.weight.const_value = tensor  # keeps the name: TensorRT refit matches by it (§4.6)
         else:  # shared with another node: give this site its own copy
             copy = _initializer(graph, f"{match.weight.name}.erasec.{match.module_path}", new, dtype)
-            consumer.replace_input_with(0 if match.transposed else 1, copy)
+            index = next(i for i, value in enumerate(match.reader.inputs) if value is match.weight)
+            match.reader.replace_input_with(index, copy)
 
 
 def _node(op_type: str, inputs: list, name: str, attributes: dict | None = None) -> ir.Node:
@@ -247,7 +270,8 @@ def patch_graph(
     located = locate_sites(graph, wanted, where=where)
     confirmed_by = "not checked"
     if options.verify_base:
-        confirmed_by = confirm_base(located, deltas, base_weights, where=where)
+        columns = pinned_columns(graph, located, where=where)
+        confirmed_by = confirm_base(located, deltas, base_weights, where=where, columns=columns)
     matches = {path: match for path, match in located.items() if wanted[path] is not None}
     params = None
     if options.mode == "bake":

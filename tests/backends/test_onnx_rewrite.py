@@ -289,6 +289,61 @@ def test_external_data_is_written_beside_the_graph_and_loads(tmp_path, monkeypat
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["unet.onnx", "unet.onnx.data"]  # no temp left
 
 
+def test_adapter_file_holds_every_parameter_exactly_even_when_not_c_contiguous(tmp_path):
+    """The factors ``branch`` makes are transposes (Fortran order); an OrtValue borrows its array's
+    buffer, so the contiguous copies must live until the file is written (43 of these 50 came back
+    as garbage when they did not)."""
+    rng = np.random.default_rng(0)
+    parameters = {f"erasec.site{i:02d}.up_T": rng.standard_normal((2, 64)).astype(np.float32).T for i in range(50)}
+    onnx_files._write_adapter(tmp_path / "unet.onnx_adapter", parameters)
+    back = ort.AdapterFormat.read_adapter(str(tmp_path / "unet.onnx_adapter")).get_parameters()
+    assert sorted(back) == sorted(parameters)
+    assert all(np.array_equal(back[name].numpy(), array) for name, array in parameters.items())
+
+
+def _gemm_graph(weights: dict[str, np.ndarray], pooled: int) -> ir.Model:
+    """SDXL's add_embedding.linear_1 as both exporters spell it: ``Gemm(x, W, b, transB=1)`` on
+    ``x = [text_embeds ; time]`` [B, D]; the graph input ``text_embeds`` is ``pooled`` wide."""
+    w = weights[K]
+    inits = [numpy_helper.from_array(w, "unet.add_embedding.linear_1.weight"),
+             numpy_helper.from_array(np.arange(OUT, dtype=np.float32), "unet.add_embedding.linear_1.bias")]
+    nodes = [
+        helper.make_node("Concat", ["text_embeds", "time"], ["x"], axis=-1, name="/unet/Concat"),
+        helper.make_node("Gemm", ["x", *(i.name for i in inits)], ["out"], transB=1, name="/unet/add_embedding/linear_1/Gemm"),
+    ]
+    graph = helper.make_graph(
+        nodes, "pooled",
+        [helper.make_tensor_value_info("text_embeds", TensorProto.FLOAT, ["B", pooled]),
+         helper.make_tensor_value_info("time", TensorProto.FLOAT, ["B", D - pooled])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", OUT])],
+        inits,
+    )
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("mode", ["bake", "switchable"])
+def test_the_pooled_gemm_site_is_confirmed_on_its_pooled_columns_and_patched(mode, tmp_path):
+    pooled, site = 4, "add_embedding.linear_1"
+    weights = _weights()
+    rng = np.random.default_rng(3)
+    down = np.hstack([rng.standard_normal((RANK, pooled)), np.zeros((RANK, D - pooled))])  # [ΔW | 0]
+    delta = SiteDelta(module_path=site, up=rng.standard_normal((OUT, RANK)), down=down)
+    pin = base_pin({f"{site}.weight": weights[K][:, :pooled]})  # compiled on the pooled columns only
+    deltas = PatchDeltas(source="patch", sites=(delta,), base_pin=pin)
+    feeds = {"text_embeds": rng.standard_normal((3, pooled)).astype(np.float32),
+             "time": rng.standard_normal((3, D - pooled)).astype(np.float32)}
+    base = _run(_gemm_graph(weights, pooled), tmp_path, feeds, name="base.onnx")[0]
+    result = patch_graph(_gemm_graph(weights, pooled), deltas, OnnxOptions(mode=mode))
+    assert result.confirmed_by == "base pin" and result.sites[0].found_by == "node name"
+    patched = _run(result.model, tmp_path, feeds)[0]
+    x = np.hstack([feeds["text_embeds"], feeds["time"]]).astype(np.float64)
+    assert np.max(np.abs(patched - (base + x @ delta.delta().T))) <= 1e-5  # fp32 graph, O(1) values
+    with pytest.raises(BackendError, match=r"needs the graph's text_embeds input with a fixed width"):
+        graph = _gemm_graph(weights, pooled)
+        graph.graph.inputs[0].shape = ir.Shape(["B", "P"])
+        patch_graph(graph, deltas, OnnxOptions(mode=mode))
+
+
 def test_load_graph_refuses_what_is_not_onnx(tmp_path):
     bad = tmp_path / "unet.onnx"
     bad.write_bytes(b"not a protobuf \xff\xff")

@@ -1,10 +1,12 @@
-"""The ONNX path end to end on ``builtin:tiny-sd1`` (CPU, fp32): export, patch, run.
+"""The ONNX path end to end on ``builtin:tiny-sd1`` and ``builtin:tiny-sdxl`` (CPU, fp32): export, patch, run.
 
 Parity (issue 6): the patched ONNX UNet against diffusers' own LoRA path — ``load_lora_weights``
 then ``fuse_lora(1.0)`` — on the same inputs, max abs difference ≤ 1e-4, for bake, switchable and
 adapter, on graphs from both exporters (legacy TorchScript with dynamic axes; dynamo with static
-shapes, which exports faster). Measured here: about 1e-6 in every case. Each graph is exported
-once per session.
+shapes, which exports faster). The SDXL patch uses ``options.pooled``, so its 141 sites include
+``add_embedding.linear_1`` (a ``Gemm`` in the graph) beside the 140 K/V MatMuls, and its graphs
+take ``text_embeds`` and ``time_ids``. Measured here: about 1e-6 in every case. Each graph is
+exported once per session, on first use.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from erasec.compiler.cli import cli
 from erasec.compiler.errors import BuildError
 from erasec.compiler.onnx_apply import apply_onnx
 from erasec.compiler.onnx_export import ExportOptions, export_onnx
-from erasec.compiler.onnx_runtime import choose_providers, open_session, run_step, unet_inputs
+from erasec.compiler.onnx_runtime import choose_providers, open_session, run_step, sdxl_time_ids, unet_inputs
 
 PARITY = 1e-4  # issue 6's bound on max |ONNX − PyTorch fused|
 SPEC = """\
@@ -38,49 +40,97 @@ erase:
   - {concept: Kelly McKernan}
 preserve: [Claude Monet]
 """
+SITES = {"tiny-sd1": 32, "tiny-sdxl": 141}  # tiny-sdxl: 140 K/V + add_embedding.linear_1 (pooled)
+# (model, exporter) pairs; tiny-sdxl's dynamo export takes about 30 s on 2 cores
+GRAPHS = [
+    ("tiny-sd1", "legacy"),
+    ("tiny-sd1", "dynamo"),
+    ("tiny-sdxl", "legacy"),
+    pytest.param("tiny-sdxl", "dynamo", marks=pytest.mark.slow),
+]
+
+
+def _spec(model: str) -> str:
+    """The parity spec on ``model``; SDXL's with ``options.pooled``, so the Gemm site is patched too."""
+    text = SPEC.replace("builtin:tiny-sd1", f"builtin:{model}")
+    return text + "options: {pooled: true}\n" if model == "tiny-sdxl" else text
 
 
 @pytest.fixture(scope="session")
-def unet_graphs(tmp_path_factory, tiny_sd1_path):
-    """exporter → UNet graph of builtin:tiny-sd1, exported once."""
+def unet_graphs(tmp_path_factory, erasec_cache_dir):
+    """(model, exporter) → the model's UNet graph, exported on first use."""
     folder = tmp_path_factory.mktemp("onnx-export")
-    legacy = export_onnx("builtin:tiny-sd1", folder / "legacy", ExportOptions(exporter="legacy", components=("unet",)))
-    dynamo = export_onnx(
-        "builtin:tiny-sd1", folder / "dynamo", ExportOptions(exporter="dynamo", dynamic=False, components=("unet",))
-    )
-    return {"legacy": legacy.files["unet"], "dynamo": dynamo.files["unet"]}
+    graphs = {}
+
+    def graph(model: str, exporter: str):
+        if (model, exporter) not in graphs:
+            options = ExportOptions(exporter=exporter, dynamic=exporter == "legacy", components=("unet",))
+            graphs[model, exporter] = export_onnx(f"builtin:{model}", folder / model / exporter, options).files["unet"]
+        return graphs[model, exporter]
+
+    return graph
 
 
 @pytest.fixture(scope="session")
-def onnx_patch(tmp_path_factory, tiny_sd1_path):
-    folder = tmp_path_factory.mktemp("onnx-patch")
-    (folder / "spec.yaml").write_text(SPEC)
-    build(folder / "spec.yaml", folder / "patch.safetensors")
-    return folder / "patch.safetensors"
+def onnx_patch(tmp_path_factory, erasec_cache_dir):
+    """model → its parity patch (kohya), built on first use."""
+    patches = {}
+
+    def patch(model: str = "tiny-sd1"):
+        if model not in patches:
+            folder = tmp_path_factory.mktemp(f"onnx-patch-{model}")
+            (folder / "spec.yaml").write_text(_spec(model))
+            build(folder / "spec.yaml", folder / "patch.safetensors")
+            patches[model] = folder / "patch.safetensors"
+        return patches[model]
+
+    return patch
+
+
+def _unet_output(unet, feeds: dict) -> np.ndarray:
+    added = {"added_cond_kwargs": {k: feeds[k] for k in ("text_embeds", "time_ids")}} if "time_ids" in feeds else {}
+    return unet(feeds["sample"], feeds["timestep"], feeds["encoder_hidden_states"], **added).sample.numpy()
 
 
 @pytest.fixture(scope="session")
-def reference(tiny_sd1_path, onnx_patch):
-    """Inputs (batch 2, 16×16 latents, 77 tokens) and the PyTorch UNet's output before and after
-    diffusers fuses the patch at scale 1.0."""
-    from diffusers import StableDiffusionPipeline
+def reference(onnx_patch):
+    """model → inputs (batch 2, 16×16 latents, 77 tokens; SDXL: text_embeds and the time_ids of a
+    32×32 image) and the PyTorch UNet's output before and after diffusers fuses the patch at 1.0."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    generator = torch.Generator().manual_seed(1)
-    feeds = {
-        "sample": torch.randn(2, 4, 16, 16, generator=generator),
-        "timestep": torch.tensor([500.0]),
-        "encoder_hidden_states": torch.randn(2, 77, 32, generator=generator),
-    }
-    pipe = StableDiffusionPipeline.from_pretrained(
-        tiny_sd1_path, safety_checker=None, requires_safety_checker=False, local_files_only=True
-    )
-    with torch.no_grad():
-        base = pipe.unet(*feeds.values()).sample.numpy()
-        pipe.load_lora_weights(str(onnx_patch.parent), weight_name=onnx_patch.name)
-        pipe.fuse_lora(lora_scale=1.0)
-        fused = pipe.unet(*feeds.values()).sample.numpy()
-    assert np.max(np.abs(fused - base)) > 1e-2, "the patch must change the output for parity to mean anything"
-    return {name: value.numpy() for name, value in feeds.items()}, base, fused
+    from erasec.compiler.builtin import builtin_model_path
+
+    references = {}
+
+    def outputs(model: str = "tiny-sd1"):
+        if model in references:
+            return references[model]
+        sdxl = model == "tiny-sdxl"
+        generator = torch.Generator().manual_seed(1)
+        feeds = {
+            "sample": torch.randn(2, 4, 16, 16, generator=generator),
+            "timestep": torch.tensor([500.0]),
+            "encoder_hidden_states": torch.randn(2, 77, 192 if sdxl else 32, generator=generator),
+        }
+        if sdxl:
+            feeds["text_embeds"] = torch.randn(2, 32, generator=generator)
+            feeds["time_ids"] = torch.tensor(np.tile(sdxl_time_ids(32, 32, 6), (2, 1)), dtype=torch.float32)
+            pipe = StableDiffusionXLPipeline.from_pretrained(builtin_model_path(model), local_files_only=True)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                builtin_model_path(model), safety_checker=None, requires_safety_checker=False, local_files_only=True
+            )
+        patch = onnx_patch(model)
+        with torch.no_grad():
+            base = _unet_output(pipe.unet, feeds)
+            pipe.load_lora_weights(str(patch.parent), weight_name=patch.name)
+            pipe.fuse_lora(lora_scale=1.0)
+            fused = _unet_output(pipe.unet, feeds)
+        assert np.max(np.abs(fused - base)) > 1e-2, "the patch must change the output for parity to mean anything"
+        references[model] = ({name: value.numpy() for name, value in feeds.items()}, base, fused)
+        return references[model]
+
+    return outputs
 
 
 def _run(path, feeds, **kwargs) -> np.ndarray:
@@ -90,24 +140,31 @@ def _run(path, feeds, **kwargs) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def unpatched(unet_graphs, reference):
-    """exporter → the exported graph's output on the reference inputs."""
-    return {exporter: _run(path, reference[0]) for exporter, path in unet_graphs.items()}
+    """(model, exporter) → the exported graph's output on the reference inputs."""
+    outputs = {}
+
+    def output(model: str, exporter: str):
+        if (model, exporter) not in outputs:
+            outputs[model, exporter] = _run(unet_graphs(model, exporter), reference(model)[0])
+        return outputs[model, exporter]
+
+    return output
 
 
-@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
-def test_exported_unet_matches_pytorch(unpatched, reference, exporter):
-    _, base, _ = reference
-    assert np.max(np.abs(unpatched[exporter] - base)) <= PARITY
+@pytest.mark.parametrize(("model", "exporter"), GRAPHS)
+def test_exported_unet_matches_pytorch(unpatched, reference, model, exporter):
+    _, base, _ = reference(model)
+    assert np.max(np.abs(unpatched(model, exporter) - base)) <= PARITY
 
 
 @pytest.mark.parametrize("mode", ["bake", "switchable", "adapter"])
-@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize(("model", "exporter"), GRAPHS)
 def test_patched_graph_matches_diffusers_fused_lora(
-    unet_graphs, unpatched, onnx_patch, reference, tmp_path, exporter, mode
+    unet_graphs, unpatched, onnx_patch, reference, tmp_path, model, exporter, mode
 ):
-    feeds, _, fused = reference
-    result = apply_onnx(onnx_patch, unet_graphs[exporter], tmp_path / "unet.onnx", mode=mode)
-    assert result["sites"] == 32 and result["confirmed_by"] == "base pin"
+    feeds, _, fused = reference(model)
+    result = apply_onnx(onnx_patch(model), unet_graphs(model, exporter), tmp_path / "unet.onnx", mode=mode)
+    assert result["sites"] == SITES[model] and result["confirmed_by"] == "base pin"
     assert result["found_by"] == (["node name"] if exporter == "legacy" else ["name_scopes"])
     session = open_session(result["files"][0], ["CPUExecutionProvider"])
     adapter = result["files"][1] if mode == "adapter" else None
@@ -115,11 +172,11 @@ def test_patched_graph_matches_diffusers_fused_lora(
     assert np.max(np.abs(patched - fused)) <= PARITY
     if mode != "bake":  # switched off (erase_scale 0, or no adapter): the unpatched graph, bit for bit
         off = run_step(session, feeds, erase_scale=0.0 if mode == "switchable" else None)[0]
-        assert np.array_equal(off, unpatched[exporter])
+        assert np.array_equal(off, unpatched(model, exporter))
 
 
 def test_switchable_graph_has_one_projection_for_a_shared_map_patch(unet_graphs, onnx_patch, tmp_path):
-    result = apply_onnx(onnx_patch, unet_graphs["legacy"], tmp_path / "unet.onnx", mode="switchable")
+    result = apply_onnx(onnx_patch(), unet_graphs("tiny-sd1", "legacy"), tmp_path / "unet.onnx", mode="switchable")
     model = load_graph(result["files"][0])
     steps = sorted(node.name.rsplit("/", 1)[-1] for node in model.graph if (node.name or "").startswith("erasec/"))
     assert steps.count("down") == 1  # MatMul(encoder_hidden_states, Rᵀ) serves all 32 sites
@@ -128,9 +185,21 @@ def test_switchable_graph_has_one_projection_for_a_shared_map_patch(unet_graphs,
     assert model.metadata_props["erasec.name"] == "onnx-parity"
 
 
-def test_legacy_export_has_dynamic_batch_and_size(unet_graphs):
-    session = open_session(unet_graphs["legacy"], ["CPUExecutionProvider"])
-    assert run_step(session, unet_inputs(session, batch=1, size=24))[0].shape == (1, 4, 24, 24)
+@pytest.mark.parametrize("model", ["tiny-sd1", "tiny-sdxl"])
+def test_legacy_export_has_dynamic_batch_and_size(unet_graphs, model):
+    session = open_session(unet_graphs(model, "legacy"), ["CPUExecutionProvider"])
+    inputs = {i.name: i.shape for i in session.session.get_inputs()}
+    if model == "tiny-sdxl":  # optimum's names and shapes (research/ecosystem.md §4.1)
+        assert inputs == {
+            "sample": ["batch", 4, "height", "width"], "timestep": [1], "encoder_hidden_states": ["batch", "sequence", 192],
+            "text_embeds": ["batch", 32], "time_ids": ["batch", 6],
+        }
+    assert [o.name for o in session.session.get_outputs()] == ["out_sample"]
+    feeds = unet_inputs(session, batch=1, size=24)
+    assert sorted(feeds) == sorted(inputs)
+    if model == "tiny-sdxl":  # what run-onnx feeds: an uncropped image of 8 × the latent size
+        assert feeds["text_embeds"].shape == (1, 32) and feeds["time_ids"].tolist() == [[192, 192, 0, 0, 192, 192]]
+    assert run_step(session, feeds)[0].shape == (1, 4, 24, 24)
 
 
 def _pack_kv(source, target) -> None:
@@ -156,9 +225,9 @@ def _pack_kv(source, target) -> None:
 
 def test_a_fused_graph_is_refused_with_the_fix(unet_graphs, onnx_patch, tmp_path):
     packed = tmp_path / "optimized.onnx"
-    _pack_kv(unet_graphs["legacy"], packed)
+    _pack_kv(unet_graphs("tiny-sd1", "legacy"), packed)
     with pytest.raises(BackendError) as error:
-        apply_onnx(onnx_patch, packed, tmp_path / "out.onnx", mode="bake")
+        apply_onnx(onnx_patch(), packed, tmp_path / "out.onnx", mode="bake")
     assert str(error.value) == (
         f"{packed}: 2 of 32 sites not found, first down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k "
         "(no MatMul with that module path in its node name, name_scopes metadata or initializer name); "
@@ -169,24 +238,26 @@ def test_a_fused_graph_is_refused_with_the_fix(unet_graphs, onnx_patch, tmp_path
 
 
 def test_a_patched_graph_does_not_take_the_patch_again(unet_graphs, onnx_patch, tmp_path):
-    once = apply_onnx(onnx_patch, unet_graphs["dynamo"], tmp_path / "once.onnx", mode="bake")
+    once = apply_onnx(onnx_patch(), unet_graphs("tiny-sd1", "dynamo"), tmp_path / "once.onnx", mode="bake")
     with pytest.raises(BackendError, match=r"once.onnx: already patched \(onnx-parity, bake\); patch the unpatched export"):
-        apply_onnx(onnx_patch, once["files"][0], tmp_path / "twice.onnx", mode="switchable")
+        apply_onnx(onnx_patch(), once["files"][0], tmp_path / "twice.onnx", mode="switchable")
     stripped = load_graph(once["files"][0])
     stripped.metadata_props.clear()  # no record left: the base pin still tells
     ir.save(stripped, tmp_path / "stripped.onnx")
     with pytest.raises(BackendError, match=r"32 of the 32 located K/V weights differ from the patch's base pin"):
-        apply_onnx(onnx_patch, tmp_path / "stripped.onnx", tmp_path / "twice.onnx", mode="bake")
+        apply_onnx(onnx_patch(), tmp_path / "stripped.onnx", tmp_path / "twice.onnx", mode="bake")
     with pytest.raises(BuildError, match=r"is the input graph; write the patched graph to a new path"):
-        apply_onnx(onnx_patch, once["files"][0], once["files"][0])
+        apply_onnx(onnx_patch(), once["files"][0], once["files"][0])
 
 
-def test_build_with_output_format_onnx(unet_graphs, reference, tmp_path):
-    spec = SPEC + f"output: {{format: onnx, mode: switchable, graph: {unet_graphs['dynamo']}}}\n"
+@pytest.mark.parametrize(("model", "exporter"), [("tiny-sd1", "dynamo"), ("tiny-sdxl", "legacy")])
+def test_build_with_output_format_onnx(unet_graphs, reference, tmp_path, model, exporter):
+    spec = _spec(model) + f"output: {{format: onnx, mode: switchable, graph: {unet_graphs(model, exporter)}}}\n"
     (tmp_path / "spec.yaml").write_text(spec)
     result = build(tmp_path / "spec.yaml", tmp_path / "erased.onnx")
     assert result.format == "onnx"
-    feeds, base, fused = reference
+    assert load_graph(tmp_path / "erased.onnx").metadata_props["erasec.onnx.sites"] == str(SITES[model])
+    feeds, base, fused = reference(model)
     graph = tmp_path / "erased.onnx"
     assert np.max(np.abs(_run(graph, feeds) - fused)) <= PARITY  # float64 solution vs the fp32 patch file
     assert np.max(np.abs(_run(graph, feeds, erase_scale=0.0) - base)) <= PARITY
@@ -197,7 +268,7 @@ def test_cli_apply_onnx_then_run_onnx(unet_graphs, onnx_patch, tmp_path):
     runner = CliRunner()
     out = tmp_path / "unet.onnx"
     applied = runner.invoke(
-        cli, ["apply", str(onnx_patch), "--onnx", str(unet_graphs["legacy"]), "--mode", "adapter", "-o", str(out)]
+        cli, ["apply", str(onnx_patch()), "--onnx", str(unet_graphs("tiny-sd1", "legacy")), "--mode", "adapter", "-o", str(out)]
     )
     assert applied.exit_code == 0, applied.output
     assert applied.output.startswith(f"wrote {out}, {tmp_path / 'unet.onnx_adapter'} (adapter, 32 sites, confirmed by base pin)")
@@ -206,31 +277,48 @@ def test_cli_apply_onnx_then_run_onnx(unet_graphs, onnx_patch, tmp_path):
     assert ran.exit_code == 0, ran.output
     data = json.loads(ran.output)
     assert data["provider"] == "CPUExecutionProvider" and data["finite"] and data["output_shape"] == [2, 4, 16, 16]
-    refused = runner.invoke(cli, ["run-onnx", str(unet_graphs["legacy"]), "--erase-scale", "0"])
+    refused = runner.invoke(cli, ["run-onnx", str(unet_graphs("tiny-sd1", "legacy")), "--erase-scale", "0"])
     assert refused.exit_code == 2
     assert "the graph has no erase_scale input; patch it with --mode switchable" in refused.output
-    neither = runner.invoke(cli, ["apply", str(onnx_patch), "-o", str(tmp_path / "x.onnx")])
+    neither = runner.invoke(cli, ["apply", str(onnx_patch()), "-o", str(tmp_path / "x.onnx")])
     assert neither.exit_code == 2 and "give --model (a merged checkpoint) or --onnx" in neither.output
 
 
-def test_cli_export_onnx_text_encoder(tiny_sd1_path, tmp_path):
-    from transformers import CLIPTextModel
+# model → text encoder → the outputs compared with transformers' encoder; SDXL's pipeline reads the
+# penultimate hidden states (2-layer tiny encoders: hidden_states.1) and text_encoder_2's text_embeds.
+ENCODER_OUTPUTS = {
+    "tiny-sd1": {"text_encoder": ("last_hidden_state",)},
+    "tiny-sdxl": {"text_encoder": ("hidden_states.1",), "text_encoder_2": ("text_embeds", "hidden_states.1")},
+}
+
+
+@pytest.mark.parametrize("model", ["tiny-sd1", "tiny-sdxl"])
+def test_cli_export_onnx_text_encoders(erasec_cache_dir, tmp_path, model):
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from erasec.compiler.builtin import builtin_model_path
 
     out = tmp_path / "export"
+    components = ENCODER_OUTPUTS[model]
     result = CliRunner().invoke(
-        cli, ["export-onnx", "--model", "builtin:tiny-sd1", "-o", str(out), "--exporter", "legacy",
-              "--components", "text_encoder", "--json"],
+        cli, ["export-onnx", "--model", f"builtin:{model}", "-o", str(out), "--exporter", "legacy",
+              "--components", ",".join(components), "--json"],
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["files"] == {"text_encoder": str(out / "text_encoder" / "model.onnx")}
-    assert (out / "tokenizer" / "vocab.json").is_file()
+    assert json.loads(result.output)["files"] == {c: str(out / c / "model.onnx") for c in components}
+    tokenizers = ["tokenizer", "tokenizer_2"][: len(components)]
+    assert [t for t in tokenizers if (out / t / "vocab.json").is_file()] == tokenizers
     ids = np.array([[49406, 320, 1929, 49407] + [49407] * 73], dtype=np.int32)
-    session = open_session(out / "text_encoder" / "model.onnx", ["CPUExecutionProvider"]).session
-    hidden = session.run(["last_hidden_state"], {"input_ids": ids})[0]
-    encoder = CLIPTextModel.from_pretrained(str(tiny_sd1_path / "text_encoder"), local_files_only=True).eval()
-    with torch.no_grad():
-        want = encoder(input_ids=torch.tensor(ids, dtype=torch.long)).last_hidden_state.numpy()
-    assert np.max(np.abs(hidden - want)) <= 1e-4
+    for component, names in components.items():
+        session = open_session(out / component / "model.onnx", ["CPUExecutionProvider"]).session
+        got = dict(zip(names, session.run(list(names), {"input_ids": ids})))
+        kind = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
+        encoder = kind.from_pretrained(str(builtin_model_path(model) / component), local_files_only=True).eval()
+        with torch.no_grad():
+            output = encoder(input_ids=torch.tensor(ids, dtype=torch.long), output_hidden_states=True)
+        for name in names:
+            want = output.hidden_states[int(name.split(".")[1])] if name.startswith("hidden_states.") else output[name]
+            assert np.max(np.abs(got[name] - want.numpy())) <= 1e-4, (component, name)
 
 
 def test_export_refuses_bad_options(tmp_path):
@@ -238,6 +326,11 @@ def test_export_refuses_bad_options(tmp_path):
         ExportOptions(components=("vae",))
     result = CliRunner().invoke(cli, ["export-onnx", "--model", str(tmp_path / "nothing"), "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "nothing" in result.output
+    with pytest.raises(BuildError) as error:
+        export_onnx("builtin:tiny-sd1", tmp_path / "o", ExportOptions(components=("text_encoder_2",)))
+    assert str(error.value) == "builtin:tiny-sd1: a sd1 model has no text_encoder_2; components are unet, text_encoder"
+    with pytest.raises(BuildError, match=r"^builtin:tiny-sdxl.safetensors: a sdxl single-file checkpoint; export-onnx reads"):
+        export_onnx("builtin:tiny-sdxl.safetensors", tmp_path / "o")
 
 
 def test_providers_are_preferred_tensorrt_cuda_cpu():
