@@ -108,18 +108,6 @@ def time_alignment(source: list[int], guide: list[int], length: int = 77) -> lis
     return mapping[:length]
 
 
-def site_gram(space, weights, roles, where: str = "model") -> np.ndarray:
-    """``Σ_l W0_lᵀ W0_l`` (d, d) over the space's sites whose role is edited; refuses NaN weights."""
-    gram = np.zeros((space.dim, space.dim))
-    for site in space.sites:
-        w0 = np.asarray(weights[site.module_path], dtype=np.float64)
-        if not np.all(np.isfinite(w0)):
-            raise ModelError(f"{where}: {site.weight_name} contains NaN or infinity; the model file is damaged")
-        if site.role in roles:
-            gram += w0.T @ w0
-    return (gram + gram.T) * 0.5
-
-
 class Lowering:
     """Turns prompts into rows with one model; caches encodings within one build."""
 
@@ -242,7 +230,7 @@ class Lowering:
             preserve=preserve,
             hard=empty_hard(space.dim),
             invariant_rows=invariant_rows,
-            site_gram=site_gram(space, self.model.kv_weights(), preset.roles, self.model.location),
+            site_gram=self.model.site_gram(space, preset.roles),
             roles=preset.roles,
         )
         pooled = [self._pooled(space, pairs, retain, settings, preserve_scale) for space in self.model.target.spaces[1:]]
@@ -277,6 +265,6 @@ class Lowering:
             preserve=preserve,
             hard=empty_hard(space.dim),
             invariant_rows=HardRows(keys=rows[""][None], provenance=(Provenance(request="invariant", prompt="", token=1),)),
-            site_gram=site_gram(space, self.model.kv_weights(), ("pooled",)),
+            site_gram=self.model.site_gram(space, ("pooled",)),
             roles=("pooled",),
         )

@@ -226,6 +226,20 @@ class SDModel:
             self._cache["kv"] = dict(weights.items())
         return dict(self._cache["kv"])
 
+    def site_gram(self, space: KeySpace, roles: Sequence[str]) -> np.ndarray:
+        """``Σ_l W0_lᵀ W0_l`` (d, d) in float64 over ``space``'s sites whose role is in ``roles``: the
+        metric in which a change of the shared map T shows in all K/V outputs together. Reads every
+        site of the space and refuses NaN or infinite weights."""
+        weights = self.kv_weights()
+        gram = np.zeros((space.dim, space.dim))
+        for site in space.sites:
+            w0 = np.asarray(weights[site.module_path], dtype=np.float64)
+            if not np.all(np.isfinite(w0)):
+                raise ModelError(f"{self.location}: {site.weight_name} contains NaN or infinity; the model file is damaged")
+            if site.role in roles:
+                gram += w0.T @ w0
+        return (gram + gram.T) * 0.5
+
     # --- text ---------------------------------------------------------------------------------------
 
     def _tokenizer(self, component: str = "text_encoder"):

@@ -39,8 +39,8 @@ def storage_dtype(model) -> str | None:
 
 
 class _LazyTensors(Mapping):
-    """name → float32 array, read from safetensors files one tensor at a time (a whole text encoder
-    never sits in memory at once)."""
+    """name → array as stored (fp16 or fp32; other dtypes widened to fp32), read from safetensors
+    files one tensor at a time (a whole text encoder never sits in memory at once)."""
 
     def __init__(self, files: dict[str, tuple[Path, str]]) -> None:
         self._files = files
@@ -51,7 +51,8 @@ class _LazyTensors(Mapping):
 
         path, key = self._files[name]
         with safe_open(str(path), framework="pt") as handle:
-            return handle.get_tensor(key).to(torch.float32).numpy()
+            tensor = handle.get_tensor(key)
+        return (tensor if tensor.dtype in (torch.float16, torch.float32) else tensor.to(torch.float32)).numpy()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._files)

@@ -21,35 +21,34 @@ from typing import Mapping
 import numpy as np
 
 
-def _digest(weights: Mapping[str, np.ndarray], dtype) -> str:
-    digest = hashlib.sha256()
+def _digests(weights: Mapping[str, np.ndarray]) -> tuple[str, str]:
+    """(exact, fp16-rounded) sha256 over ``weights`` in one pass: each tensor is read once, and
+    hashed once when it is stored in fp16 (rounding it to fp16 changes nothing)."""
+    exact, half = hashlib.sha256(), hashlib.sha256()
     for name in sorted(weights):
-        array = np.ascontiguousarray(np.asarray(weights[name], dtype=dtype).astype("<f4", copy=False))
-        digest.update(f"{name}|{'x'.join(map(str, array.shape))}\n".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+        array = np.asarray(weights[name])
+        header = f"{name}|{'x'.join(map(str, array.shape))}\n".encode()
+        wide = np.ascontiguousarray(array.astype("<f4", copy=False))
+        exact.update(header)
+        exact.update(wide)
+        if array.dtype != np.float16:
+            wide = np.ascontiguousarray(array.astype(np.float16).astype("<f4"))
+        half.update(header)
+        half.update(wide)
+    return exact.hexdigest(), half.hexdigest()
 
 
 def base_pin(weights: Mapping[str, np.ndarray], *, dtype: str | None = None) -> dict[str, object]:
     """``{"tensors", "sha256", "sha256_fp16", "per_tensor": {name: [16 hex, 16 hex fp16]}, "dtype"}``
     for the touched base tensors; ``dtype`` is how the base file stores them (``None``: unknown)."""
-    return {
-        **text_encoder_pin(weights),
-        "per_tensor": {
-            name: [_digest({name: weights[name]}, np.float32)[:16], _digest({name: weights[name]}, np.float16)[:16]]
-            for name in sorted(weights)
-        },
-        "dtype": dtype,
-    }
+    per_tensor = {name: [digest[:16] for digest in _digests({name: weights[name]})] for name in sorted(weights)}
+    return {**text_encoder_pin(weights), "per_tensor": per_tensor, "dtype": dtype}
 
 
 def text_encoder_pin(weights: Mapping[str, np.ndarray]) -> dict[str, object]:
     """``{"tensors": n, "sha256", "sha256_fp16"}`` over every given tensor (a whole text encoder)."""
-    return {
-        "tensors": len(weights),
-        "sha256": _digest(weights, np.float32),
-        "sha256_fp16": _digest(weights, np.float16),
-    }
+    exact, half = _digests(weights)
+    return {"tensors": len(weights), "sha256": exact, "sha256_fp16": half}
 
 
 def pins_match(recorded: Mapping[str, object], actual: Mapping[str, object]) -> bool:

@@ -47,6 +47,32 @@ def test_rebuild_after_an_edit_encodes_only_the_new_prompts_and_writes_the_same_
     assert (tmp_path / "warm.safetensors").read_bytes() == (tmp_path / "none.safetensors").read_bytes()
 
 
+def test_the_site_gram_is_memoised_under_the_weights_file_stamp(tmp_path, tiny_sd1_path, monkeypatch):
+    import os
+    import shutil
+
+    from erasec.compiler.model import SDModel
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd1_path, model)
+    spec = _spec(tmp_path, "a", ["Van Gogh"])
+    options = BuildOptions(cache_dir=tmp_path / "cache", model=str(model))
+    build(spec, tmp_path / "first.safetensors", options)
+    assert len(list((tmp_path / "cache" / "embeddings" / "grams").glob("*/*.npy"))) == 1
+
+    computed = []
+    original = SDModel.site_gram
+    monkeypatch.setattr(SDModel, "site_gram", lambda self, *a: computed.append(1) or original(self, *a))
+    build(spec, tmp_path / "again.safetensors", options)
+    assert computed == []  # read back from the memo
+    assert (tmp_path / "again.safetensors").read_bytes() == (tmp_path / "first.safetensors").read_bytes()
+
+    unet = model / "unet" / "diffusion_pytorch_model.safetensors"
+    os.utime(unet, ns=(unet.stat().st_atime_ns, unet.stat().st_mtime_ns + 10**9))  # a new file, as far as we know
+    build(spec, tmp_path / "touched.safetensors", options)
+    assert computed == [1]
+
+
 def test_padded_rows_are_cached_apart_from_unpadded(tmp_path, tiny_sd1_path):
     cache = tmp_path / "cache"
     build(_spec(tmp_path, "a", ["Van Gogh"]), tmp_path / "a.safetensors", BuildOptions(cache_dir=cache))
