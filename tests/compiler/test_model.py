@@ -127,6 +127,21 @@ def test_site_order_is_numeric_and_down_mid_up(tiny_sd1_path: Path, tmp_path: Pa
     ]
 
 
+@pytest.mark.parametrize("roles", [("k", "v"), ("v",)])
+def test_site_gram_is_the_sum_of_the_edited_sites_grams(model: SDModel, roles, monkeypatch) -> None:
+    monkeypatch.setattr("erasec.compiler.model._GRAM_BLOCK", 5)  # several row blocks per matrix
+    space = model.target.spaces[0]
+    weights = model.kv_weights()
+    expected = sum(
+        np.asarray(weights[s.module_path], np.float64).T @ np.asarray(weights[s.module_path], np.float64)
+        for s in space.sites
+        if s.role in roles
+    )
+    gram = model.site_gram(space, roles)
+    np.testing.assert_array_equal(gram, gram.T)
+    np.testing.assert_allclose(gram, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_unet_is_upcast(dtype: torch.dtype, model: SDModel, tmp_path: Path) -> None:
     tensors = {name: t.to(dtype) for name, t in load_file(str(model.unet_weights_file)).items()}
