@@ -29,7 +29,7 @@ from .encodings import RecordingModel
 from .errors import BuildError, SpecError
 from .evaluate import Scores, score
 from .lowering import Lowering
-from .pins import model_text_encoder_pin, storage_dtype
+from .pins import model_base_pin, model_text_encoder_pin
 from .spec import Spec, load_spec
 from .version import erasec_version
 
@@ -300,7 +300,7 @@ def _write_lora(spec: Spec, pipeline, program: EditProgram, model, scores, base_
         tensors, rank = build_kohya(
             program.solution, program.target, base_weights, KohyaOptions(dtype=spec.output.dtype, rank=rank_option)
         )
-    touched = {site.weight_name: base_weights[site.module_path] for site in program.target.sites}
+    touched = [site.module_path for site in program.target.sites]
     manifest = Manifest(
         name=spec.name,
         version=spec.version,
@@ -321,10 +321,10 @@ def _write_lora(spec: Spec, pipeline, program: EditProgram, model, scores, base_
             for s in program.solution.spaces
         ),
         report=scores.as_dict(),
-        base_dtype=storage_dtype(model),
+        base_pin=model.base_pin(touched) if hasattr(model, "base_pin") else model_base_pin(model, touched),
         text_encoder=model.text_encoder_pin() if hasattr(model, "text_encoder_pin") else model_text_encoder_pin(model),
         shared=encode_shared(program.solution),
         link=encode_encodings(model.encodings) if spec.output.link else None,
         extra=extra_metadata,
     )
-    return write_patch(output, tensors, {**manifest.metadata(touched), **format_metadata}), rank
+    return write_patch(output, tensors, {**manifest.metadata(), **format_metadata}), rank

@@ -36,7 +36,7 @@ from .errors import BuildError
 from .evaluate import score
 from .lowering import Lowering
 from .patch_verify import patch_target
-from .pins import model_base_pin, model_text_encoder_pin, storage_dtype
+from .pins import model_base_pin, model_text_encoder_pin
 from .spec import Spec, parse_spec
 from .version import erasec_version
 
@@ -197,14 +197,13 @@ def retarget_patch(path: str, model_location: str, output: str) -> dict:
         rank=rank,
         spaces=spaces,
         report=report,
-        base_dtype=storage_dtype(model),
+        base_pin=model_base_pin(model, [site.module_path for site in target.sites]),
         text_encoder=encoder,
         shared=patch.metadata["erasec.shared"],
         link=patch.metadata.get("erasec.link"),
         extra=_derived_from([patch]),
     )
-    touched = {site.weight_name: weights[site.module_path] for site in target.sites}
-    size = write_patch(Path(output), tensors, {**manifest.metadata(touched), **format_metadata})
+    size = write_patch(Path(output), tensors, {**manifest.metadata(), **format_metadata})
     return {
         "output": str(output),
         "model": model_location,

@@ -110,8 +110,24 @@ def model_text_encoder_pin(model) -> dict | None:
     return None if tensors is None else text_encoder_pin(tensors)
 
 
+class _WeightNames(Mapping):
+    """``module_path.weight`` → the model's K/V weight, read when asked for (SDXL's 140 matrices are
+    read one at a time, never all held)."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray], module_paths) -> None:
+        self._weights = weights
+        self._paths = {f"{path}.weight": path for path in module_paths}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._weights[self._paths[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
 def model_base_pin(model, module_paths) -> dict:
     """The ``base_pin`` of the model's tensors at ``module_paths`` (diffusers weight names)."""
-    weights = model.kv_weights()
-    touched = {f"{path}.weight": weights[path] for path in module_paths}
-    return base_pin(touched, dtype=storage_dtype(model))
+    return base_pin(_WeightNames(model.kv_weights(), module_paths), dtype=storage_dtype(model))

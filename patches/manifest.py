@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .pin import base_pin
 from .safetensors_io import atomic_write, data_sha256, serialize
 
 FORMAT_VERSION = "1"
@@ -53,13 +52,13 @@ class Manifest:
     rank: int
     spaces: tuple[dict, ...]  # per key space: name, form, rank, layers, condition
     report: dict  # the build's evaluation summary
-    base_dtype: str | None = None  # how the base file stores the touched tensors (fp16, fp32, bf16)
+    base_pin: dict  # patches.pin.base_pin of the base tensors the patch touches
     text_encoder: dict | None = None  # text_encoder_pin of the base's text encoder(s)
     shared: str | None = None  # erasec.shared (patches/link.py): the factors of T − I
     link: str | None = None  # erasec.link (patches/link.py): the lowered rows, for compose
     extra: tuple[tuple[str, str], ...] = ()  # further erasec.* keys (e.g. erasec.derived_from)
 
-    def metadata(self, base_weights: Mapping[str, object]) -> dict[str, str]:
+    def metadata(self) -> dict[str, str]:
         ss_v2, base_version, architecture, implementation, resolution = _FAMILY_KEYS[self.family]
         model_name = Path(self.model).name if not self.model.startswith("builtin:") else self.model
         metadata = {
@@ -73,7 +72,7 @@ class Manifest:
                 {
                     "family": self.family,
                     "model": self.model,
-                    **base_pin(base_weights, dtype=self.base_dtype),
+                    **self.base_pin,
                     "text_encoder": self.text_encoder,
                 }
             ),

@@ -21,28 +21,36 @@ from typing import Mapping
 import numpy as np
 
 
-def _digests(weights: Mapping[str, np.ndarray]) -> tuple[str, str]:
-    """(exact, fp16-rounded) sha256 over ``weights`` in one pass: each tensor is read once, and
-    hashed once when it is stored in fp16 (rounding it to fp16 changes nothing)."""
+def _digests(weights: Mapping[str, np.ndarray], per_tensor: dict | None = None) -> tuple[str, str]:
+    """(exact, fp16-rounded) sha256 over ``weights``, reading each tensor once and hashing an
+    fp16-stored one once for both (rounding it to fp16 changes nothing); fills ``per_tensor`` with
+    each tensor's own pair of digests (16 hex digits) when given."""
     exact, half = hashlib.sha256(), hashlib.sha256()
     for name in sorted(weights):
         array = np.asarray(weights[name])
         header = f"{name}|{'x'.join(map(str, array.shape))}\n".encode()
         wide = np.ascontiguousarray(array.astype("<f4", copy=False))
-        exact.update(header)
-        exact.update(wide)
-        if array.dtype != np.float16:
-            wide = np.ascontiguousarray(array.astype(np.float16).astype("<f4"))
-        half.update(header)
-        half.update(wide)
+        rounded = wide if array.dtype == np.float16 else np.ascontiguousarray(array.astype(np.float16).astype("<f4"))
+        for digest, data in ((exact, wide), (half, rounded)):
+            digest.update(header)
+            digest.update(data)
+        if per_tensor is not None:
+            own = hashlib.sha256(header)
+            own.update(wide)
+            own_half = own.copy() if rounded is wide else hashlib.sha256(header)
+            if rounded is not wide:
+                own_half.update(rounded)
+            per_tensor[name] = [own.hexdigest()[:16], own_half.hexdigest()[:16]]
     return exact.hexdigest(), half.hexdigest()
 
 
 def base_pin(weights: Mapping[str, np.ndarray], *, dtype: str | None = None) -> dict[str, object]:
     """``{"tensors", "sha256", "sha256_fp16", "per_tensor": {name: [16 hex, 16 hex fp16]}, "dtype"}``
-    for the touched base tensors; ``dtype`` is how the base file stores them (``None``: unknown)."""
-    per_tensor = {name: [digest[:16] for digest in _digests({name: weights[name]})] for name in sorted(weights)}
-    return {**text_encoder_pin(weights), "per_tensor": per_tensor, "dtype": dtype}
+    for the touched base tensors; ``dtype`` is how the base file stores them (``None``: unknown).
+    ``weights`` may read its tensors lazily: each is asked for once."""
+    per_tensor: dict[str, list[str]] = {}
+    exact, half = _digests(weights, per_tensor)
+    return {"tensors": len(weights), "sha256": exact, "sha256_fp16": half, "per_tensor": per_tensor, "dtype": dtype}
 
 
 def text_encoder_pin(weights: Mapping[str, np.ndarray]) -> dict[str, object]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from erasec.patches.manifest import Manifest, write_patch
+from erasec.patches.pin import base_pin
 
 LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
 
@@ -52,7 +53,7 @@ def write_fake_patch(path: Path, *, seed: int = 0, base_seed: int = 0, **spec_op
         rank=1,
         spaces=({"space": "clip-l", "form": "shared", "rank": 1, "layers": [LAYER], "condition": 10.0},),
         report={"efficacy": {c: 0.9 for c in spec_options.get("concepts", ("Van Gogh",))}, "specificity": 0.99},
-        base_dtype="fp32",
+        base_pin=base_pin(base, dtype="fp32"),
     )
-    write_patch(path, tensors, manifest.metadata(base))
+    write_patch(path, tensors, manifest.metadata())
     return path

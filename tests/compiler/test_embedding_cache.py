@@ -47,10 +47,11 @@ def test_rebuild_after_an_edit_encodes_only_the_new_prompts_and_writes_the_same_
     assert (tmp_path / "warm.safetensors").read_bytes() == (tmp_path / "none.safetensors").read_bytes()
 
 
-def test_the_site_gram_is_memoised_under_the_weights_file_stamp(tmp_path, tiny_sd1_path, monkeypatch):
+def test_the_site_gram_and_base_pin_are_memoised_under_the_weights_file_stamp(tmp_path, tiny_sd1_path, monkeypatch):
     import os
     import shutil
 
+    from erasec.compiler import embedding_cache
     from erasec.compiler.model import SDModel
 
     model = tmp_path / "model"
@@ -60,17 +61,18 @@ def test_the_site_gram_is_memoised_under_the_weights_file_stamp(tmp_path, tiny_s
     build(spec, tmp_path / "first.safetensors", options)
     assert len(list((tmp_path / "cache" / "embeddings" / "grams").glob("*/*.npy"))) == 1
 
-    computed = []
-    original = SDModel.site_gram
-    monkeypatch.setattr(SDModel, "site_gram", lambda self, *a: computed.append(1) or original(self, *a))
+    computed, pinned = [], []
+    original_gram, original_pin = SDModel.site_gram, embedding_cache.model_base_pin
+    monkeypatch.setattr(SDModel, "site_gram", lambda self, *a: computed.append(1) or original_gram(self, *a))
+    monkeypatch.setattr(embedding_cache, "model_base_pin", lambda *a: pinned.append(1) or original_pin(*a))
     build(spec, tmp_path / "again.safetensors", options)
-    assert computed == []  # read back from the memo
+    assert computed == [] and pinned == []  # both read back from their memos
     assert (tmp_path / "again.safetensors").read_bytes() == (tmp_path / "first.safetensors").read_bytes()
 
     unet = model / "unet" / "diffusion_pytorch_model.safetensors"
     os.utime(unet, ns=(unet.stat().st_atime_ns, unet.stat().st_mtime_ns + 10**9))  # a new file, as far as we know
     build(spec, tmp_path / "touched.safetensors", options)
-    assert computed == [1]
+    assert computed == [1] and pinned == [1]
 
 
 def test_padded_rows_are_cached_apart_from_unpadded(tmp_path, tiny_sd1_path):
