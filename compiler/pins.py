@@ -121,6 +121,9 @@ class _WeightNames(Mapping):
     def __getitem__(self, name: str) -> np.ndarray:
         return self._weights[self._paths[name]]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._paths
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._paths)
 

@@ -98,6 +98,9 @@ class LazyWeights(Mapping):
         array.flags.writeable = False
         return array
 
+    def __contains__(self, module_path: object) -> bool:  # Mapping's would read the tensor
+        return module_path in self._names
+
     def __iter__(self):
         return iter(self._names)
 

@@ -101,6 +101,10 @@ def test_large_kv_weights_are_read_on_demand(model: SDModel, monkeypatch) -> Non
         again = streamed[path]
         assert again is not array and again.dtype == np.float32 and not again.flags.writeable
         np.testing.assert_array_equal(again, array)
+    reads = []
+    monkeypatch.setattr(streamed._file, "tensors", lambda names: reads.append(names))
+    assert next(iter(cached)) in streamed and "no.such.module" not in streamed
+    assert reads == []  # membership reads nothing
 
 
 def test_site_order_is_numeric_and_down_mid_up(tiny_sd1_path: Path, tmp_path: Path) -> None:
