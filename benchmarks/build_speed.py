@@ -351,6 +351,9 @@ def report(args, start, builds, reference, error, rates, floors) -> str:
             f"{b['prompts'].get('encoded', '?')} | {b['wall']:.2f} (min {b['wall_min']:.2f}) | {p['load']:.2f} | "
             f"{p['encode']:.2f} | {p['solve']:.2f} | {p['evaluate']:.2f} | {p['emit']:.2f} | {b['rss']:.2f} | "
             f"{b['warm_wall']:.2f} / {w['encode']:.2f} |")
+    if args.skip:
+        lines += ["", f"Not timed (`--skip {args.skip}`): those builds are encoder-bound; their floor is "
+                  "N × the per-prompt cost the timed sizes show."]
     lines += ["", "**Reference procedure** (train_erase.py `edit_model` as published, fp32, every attn2 to_k/to_v "
               "matrix; `measured` = run in full here, `extrapolated` = N × the per-concept cost of the largest "
               "measured N, which the loop makes exactly linear):", "",
@@ -407,8 +410,12 @@ def main() -> None:
                         help="time the reference on this many matrices (of 32 for SD1.5, 140 for SDXL)")
     parser.add_argument("--reuse", type=Path, default=None,
                         help="JSON of an earlier run's reference timings and check, instead of measuring them")
+    parser.add_argument("--skip", default="sd15:uce-legacy:1000,sdxl:*:1000",
+                        help="MODEL:PRESET:N builds not to time (* matches any); the defaults would take the "
+                             "better part of an hour on 2 cores, encoder-bound")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    skipped = [tuple(item.split(":")) for item in args.skip.split(",") if item]
 
     from memory_families import write_model
 
@@ -436,6 +443,8 @@ def main() -> None:
     for kind, model in models.items():
         for preset in args.presets.split(","):
             for n in (int(s) for s in args.sizes.split(",")):
+                if any(all(part in ("*", value) for part, value in zip(rule, (kind, preset, str(n)))) for rule in skipped):
+                    continue
                 result = time_build(model, n, preset, args.runs, work)
                 builds.append(result)
                 print(f"{kind} {preset} N={n}: {result['wall']:.2f}s {result['phases']} rss {result['rss']:.2f} "
