@@ -89,9 +89,12 @@ class SolvePass(EditPass):
         matrix = system_matrix(space, dim, rows)
         condition = _condition_checked(space, matrix, self.max_condition)
         solver, basis = _solver(space, matrix, hard_keys)
-        left = (rows.guides - rows.keys).T * rows.weights  # (G − K) diag(w), (d, m)
-        left, right = orthonormal_right(left, solver.apply(rows.keys.T))  # right: P Kᵀ → orthonormal
-        rhs = ((rows.guides - rows.keys).T * rows.weights) @ rows.keys
+        scaled = (rows.guides - rows.keys).T * rows.weights  # (G − K) diag(w), (d, m)
+        rhs = scaled @ rows.keys
+        if rows.count >= dim:  # full rank anyway: T − I = B P itself (d × d), with right = I
+            left, right = solver.apply(rhs.T).T, np.eye(dim)
+        else:  # T − I = (G − K) diag(w) (P Kᵀ)ᵀ, rank m, right made orthonormal
+            left, right = orthonormal_right(scaled, solver.apply(rows.keys.T))
         residual = _relative_residual(left @ right.T, matrix, rhs, basis)
         return SpaceSolution(
             space=space.space,
