@@ -54,9 +54,9 @@ BEGIN, END = "<!-- build-speed:begin -->", "<!-- build-speed:end -->"
 LAM, ERASE_SCALE = 0.5, 1.0  # the reference CLI's values (perf-baseline.md §4)
 
 
-def spec_text(n: int, preset: str, dtype: str = "fp16") -> str:
-    erase = "\n".join(f"  - {{concept: artist {i}}}" for i in range(n))
-    keep = "\n".join(f"  - painter {j}" for j in range(n))
+def spec_text(n: int, preset: str, dtype: str = "fp16", first: int = 0) -> str:
+    erase = "\n".join(f"  - {{concept: artist {i}}}" for i in range(first, first + n))
+    keep = "\n".join(f"  - painter {j}" for j in range(first, first + n))
     return (f"erasec: 1\nname: bench-{n}\nversion: 1.0.0\nmethod: {preset}\nerase:\n{erase}\npreserve:\n{keep}\n"
             f"output: {{format: kohya, dtype: {dtype}}}\n")
 
@@ -106,6 +106,13 @@ def time_build(model: Path, n: int, preset: str, runs: int, scratch: Path) -> di
         cold.append((seconds, rss, json.loads(text[text.index("{"):])))
     w_seconds, w_rss, w_text, code = run_child(command, base_env(warm_cache))
     warm = json.loads(w_text[w_text.index("{"):])
+    # a new spec of the same size on the same model: its prompts are new, the preset's prior is cached
+    other = scratch / f"spec-{preset}-{n}-new.yaml"
+    other.write_text(spec_text(n, preset, first=n))
+    new_command = [*command[:3], str(other), *command[4:]]
+    n_seconds, _, n_text, code = run_child(new_command, base_env(warm_cache))
+    if code != 0:
+        raise SystemExit(f"build failed ({preset}, N={n}, new spec):\n{n_text[-3000:]}")
     median = lambda values: statistics.median(values)  # noqa: E731
     phases = {k: median([c[2]["seconds"][k] for c in cold]) for k in cold[0][2]["seconds"]}
     return {
@@ -114,6 +121,7 @@ def time_build(model: Path, n: int, preset: str, runs: int, scratch: Path) -> di
         "rss": max(c[1] for c in cold), "phases": phases, "prompts": cold[0][2].get("prompts", {}),
         "rows": cold[0][2]["rows"],
         "warm_wall": w_seconds, "warm_phases": warm["seconds"], "warm_prompts": warm.get("prompts", {}),
+        "new_spec_wall": n_seconds,
     }
 
 
@@ -342,8 +350,9 @@ def report(args, start, builds, reference, error, rates, floors) -> str:
               "written, median of runs; phases as `--json` reports them; peak RSS of the child) and a **warm "
               "rebuild** (same spec, embedding cache filled):", "",
               "| model | preset | N erased + N kept | rows erase / keep | prompts encoded | wall (s) | load | encode | "
-              "solve | evaluate | emit | peak RSS (GiB) | warm rebuild wall (s) / encode / after start-up |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "solve | evaluate | emit | peak RSS (GiB) | warm rebuild wall (s) / encode / after start-up | "
+              "new spec, known model (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     imports = start.get("python -c 'import torch, transformers.CLIPTextModel'", 0.0)
     for b in builds:
         p, w = b["phases"], b["warm_phases"]
@@ -351,9 +360,12 @@ def report(args, start, builds, reference, error, rates, floors) -> str:
             f"| {MODEL_NAMES[b['model']]} | {b['preset']} | {b['n']} | {b['rows']['erase']} / {b['rows']['preserve']} | "
             f"{b['prompts'].get('encoded', '?')} | {b['wall']:.2f} (min {b['wall_min']:.2f}) | {p['load']:.2f} | "
             f"{p['encode']:.2f} | {p['solve']:.2f} | {p['evaluate']:.2f} | {p['emit']:.2f} | {b['rss']:.2f} | "
-            f"{b['warm_wall']:.2f} / {w['encode']:.2f} / {max(0.0, b['warm_wall'] - imports):.2f} |")
+            f"{b['warm_wall']:.2f} / {w['encode']:.2f} / {max(0.0, b['warm_wall'] - imports):.2f} | "
+            f"{b['new_spec_wall']:.2f} |")
     lines += ["", "*After start-up* is the warm wall less the start-up of `import torch, transformers` measured above "
-              "(a build imports both)."]
+              "(a build imports both). *New spec, known model*: another spec of the same size (other artists "
+              "and painters) built with that cache — the edit-and-rebuild loop: its own prompts are encoded, the "
+              "preset's prior and the model's pins and Gram are not."]
     if args.skip:
         lines += ["", f"Not timed (`--skip {args.skip}`): those builds are encoder-bound; their floor is "
                   "N × the per-prompt cost the timed sizes show."]
