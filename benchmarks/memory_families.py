@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from erasec.compiler.unet_configs import SD15_UNET, SDXL_UNET  # the real UNet configurations (one place)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = [
     "Van Gogh", "Claude Monet", "Pablo Picasso", "Salvador Dali", "Rembrandt",
@@ -44,18 +46,6 @@ preserve: [a photo of a cat, a landscape painting, a portrait of a woman]
 output: {{format: kohya, dtype: fp16}}
 """
 
-SD15_UNET = dict(
-    sample_size=64, cross_attention_dim=768, attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-)
-SDXL_UNET = dict(
-    sample_size=128, cross_attention_dim=2048, attention_head_dim=(5, 10, 20), block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
-    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)
 CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
               hidden_act="quick_gelu", projection_dim=768)
 BIG_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,

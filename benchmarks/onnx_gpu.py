@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from memory_families import SD15_UNET  # diffusers' SD1.5 UNet configuration (this folder)
+from erasec.compiler.unet_configs import SD15_UNET  # diffusers' SD1.5 UNet configuration
 
 PARITY = 1e-4
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ The tiny-* models use the real CLIP vocabulary and a tiny VAE. The SD2/SDXL text
 width 64, so a single-file copy describes itself by its shapes (see ``compiler/model.py``).
 
 ``builtin:NAME.safetensors`` is the same model written as one LDM/SGM single-file checkpoint
-(``compiler/layout.py``), as model sites ship them; ``erasec export-single-file`` writes it anywhere.
+(``compiler/layout.py``), as model sites ship them, with its UNet config in the header
+(``erasec.unet_config``, read by ``compiler/unet_configs.py``); ``erasec export-single-file`` writes it anywhere.
 
 Each is built on first use under ``<cache>/models/<name>-v<version>`` and reused; the build is
 byte-reproducible (same library versions), and the folder or file appears atomically.
@@ -43,10 +44,11 @@ BUILTIN_MODELS: tuple[str, ...] = ("tiny-sd1", "tiny-sd2", "tiny-sdxl", "minilm-
 SINGLE_FILE_SUFFIX = ".safetensors"
 # Bump a model's version when its recipe changes, so stale cached copies are not reused.
 _VERSIONS = {"tiny-sd1": 1, "tiny-sd2": 1, "tiny-sdxl": 1, "minilm-sd1": 1}
-_SINGLE_FILE_VERSION = 1
+_SINGLE_FILE_VERSION = 2  # 2: the header records the UNet config (erasec.unet_config)
 _SEED = 0
 _CROSS_DIM = 32
 TEXT_CONFIG_METADATA = "erasec.text_encoders"
+UNET_CONFIG_METADATA = "erasec.unet_config"  # the folder's unet/config.json, read by compiler/unet_configs.py
 
 
 def cache_root(cache_dir: Path | None) -> Path:
@@ -317,7 +319,8 @@ def _write_single_file(folder: Path, output: Path) -> int:
     Every tensor keeps its values and dtype; only names (and the VAE attention's Linear → 1×1 conv
     shape) change. A text encoder whose config the reader could not infer from its shapes
     (``text_encoders.infer_clip_config``) has the differing fields in the header under
-    ``erasec.text_encoders``.
+    ``erasec.text_encoders``; the UNet's config (``unet/config.json`` without its ``_`` keys) is in
+    the header as ``erasec.unet_config``, so the file describes its UNet (``compiler/unet_configs.py``).
     """
     from safetensors.torch import load_file
 
@@ -364,6 +367,8 @@ def _write_single_file(folder: Path, output: Path) -> int:
             for key, value in layout.clip_to_open_clip(state, extra_block=sd2).items():
                 tensors[prefix + key] = value
     metadata = {TEXT_CONFIG_METADATA: json.dumps(overrides, sort_keys=True)} if overrides else {}
+    recorded = {key: value for key, value in unet_config.items() if not key.startswith("_")}
+    metadata[UNET_CONFIG_METADATA] = json.dumps(recorded, sort_keys=True)
     raw = serialize(tensors, metadata)
     atomic_write(Path(output), raw)
     return len(raw)

@@ -499,7 +499,7 @@ class _NoBar:
 
 
 @cli.command("export-onnx")
-@click.option("--model", required=True, help="model folder or builtin:NAME")
+@click.option("--model", required=True, help="model folder, single-file .safetensors or builtin:NAME[.safetensors]")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="the folder to write")
 @click.option("--exporter", default="dynamo", type=click.Choice(["dynamo", "legacy"]), show_default=True)
 @click.option("--opset", default=None, type=int, help="ONNX opset (default 20 for dynamo, 17 for legacy)")

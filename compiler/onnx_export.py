@@ -8,7 +8,11 @@ folder also loads in ``OnnxStableDiffusionPipeline``-style code:
     DIR/text_encoder/model.onnx    input input_ids [B,S] int32; outputs last_hidden_state, pooler_output
                                    (SDXL: and hidden_states.0 … hidden_states.L)
     DIR/text_encoder_2/model.onnx  SDXL only: input_ids → text_embeds [B,P], last_hidden_state, hidden_states.0 … L
-    DIR/tokenizer/, tokenizer_2/   copied from the model, so prompts can be encoded offline
+    DIR/tokenizer/, tokenizer_2/   copied from the model (a single file: erasec's CLIP vocabulary), so
+                                   prompts can be encoded offline
+
+A single-file checkpoint exports too: its UNet config is its family's (SD1.x, SD2.x, SDXL base) or
+the one its header records, confirmed against every UNet tensor (``compiler/unet_configs.py``).
 
 SDXL's names are optimum's (``UNetOnnxConfig`` adds ``text_embeds`` and ``time_ids``;
 ``CLIPTextWithProjectionOnnxConfig`` outputs ``text_embeds``, ``last_hidden_state`` and, as
@@ -279,32 +283,35 @@ def export_text_encoder(encoder, path: Path, options: ExportOptions, *, hidden_s
 
 
 def export_onnx(location: str, folder: str | Path, options: ExportOptions = ExportOptions()) -> ExportResult:
-    """Export the components of the model at ``location`` (a folder or ``builtin:NAME``) to ``folder``."""
+    """Export the components of the model at ``location`` (a diffusers folder, a single-file
+    checkpoint or ``builtin:NAME[.safetensors]``) to ``folder``.
+
+    A single file's UNet config is its family's, or the one its header records, confirmed against
+    its tensors (``compiler/unet_configs.py``); its text encoders are read as builds read them, and
+    its tokenizers are erasec's CLIP vocabulary with each encoder's pad token.
+    """
     from .model import open_model
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise BuildError(f"{folder}: is a file; give a folder to export into")
     model = open_model(location)
-    if model.layout != "diffusers":  # building a UNet needs its config, which a single file does not carry
-        raise BuildError(
-            f"{location}: a {model.family} single-file checkpoint; export-onnx reads diffusers folders (SD1.x, SD2.x, "
-            "SDXL): save it as one first, e.g. diffusers' from_single_file(FILE).save_pretrained(DIR)"
-        )
-    present = tuple(component for component in COMPONENTS if component == "unet" or (model.path / component).is_dir())
+    single = model.layout != "diffusers"
+    if single:
+        present = ("unet", *(component for component, _, _ in model.encoders))
+    else:
+        present = tuple(c for c in COMPONENTS if c == "unet" or (model.path / c).is_dir())
     components = options.components or present
     absent = [component for component in components if component not in present]
     if absent:
         raise BuildError(f"{location}: a {model.family} model has no {absent[0]}; components are {', '.join(present)}")
-    text_embeds_dim = None
-    if (model.path / "text_encoder_2").is_dir():
-        text_embeds_dim = _read_config(model.path / "text_encoder_2").get("projection_dim")
+    text_embeds_dim = _text_embeds_dim(model) if "text_encoder_2" in present else None
     sdxl = model.family == "sdxl"
     seconds: dict[str, float] = {}
     files: dict[str, Path] = {}
     for component in components:
         clock = time.perf_counter()
-        module = _load_component(model.path, component)
+        module = _load_single_file_component(model, component) if single else _load_component(model.path, component)
         target = folder / component / "model.onnx"
         with tempfile.TemporaryDirectory(prefix="erasec-export-") as scratch:
             scratch_file = Path(scratch) / "model.onnx"
@@ -318,12 +325,49 @@ def export_onnx(location: str, folder: str | Path, options: ExportOptions = Expo
         files[component] = target
         seconds[component] = time.perf_counter() - clock
         logger.info("exported %s in %.1fs", component, seconds[component])
-    for component, tokenizer in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
-        if (model.path / tokenizer).is_dir() and component in components:
-            shutil.copytree(model.path / tokenizer, folder / tokenizer, dirs_exist_ok=True)
+    _write_tokenizers(model, folder, components)
     return ExportResult(
         folder=folder, files=files, exporter=options.exporter, opset=options.opset_version, seconds=seconds
     )
+
+
+def _write_tokenizers(model, folder: Path, components) -> None:
+    """Beside each exported encoder its tokenizer: the folder's copy, or for a single file erasec's
+    CLIP vocabulary padding as the family's encoder does (what builds tokenize with)."""
+    from .model import _TOKENIZER_OF
+    from .tokenizer import write_clip_tokenizer
+
+    pads = {component: pad for component, _, pad in model.encoders}
+    for component, tokenizer in _TOKENIZER_OF.items():
+        if component not in components:
+            continue
+        if model.layout != "diffusers":
+            write_clip_tokenizer(folder / tokenizer, pad_token=pads[component])
+        elif (model.path / tokenizer).is_dir():
+            shutil.copytree(model.path / tokenizer, folder / tokenizer, dirs_exist_ok=True)
+
+
+def _text_embeds_dim(model) -> int | None:
+    """text_encoder_2's ``projection_dim``: the width of SDXL's ``text_embeds``."""
+    if model.layout == "diffusers":
+        return _read_config(model.path / "text_encoder_2").get("projection_dim")
+    from .layout import OPEN_CLIP_PREFIXES
+
+    shape = model._file.shapes.get(OPEN_CLIP_PREFIXES["sdxl"] + "text_projection")
+    return shape[1] if shape else None
+
+
+def _load_single_file_component(model, component: str):
+    """A component of a single-file checkpoint, float32 and without hooks, ready to trace."""
+    import torch
+
+    from .text_encoders import load_single_file_encoder
+    from .unet_configs import load_single_file_unet
+
+    if component == "unet":
+        return load_single_file_unet(model._file, model.family, model.location)
+    encoder = load_single_file_encoder(model._file, model.family, component, fp32_compute=False)
+    return encoder.to(torch.float32).eval()
 
 
 def _read_config(path: Path) -> dict:

@@ -55,11 +55,13 @@ def clip_config_overrides(config: Mapping[str, object], shapes: Mapping[str, tup
 # --- tensor sources ---------------------------------------------------------------------------------
 
 
-def assemble_clip(component: str, config: dict, state: dict, where) -> object:
+def assemble_clip(component: str, config: dict, state: dict, where, *, fp32_compute: bool = True) -> object:
     """A CLIP text model of ``config`` holding ``state`` (HF names without ``text_model.``) as is.
 
     Built on the meta device and given the tensors by assignment: no random initialisation and no
     second copy, so loading peaks at the encoder's stored size (docs/performance.md).
+    ``fp32_compute=False``: the plain model, without ``computing_in_fp32``'s hooks (an exporter
+    traces it, after casting it to fp32 itself).
     """
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -87,7 +89,7 @@ def assemble_clip(component: str, config: dict, state: dict, where) -> object:
     left = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
     if left:
         raise ModelError(f"{where}: the text encoder has no value for {left[0]}")
-    return computing_in_fp32(model)
+    return computing_in_fp32(model) if fp32_compute else model
 
 
 def computing_in_fp32(model):
@@ -142,8 +144,9 @@ def computing_in_fp32(model):
     return model
 
 
-def load_single_file_encoder(weights: TensorFile, family: str, component: str):
-    """The ``component`` text encoder of a single-file checkpoint of ``family`` (research/ecosystem.md §3.1)."""
+def load_single_file_encoder(weights: TensorFile, family: str, component: str, *, fp32_compute: bool = True):
+    """The ``component`` text encoder of a single-file checkpoint of ``family`` (research/ecosystem.md §3.1);
+    ``fp32_compute`` as in ``assemble_clip``."""
     family = family
     open_clip = family == "sd2" or component == "text_encoder_2"
     if open_clip:
@@ -167,4 +170,4 @@ def load_single_file_encoder(weights: TensorFile, family: str, component: str):
     overrides = weights.metadata.get(TEXT_CONFIG_METADATA)
     if overrides:
         config.update(json.loads(overrides).get(component, {}))
-    return assemble_clip(component, config, state, f"{weights.path} ({prefix})")
+    return assemble_clip(component, config, state, f"{weights.path} ({prefix})", fp32_compute=fp32_compute)

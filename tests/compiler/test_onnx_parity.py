@@ -6,7 +6,8 @@ adapter, on graphs from both exporters (legacy TorchScript with dynamic axes; dy
 shapes, which exports faster). The SDXL patch uses ``options.pooled``, so its 141 sites include
 ``add_embedding.linear_1`` (a ``Gemm`` in the graph) beside the 140 K/V MatMuls, and its graphs
 take ``text_embeds`` and ``time_ids``. Measured here: about 1e-6 in every case. Each graph is
-exported once per session, on first use.
+exported once per session, on first use; ``unet_graphs("tiny-sd1.safetensors", …)`` exports the
+single-file copy (UNet config from its header, compiler/unet_configs.py).
 """
 
 from __future__ import annotations
@@ -288,18 +289,21 @@ def test_cli_apply_onnx_then_run_onnx(unet_graphs, onnx_patch, tmp_path):
 # penultimate hidden states (2-layer tiny encoders: hidden_states.1) and text_encoder_2's text_embeds.
 ENCODER_OUTPUTS = {
     "tiny-sd1": {"text_encoder": ("last_hidden_state",)},
+    "tiny-sd2": {"text_encoder": ("last_hidden_state",)},
     "tiny-sdxl": {"text_encoder": ("hidden_states.1",), "text_encoder_2": ("text_embeds", "hidden_states.1")},
 }
 
 
-@pytest.mark.parametrize("model", ["tiny-sd1", "tiny-sdxl"])
+# a single file's encoders (SD2: OpenCLIP with its skipped last block) against the folder's
+@pytest.mark.parametrize("model", ["tiny-sd1", "tiny-sdxl", "tiny-sd2.safetensors", "tiny-sdxl.safetensors"])
 def test_cli_export_onnx_text_encoders(erasec_cache_dir, tmp_path, model):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from erasec.compiler.builtin import builtin_model_path
 
     out = tmp_path / "export"
-    components = ENCODER_OUTPUTS[model]
+    folder_model = model.removesuffix(".safetensors")
+    components = ENCODER_OUTPUTS[folder_model]
     result = CliRunner().invoke(
         cli, ["export-onnx", "--model", f"builtin:{model}", "-o", str(out), "--exporter", "legacy",
               "--components", ",".join(components), "--json"],
@@ -313,7 +317,7 @@ def test_cli_export_onnx_text_encoders(erasec_cache_dir, tmp_path, model):
         session = open_session(out / component / "model.onnx", ["CPUExecutionProvider"]).session
         got = dict(zip(names, session.run(list(names), {"input_ids": ids})))
         kind = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
-        encoder = kind.from_pretrained(str(builtin_model_path(model) / component), local_files_only=True).eval()
+        encoder = kind.from_pretrained(str(builtin_model_path(folder_model) / component), local_files_only=True).eval()
         with torch.no_grad():
             output = encoder(input_ids=torch.tensor(ids, dtype=torch.long), output_hidden_states=True)
         for name in names:
@@ -329,8 +333,36 @@ def test_export_refuses_bad_options(tmp_path):
     with pytest.raises(BuildError) as error:
         export_onnx("builtin:tiny-sd1", tmp_path / "o", ExportOptions(components=("text_encoder_2",)))
     assert str(error.value) == "builtin:tiny-sd1: a sd1 model has no text_encoder_2; components are unet, text_encoder"
-    with pytest.raises(BuildError, match=r"^builtin:tiny-sdxl.safetensors: a sdxl single-file checkpoint; export-onnx reads"):
-        export_onnx("builtin:tiny-sdxl.safetensors", tmp_path / "o")
+    with pytest.raises(BuildError) as error:
+        export_onnx("builtin:tiny-sd1.safetensors", tmp_path / "o", ExportOptions(components=("text_encoder_2",)))
+    assert str(error.value) == (
+        "builtin:tiny-sd1.safetensors: a sd1 model has no text_encoder_2; components are unet, text_encoder"
+    )
+
+
+# tiny-sdxl's export takes about 15 s; its single-file UNet is checked tensor by tensor in test_unet_configs.py
+@pytest.mark.parametrize("model", ["tiny-sd1", "tiny-sd2", pytest.param("tiny-sdxl", marks=pytest.mark.slow)])
+def test_single_file_exports_the_folders_unet(unet_graphs, model):
+    """``builtin:NAME.safetensors`` (LDM/SGM names; UNet config from its header, weights renamed by
+    diffusers' converter) gives the graph of the folder's UNet. Measured: about 1e-6."""
+    from diffusers import UNet2DConditionModel
+
+    from erasec.compiler.builtin import builtin_model_path
+
+    session = open_session(unet_graphs(f"{model}.safetensors", "legacy"), ["CPUExecutionProvider"])
+    feeds = unet_inputs(session, batch=2, size=16)
+    unet = UNet2DConditionModel.from_pretrained(str(builtin_model_path(model) / "unet")).eval()
+    with torch.no_grad():
+        want = _unet_output(unet, {name: torch.from_numpy(value) for name, value in feeds.items()})
+    assert np.max(np.abs(run_step(session, feeds)[0] - want)) <= 1e-5
+
+
+def test_a_single_file_graph_takes_the_patch(unet_graphs, onnx_patch, reference, tmp_path):
+    feeds, _, fused = reference("tiny-sd1")  # the patch is built on the folder: same weights, same base pin
+    graph = unet_graphs("tiny-sd1.safetensors", "legacy")
+    result = apply_onnx(onnx_patch(), graph, tmp_path / "unet.onnx", mode="switchable")
+    assert result["sites"] == SITES["tiny-sd1"] and result["confirmed_by"] == "base pin"
+    assert np.max(np.abs(_run(result["files"][0], feeds) - fused)) <= PARITY
 
 
 def test_providers_are_preferred_tensorrt_cuda_cpu():
