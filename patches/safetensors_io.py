@@ -23,38 +23,46 @@ from .errors import PatchError
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit (MAX_HEADER_SIZE)
 
 
-def _canonical_bytes(raw: bytes) -> bytes:
+def encode(tensors: Mapping[str, "object"]) -> tuple[dict, memoryview]:
+    """(tensor entries of the header, data section) as ``safetensors`` lays out torch ``tensors``."""
+    from safetensors.torch import save
+
+    raw = save(dict(tensors))
     (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + length])
-    data = raw[8 + length :]
-    ordered = {}
-    if "__metadata__" in header:
-        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
-    ordered.update(sorted(header.items()))
+    entries = json.loads(raw[8 : 8 + length])
+    entries.pop("__metadata__", None)
+    return entries, memoryview(raw)[8 + length :]
+
+
+def header_bytes(entries: Mapping[str, dict], metadata: Mapping[str, str]) -> bytes:
+    """The length prefix and canonical header (sorted keys, padded to 8 bytes) for ``entries`` and
+    ``str → str`` metadata: the bytes before a data section from ``encode``."""
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise PatchError(f"metadata {key!r}: safetensors metadata is str → str, got {type(value).__name__}")
+    ordered: dict = {"__metadata__": dict(sorted(metadata.items()))}  # as safetensors writes it, even if empty
+    ordered.update(sorted(entries.items()))
     text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + data
+    return struct.pack("<Q", len(text)) + text
 
 
 def serialize(tensors: Mapping[str, "object"], metadata: Mapping[str, str]) -> bytes:
     """The file bytes for torch ``tensors`` and ``str → str`` metadata, with a canonical header."""
-    from safetensors.torch import save
-
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise PatchError(f"metadata {key!r}: safetensors metadata is str → str, got {type(value).__name__}")
-    return _canonical_bytes(save(dict(tensors), metadata=dict(metadata)))
+    entries, data = encode(tensors)
+    return header_bytes(entries, metadata) + data
 
 
 def data_sha256(raw: bytes) -> str:
     """sha256 of the bytes after the header: kohya's ``sshs_model_hash`` (the "addnet" hash)."""
     (length,) = struct.unpack("<Q", raw[:8])
-    return hashlib.sha256(raw[8 + length :]).hexdigest()
+    return hashlib.sha256(memoryview(raw)[8 + length :]).hexdigest()
 
 
-def atomic_write(path: Path, raw: bytes) -> None:
-    """Write ``raw`` to a temporary file beside ``path`` (making missing folders), check that it
-    parses, then rename it over ``path``: a reader never sees a partial file."""
+def atomic_write(path: Path, raw: bytes | tuple) -> None:
+    """Write ``raw`` (bytes, or a tuple of byte buffers written one after another) to a temporary
+    file beside ``path`` (making missing folders), check that it parses, then rename it over
+    ``path``: a reader never sees a partial file."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     try:
@@ -64,7 +72,8 @@ def atomic_write(path: Path, raw: bytes) -> None:
         raise PatchError(f"{path}: cannot write here ({error.strerror})") from None
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(raw)
+            for part in raw if isinstance(raw, tuple) else (raw,):
+                stream.write(part)
         try:
             read_header(Path(temp))
         except PatchError as error:
