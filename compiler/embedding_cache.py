@@ -8,9 +8,11 @@ encoder weight, so another checkpoint with the same encoder shares entries), the
 prompt's token ids (so the tokenizer is part of the key) and the prompt. The value is the rows as
 ``.npy``, in float32 when that is exact (the encoders compute in float32), else float64.
 
-The pin itself costs a read of the whole encoder (≈ 6 s for CLIP-L, measured in
+The pin itself costs a read of the whole encoder (≈ 6 s for CLIP-L under load, measured in
 docs/performance.md); it is memoised under the files' (path, size, mtime) like git's index, so only
-the first build against an encoder file pays it.
+the first build against an encoder file pays it. Two other per-model costs are memoised the same way
+under the K/V weights file's stamp: the site Gram Σ W0ᵀW0 (``grams/``; SDXL's 140 matrices) and the
+patch's base pin (``pins/``).
 
 ``CachingModel`` wraps a model (as ``encodings.RecordingModel`` does) and passes its misses to the
 model's ``encode`` in one call, so a cold build encodes exactly as an uncached one. A warm rebuild
