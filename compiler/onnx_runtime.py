@@ -99,9 +99,10 @@ def unet_inputs(session: OnnxSession, *, batch: int = 2, size: int | None = None
     if size is not None:
         sample_shape[2:] = [size, size]
     states_shape = dims("encoder_hidden_states", (sample_shape[0], 77, 768))
+    timestep_shape = [1] if inputs["timestep"].shape else []  # optimum's export takes a scalar timestep
     feeds = {
         "sample": rng.standard_normal(sample_shape).astype(_NUMPY.get(inputs["sample"].type, np.float32)),
-        "timestep": np.array([981.0], dtype=_NUMPY.get(inputs["timestep"].type, np.float32)),
+        "timestep": np.full(timestep_shape, 981.0, dtype=_NUMPY.get(inputs["timestep"].type, np.float32)),
         "encoder_hidden_states": rng.standard_normal(states_shape).astype(
             _NUMPY.get(inputs["encoder_hidden_states"].type, np.float32)
         ),

@@ -27,7 +27,9 @@ from erasec.compiler.cli import cli
 from erasec.compiler.errors import BuildError
 from erasec.compiler.onnx_apply import apply_onnx
 from erasec.compiler.onnx_export import ExportOptions, export_onnx
-from erasec.compiler.onnx_runtime import choose_providers, open_session, run_step, sdxl_time_ids, unet_inputs
+from erasec.compiler.onnx_runtime import (
+    choose_providers, open_session, run_onnx, run_step, sdxl_time_ids, unet_inputs,
+)
 
 PARITY = 1e-4  # issue 6's bound on max |ONNX − PyTorch fused|
 SPEC = """\
@@ -363,6 +365,34 @@ def test_a_single_file_graph_takes_the_patch(unet_graphs, onnx_patch, reference,
     result = apply_onnx(onnx_patch(), graph, tmp_path / "unet.onnx", mode="switchable")
     assert result["sites"] == SITES["tiny-sd1"] and result["confirmed_by"] == "base pin"
     assert np.max(np.abs(_run(result["files"][0], feeds) - fused)) <= PARITY
+
+
+def test_run_onnx_feeds_a_scalar_timestep_where_the_graph_declares_one(tmp_path):
+    """optimum's UNet export takes ``timestep`` as a scalar (shape ``[]``, seen on a real optimum-onnx
+    0.1.0 export of tiny-sd1); its graph unsqueezes it, so a ``[1]`` feed breaks the shapes there.
+    This stand-in does the same: ``[1]`` would give a rank-5 output."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["axes"], value=helper.make_tensor("axes", TensorProto.INT64, [4], [0, 1, 2, 3])),
+            helper.make_node("Unsqueeze", ["timestep", "axes"], ["t"]),
+            helper.make_node("ReduceMean", ["encoder_hidden_states"], ["m"], keepdims=0),
+            helper.make_node("Mul", ["sample", "t"], ["st"]),
+            helper.make_node("Add", ["st", "m"], ["out_sample"]),
+        ],
+        "scalar_timestep",
+        [
+            helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["batch_size", 4, "height", "width"]),
+            helper.make_tensor_value_info("timestep", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, ["batch_size", "sequence_length", 32]),
+        ],
+        [helper.make_tensor_value_info("out_sample", TensorProto.FLOAT, None)],
+    )
+    path = tmp_path / "unet.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString())
+    assert unet_inputs(open_session(path, ["CPUExecutionProvider"]), size=8)["timestep"].shape == ()
+    assert run_onnx(path, providers=["CPUExecutionProvider"], size=8)["output_shape"] == [2, 4, 8, 8]
 
 
 def test_providers_are_preferred_tensorrt_cuda_cpu():
