@@ -42,10 +42,17 @@ from erasec.ir.naming import LDM_UNET_PREFIX, checkpoint_weight_name, diffusers_
 
 from . import layout as layouts
 from . import semantic, text_encoders
-from .builtin import builtin_model_path, cached
+from .builtin import builtin_model_path, cache_root, cached
 from .errors import ModelError
 from .tensor_files import LazyWeights, TensorFile, first_line
-from .tokenizer import EOS_TOKEN, MODEL_MAX_LENGTH, OPEN_CLIP_PAD_TOKEN, load_clip_tokenizer, write_clip_tokenizer
+from .tokenizer import (
+    EOS_TOKEN,
+    MODEL_MAX_LENGTH,
+    OPEN_CLIP_PAD_TOKEN,
+    load_clip_tokenizer,
+    remembered_tokenizer,
+    write_clip_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -265,8 +272,9 @@ class SDModel:
                     self._cache.get("cache_dir"),
                     folder=True,
                 )
-            bert = (folder / "vocab.txt").is_file()
-            self._cache[key] = semantic.load_bert_tokenizer(folder) if bert else load_clip_tokenizer(folder)
+            load = semantic.load_bert_tokenizer if (folder / "vocab.txt").is_file() else load_clip_tokenizer
+            memo = cache_root(self._cache.get("cache_dir")) / "tokenizers"
+            self._cache[key] = remembered_tokenizer(folder, load, memo)
         return self._cache[key]
 
     def _text_encoder(self, component: str):

@@ -131,3 +131,65 @@ def load_clip_tokenizer(folder: Path):
     tokenizer.model_max_length = MODEL_MAX_LENGTH
     logger.debug("loaded CLIP tokenizer from %s (vocab %d)", folder, len(tokenizer))
     return tokenizer
+
+
+class FastTokenizer:
+    """A tokenizer read back from its ``tokenizers`` serialisation and called as erasec calls a
+    transformers tokenizer (right truncation to ``max_length``, special tokens added, no padding).
+
+    transformers 5's CLIP and BERT tokenizers are this same Rust object behind a Python class; using
+    it directly spares a build that encodes nothing (a warm rebuild) importing transformers, about
+    a third of its start-up (docs/performance.md). ``test_fast_tokenizer_gives_transformers_ids``
+    compares the ids on every shipped suite prompt.
+    """
+
+    def __init__(self, backend, pad_token_id: int) -> None:
+        self._backend = backend
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, texts, *, truncation: bool = True, max_length: int = MODEL_MAX_LENGTH) -> dict:
+        if truncation:
+            self._backend.enable_truncation(max_length=max_length, stride=0, strategy="longest_first", direction="right")
+        else:
+            self._backend.no_truncation()
+        self._backend.no_padding()
+        return {"input_ids": [encoding.ids for encoding in self._backend.encode_batch(list(texts), add_special_tokens=True)]}
+
+
+def remembered_tokenizer(folder: Path, load, memo_folder: Path):
+    """The tokenizer in ``folder``: ``load(folder)`` (transformers) the first time, then a
+    ``FastTokenizer`` read from ``memo_folder``, keyed by the folder's file contents and the versions
+    of transformers and tokenizers. A tokenizer with no Rust backend, or a memo that cannot be
+    written, just stays the transformers one."""
+    import hashlib
+    import os
+    import tempfile
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(f"fast-tokenizer-v1|{version('transformers')}|{version('tokenizers')}".encode())
+    for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+        digest.update(f"|{path.name}|".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    memo = Path(memo_folder) / f"fast-{digest.hexdigest()}.json"
+    try:
+        saved = json.loads(memo.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = None
+    if saved is not None:
+        from tokenizers import Tokenizer
+
+        return FastTokenizer(Tokenizer.from_str(saved["tokenizer"]), saved["pad_token_id"])
+    tokenizer = load(folder)
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or tokenizer.pad_token_id is None:
+        return tokenizer
+    text = json.dumps({"pad_token_id": tokenizer.pad_token_id, "tokenizer": backend.to_str()})
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=memo.parent, suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, memo)
+    except OSError:
+        logger.debug("cannot write the tokenizer memo %s", memo)
+    return tokenizer

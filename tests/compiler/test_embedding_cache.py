@@ -132,6 +132,26 @@ def test_version_and_a_spec_error_do_not_import_torch(tmp_path):
     assert result.stdout.strip() == "[]"
 
 
+def test_a_warm_rebuild_imports_neither_transformers_nor_diffusers(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("ERASEC_CACHE_DIR", str(tmp_path / "cache"))  # the built-in model lands there too
+    spec = _spec(tmp_path, "a", ["Van Gogh"])
+    build(spec, tmp_path / "cold.safetensors", BuildOptions())
+    probe = (
+        "import sys\nfrom click.testing import CliRunner\nfrom erasec.compiler.cli import cli\n"
+        f"result = CliRunner().invoke(cli, ['build', {str(spec)!r}, '-o', {str(tmp_path / 'warm.safetensors')!r}])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in ('transformers', 'diffusers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "warm.safetensors").read_bytes() == (tmp_path / "cold.safetensors").read_bytes()
+
+
 @pytest.mark.slow  # starts a Ray cluster: about a minute on 2 cores
 def test_build_many_on_a_local_ray_cluster(tmp_path, tiny_sd1_path):
     pytest.importorskip("ray")

@@ -85,3 +85,30 @@ def test_folder_without_tokenizer_files(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as caught:
         load_clip_tokenizer(tmp_path)
     assert str(caught.value) == f"{tmp_path}: no tokenizer files; expected vocab.json and merges.txt, or tokenizer.json"
+
+
+@pytest.mark.parametrize("kind", ["clip", "open-clip", "bert"])
+def test_fast_tokenizer_gives_transformers_ids(kind, tmp_path, minilm_sd1_path) -> None:
+    """The memoised Rust tokenizer gives the transformers tokenizer's ids on every shipped suite
+    prompt (and the pad id), so a warm rebuild that never imports transformers keys the same rows."""
+    from erasec.compiler.semantic import load_bert_tokenizer
+    from erasec.compiler.suites import SUITES, load_suite
+    from erasec.compiler.tokenizer import OPEN_CLIP_PAD_TOKEN, FastTokenizer, remembered_tokenizer
+
+    if kind == "bert":
+        folder, load = minilm_sd1_path / "tokenizer", load_bert_tokenizer
+    else:
+        folder, load = tmp_path / "tokenizer", load_clip_tokenizer
+        write_clip_tokenizer(folder, **({"pad_token": OPEN_CLIP_PAD_TOKEN} if kind == "open-clip" else {}))
+    prompts = SAMPLES + ["word " * 200, "ÀÉÎõü ß ﬁ Ⅻ ①", "東京の夜景", "tab\there\nnew line", "<|endoftext|> inside"]
+    prompts += [row.prompt for suite in SUITES for row in load_suite(suite)]
+    prompts += [row.counterpart for suite in SUITES for row in load_suite(suite) if row.counterpart]
+    memo = tmp_path / "memo"
+    reference = remembered_tokenizer(folder, load, memo)  # loads through transformers, writes the memo
+    fast = remembered_tokenizer(folder, load, memo)
+    assert not isinstance(reference, FastTokenizer) and isinstance(fast, FastTokenizer)
+    assert fast.pad_token_id == reference.pad_token_id
+    expected = reference(prompts, truncation=True, max_length=77)["input_ids"]
+    got = fast(prompts, truncation=True, max_length=77)["input_ids"]
+    assert len(prompts) > 1500
+    assert [list(ids) for ids in expected] == got
