@@ -119,8 +119,9 @@ def run(sizes, methods, seed=0):
         for method in methods:
             spec = parse_spec(spec_text(erased, preserved, method), source="bench.yaml", base_dir=ROOT, methods=tuple(PRESETS))
             clock = time.perf_counter()
-            lowered = Lowering(model).lower(spec, PRESETS[method])
-            program = Pipeline.parse(PRESETS[method].pipeline).apply(lowered)
+            pipeline = Pipeline.parse(PRESETS[method].pipeline)
+            lowered = Lowering.for_pipeline(model, pipeline).lower(spec, PRESETS[method])
+            program = pipeline.apply(lowered)
             seconds = time.perf_counter() - clock
             delta = deltas(program.solution, program.target, weights)
             results.append(

@@ -200,7 +200,7 @@ def build_spec(
 
     progress("encode")
     mark = time.perf_counter()
-    lowered = Lowering(model).lower(spec, preset)
+    lowered = Lowering.for_pipeline(model, pipeline).lower(spec, preset)
     release = getattr(model, "release_text_encoders", None)
     if release is not None:  # every row is encoded: free SDXL's 1.6 GB of encoders (docs/performance.md)
         release()
@@ -246,8 +246,8 @@ def build_spec(
         model=spec.model,
         method=spec.method,
         pipeline=str(pipeline),
-        erase_rows=sum(s.erase.count for s in spaces),
-        preserve_rows=sum(s.preserve.count for s in spaces),
+        erase_rows=sum(s.erase.total for s in spaces),
+        preserve_rows=sum(s.preserve.total for s in spaces),
         hard_rows=sum(s.hard.count for s in spaces),
         rank=rank,
         layers=len(program.target.sites),

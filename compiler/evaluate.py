@@ -6,7 +6,10 @@ every edited site l the build can measure, over all sites stacked,
 * efficacy    ``1 − ‖W'k − W0 g‖ / ‖W0 k − W0 g‖``  (1: the prompt now reads as its anchor; 0: unchanged),
 * specificity ``1 − ‖W'c − W0 c‖ / ‖W0 c‖`` over the preserve rows (1: untouched).
 
-Per request the norms are summed over its rows before the ratio is taken.
+Per request the norms are summed over its rows before the ratio is taken. Rows the lowering folded
+into moments (``ir.Moments``) count in the overall specificity exactly, through ``Σ cᵀ M c =
+tr(M · Σ c cᵀ)``; per request and per preserved prompt only the explicit rows are seen, which hold
+each prompt's subject row.
 
 The per-layer metrics of ``erasec eval`` (docs/evaluation.md) live here too, on plain arrays —
 ``weights`` and ``deltas`` map a module path to ``W0`` and ``ΔW`` (float64) — so that the CLI and
@@ -74,9 +77,13 @@ def score(program: EditProgram, solution: Solution, base_weights: Mapping[str, n
             denominator = np.sqrt(before[i])
             efficacy = 1.0 - np.sqrt(after[i]) / denominator if denominator > 0 else 0.0
             requests.append(RequestScore(request=request, rows=int(rows[i]), efficacy=float(efficacy)))
-        preserve_rows += space.preserve.count
+        preserve_rows += space.preserve.total
         moved_total += moved.sum()
         base_total += base.sum()
+        if space.preserve.folded is not None:
+            folded_moved, folded_base = _folded_norms(program, space, sol, base_weights)
+            moved_total += folded_moved
+            base_total += folded_base
         for i, p in enumerate(space.preserve.provenance):
             per_prompt.setdefault(p.prompt, [0.0, 0.0])
             per_prompt[p.prompt][0] += moved[i]
@@ -133,6 +140,22 @@ def _shared_norms(program, space, sol, base_weights):
     moved = _quadratic(preserve.keys @ sol.right, sol.left.T @ edited @ sol.left)
     base = _quadratic(preserve.keys, whole)
     return before, after, moved, base
+
+
+def _folded_norms(program, space, sol, base_weights) -> tuple[float, float]:
+    """``Σ ‖ΔW c‖²`` and ``Σ ‖W0 c‖²`` over the folded preserve rows, summed over the sites."""
+    folded = space.preserve.folded
+    whole = _gram(program, space, base_weights, lambda role: True)
+    if sol.form == "shared":
+        edited = _gram(program, space, base_weights, lambda role: sol.edits(role))
+        moved = folded.trace(sol.right @ (sol.left.T @ edited @ sol.left) @ sol.right.T)
+    else:
+        moved = 0.0
+        for site in program.target.space(space.space).sites:
+            if sol.edits(site.role):
+                delta = sol.delta(site.module_path, np.asarray(base_weights[site.module_path], dtype=np.float64))
+                moved += folded.trace(delta.T @ delta)
+    return moved, folded.trace(whole)
 
 
 def _gram(program, space, base_weights, chosen) -> np.ndarray:

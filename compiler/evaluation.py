@@ -200,7 +200,8 @@ def _interference(patch, spec, preset, model, space, weights, deltas, own_rows, 
         pipeline = Pipeline.parse(patch.metadata.get("erasec.pipeline") or preset.pipeline)
         solos, note = [], f"each concept re-solved alone with {pipeline}"
         for entry in entries:
-            program = pipeline.apply(Lowering(model).lower(dataclasses.replace(spec, erase=(entry,)), preset))
+            lowering = Lowering.for_pipeline(model, pipeline)
+            program = pipeline.apply(lowering.lower(dataclasses.replace(spec, erase=(entry,)), preset))
             solos.append(_solution_deltas(program.solution, space, weights))
     matrix = tuple(tuple(displacement(k, g, weights, solo) for k, g in own_rows) for solo in solos)
     by_layer = [[displacement_by_layer(k, g, weights, solo) for k, g in own_rows] for solo in solos]

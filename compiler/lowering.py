@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from erasec.ir import Diagnostic, EditProgram, EraseRows, HardRows, PreserveRows, Provenance, SpaceProgram, empty_hard
+from erasec.ir import Diagnostic, EditProgram, EraseRows, HardRows, MomentSum, PreserveRows, Provenance, SpaceProgram, empty_hard
+from erasec.passes.filter_preserve import phrase_pattern
 from erasec.passes.presets import Preset
 
 from .errors import ModelError
@@ -109,10 +110,28 @@ def time_alignment(source: list[int], guide: list[int], length: int = 77) -> lis
 
 
 class Lowering:
-    """Turns prompts into rows with one model; caches encodings within one build."""
+    """Turns prompts into rows with one model, streaming them in batches of ``STREAM`` prompts.
 
-    def __init__(self, model) -> None:
+    When a row set holds more rows than the key space has dimensions, its rows are folded into
+    float64 moments (``ir.Moments``) batch by batch as they are encoded, and only each prompt's
+    subject row (the last-token row every preset shares) stays explicit: memory is O(d² + prompts·d)
+    instead of O(rows·d), and every sum the solve forms is unchanged. Erase rows fold only with
+    ``fold_erase`` (the driver passes it when no pass reads erase rows one by one), preserve rows
+    unless ``fold_preserve`` is off (every row kept, as the tests compare); the rows of a preserve
+    prompt that names an erased phrase always stay explicit, so ``filter-preserve`` can drop them.
+    """
+
+    STREAM = 256  # distinct prompts encoded per batch
+
+    def __init__(self, model, *, fold_erase: bool = False, fold_preserve: bool = True) -> None:
         self.model = model
+        self.fold_erase = fold_erase
+        self.fold_preserve = fold_preserve
+
+    @classmethod
+    def for_pipeline(cls, model, pipeline) -> "Lowering":
+        """The lowering whose rows ``pipeline`` will transform: erase rows fold unless a pass reads them."""
+        return cls(model, fold_erase=not pipeline.reads_erase_rows())
 
     def _encode(self, prompts: list[str], padded: bool) -> dict[str, np.ndarray]:
         distinct = sorted(set(prompts))
@@ -150,75 +169,31 @@ class Lowering:
         space = self.model.target.spaces[0]
         pairs = erase_pairs(spec, preset)
         retain = retain_prompts(spec, preset)
-        texts = [p for _, p, _, _ in pairs] + [g for _, _, g, _ in pairs] + retain
-        ids = self._ids(texts)
+        prior = prior_prompts(preset.prior) if settings.prior_scale > 0 else []
+        ids = self._ids([p for _, p, _, _ in pairs] + [g for _, _, g, _ in pairs] + retain + prior + [""])
         last = {prompt: len(tokens) - 2 for prompt, tokens in ids.items()}
         padded = preset.rows != "last_token"
-        encoded = self._encode(texts + [""], padded)
-        if not padded:
-            # the empty prompt's 77 rows are the unconditional branch's input: always padded
-            encoded_empty = self.model.encode([""], padded=True)[0]
-        else:
-            encoded_empty = encoded[""]
+        # the empty prompt's 77 rows are the unconditional branch's input: always padded
+        encoded_empty = self.model.encode([""], padded=True)[0]
+        rows = _RowRule(preset.rows, ids, last)
 
-        keys, guides, weights, provenance = [], [], [], []
         share = 1.0 / len(pairs) if preset.erase_weighting == "mean" else 1.0
-        for request, prompt, guide, strength in pairs:
-            weight = settings.erase_scale * strength * share
-            if preset.rows == "legacy_span":
-                i, j = last[prompt], last[guide]
-                f = max(i, j)
-                old = encoded[prompt][i : 77 - (f - i)]
-                new = encoded[guide][j : 77 - (f - j)]
-                tokens = range(i, i + old.shape[0])
-            elif preset.rows == "time_aligned":
-                old = encoded[prompt]
-                new = encoded[guide][time_alignment(ids[prompt], ids[guide], old.shape[0])]
-                tokens = range(old.shape[0])
-            else:
-                old = encoded[prompt][last[prompt]][None]
-                new = encoded[guide][last[guide]][None]
-                tokens = range(last[prompt], last[prompt] + 1)
-            keys.append(old)
-            guides.append(new)
-            weights.extend([weight] * old.shape[0])
-            provenance.extend(Provenance(request=request, prompt=prompt, token=t) for t in tokens)
-        erase = EraseRows(
-            keys=np.concatenate(keys),
-            guides=np.concatenate(guides),
-            weights=np.array(weights),
-            provenance=tuple(provenance),
-        )
+        erase_rows = sum(rows.count(prompt, guide) for _, prompt, guide, _ in pairs)
+        erase = self._erase_rows(pairs, rows, padded, settings.erase_scale * share, space.dim, erase_rows > space.dim)
 
         preserve_scale = settings.preserve_scale
         if preserve_scale is None:
             preserve_scale = max(0.1, 1.0 / max(len(retain), 1))
-        p_keys, p_prov = [], []
-        for prompt in retain:
-            if padded:
-                p_keys.append(encoded[prompt])
-                p_prov.extend(Provenance(request="preserve", prompt=prompt, token=t) for t in range(77))
-            else:
-                p_keys.append(encoded[prompt][last[prompt]][None])
-                p_prov.append(Provenance(request="preserve", prompt=prompt, token=last[prompt]))
-        p_weights = [preserve_scale] * len(p_prov)
-        if settings.prior_scale > 0:
-            # the prior's rows: every token row of each prompt (BOS excluded: it is the same for all)
-            prior = prior_prompts(preset.prior)
-            rows = [r[1:] for r in self.model.encode(prior, padded=False)]
-            count = sum(r.shape[0] for r in rows)
-            for prompt, prompt_rows in zip(prior, rows):
-                p_keys.append(prompt_rows)
-                p_prov.extend(
-                    Provenance(request="preserve", prompt=f"<prior {preset.prior}> {prompt}", token=t + 1)
-                    for t in range(prompt_rows.shape[0])
-                )
-            p_weights.extend([settings.prior_scale / count] * count)
-        preserve = PreserveRows(
-            keys=np.concatenate(p_keys) if p_keys else np.zeros((0, space.dim)),
-            weights=np.array(p_weights, dtype=np.float64),
-            provenance=tuple(p_prov),
-        )
+        pattern = phrase_pattern([p for entry in spec.erase for p in (entry.concept, *entry.synonyms)])
+        # the user's prompts, then the prior's rows (every token row of each prompt; BOS excluded: it is
+        # the same for all) with its total weight spread evenly
+        which = "all" if padded else "subject"
+        sources = [(prompt, prompt, preserve_scale, which) for prompt in retain]
+        prior_rows = sum(len(ids[prompt]) - 1 for prompt in prior)
+        sources += [(p, f"<prior {preset.prior}> {p}", settings.prior_scale / max(prior_rows, 1), "tokens") for p in prior]
+        total = len(retain) * (77 if padded else 1) + prior_rows
+        preserve = self._preserve_rows(sources, rows, pattern, space.dim, total > space.dim)
+
         invariant_rows = HardRows(
             keys=encoded_empty,
             provenance=tuple(Provenance(request="invariant", prompt="", token=t) for t in range(encoded_empty.shape[0])),
@@ -239,6 +214,80 @@ class Lowering:
             requests=tuple(entry.concept for entry in ordered_entries(spec)),
             spaces=(program_space, *pooled),
             phrases=tuple((entry.concept, *entry.synonyms) for entry in ordered_entries(spec)),
+        )
+
+    def _erase_rows(self, pairs, rows: "_RowRule", padded: bool, scale: float, dim: int, many: bool) -> EraseRows:
+        """The erase rows of ``pairs``, encoded ``STREAM`` prompts at a time; with ``many`` rows (more than
+        d) and ``fold_erase``, all but each prompt's subject row fold into moments as they arrive."""
+        fold = MomentSum(dim, cross=True) if many and self.fold_erase else None
+        keys, guides, weights, provenance = [], [], [], []
+        batches = _batches(pairs, self.STREAM)
+        last_use = {guide: index for index, batch in enumerate(batches) for _, _, guide, _ in batch}
+        guide_rows: dict[str, np.ndarray] = {}
+        for index, batch in enumerate(batches):
+            wanted = {p for _, p, _, _ in batch} | {g for _, _, g, _ in batch if g not in guide_rows}
+            encoded = self._encode(sorted(wanted), padded)
+            guide_rows.update((g, encoded[g]) for _, _, g, _ in batch if g not in guide_rows)
+            folded = ([], [], [], [])
+            for request, prompt, guide, strength in batch:
+                old, new, tokens = rows.select(prompt, guide, encoded[prompt], guide_rows[guide])
+                weight = scale * strength
+                keep = rows.subject(prompt, tokens) if fold is not None else np.ones(tokens.size, dtype=bool)
+                keys.append(old[keep])
+                guides.append(new[keep])
+                weights.extend([weight] * int(keep.sum()))
+                provenance.extend(Provenance(request=request, prompt=prompt, token=int(t)) for t in tokens[keep])
+                if not keep.all():
+                    folded[0].append(old[~keep])
+                    folded[1].append(new[~keep])
+                    folded[2].append(np.full(int((~keep).sum()), weight))
+                    folded[3].append(prompt)
+            if folded[0]:
+                fold.add(np.concatenate(folded[0]), np.concatenate(folded[2]), folded[3], np.concatenate(folded[1]))
+            for guide in [g for g, used in last_use.items() if used == index]:
+                guide_rows.pop(guide, None)
+        return EraseRows(
+            keys=np.concatenate(keys),
+            guides=np.concatenate(guides),
+            weights=np.array(weights),
+            provenance=tuple(provenance),
+            folded=None if fold is None else fold.result(),
+        )
+
+    def _preserve_rows(self, sources, rows: "_RowRule", pattern, dim: int, many: bool) -> PreserveRows:
+        """The preserve rows of ``sources`` — (prompt, label, weight per row, which rows count: "all" 77
+        padded rows, the "subject" row alone, or the "tokens" after BOS) — streamed like ``_erase_rows``;
+        with ``many`` rows, each prompt keeps its subject row explicit (all its rows when it names an
+        erased phrase) and the rest fold into moments."""
+        fold = MomentSum(dim, cross=False) if many and self.fold_preserve else None
+        keys, weights, provenance = [], [], []
+        for batch in _batches(sources, self.STREAM):
+            encoded = {
+                pad: self._encode(sorted({s[0] for s in batch if (s[3] == "all") == pad}), pad) for pad in (False, True)
+            }
+            folded = ([], [], [])
+            for prompt, label, weight, which in batch:
+                array = encoded[which == "all"][prompt]
+                tokens = np.arange(array.shape[0])
+                if which != "all":
+                    tokens = tokens[rows.subject(prompt, tokens)] if which == "subject" else tokens[1:]
+                keep = np.ones(tokens.size, dtype=bool)
+                if fold is not None and not (pattern is not None and pattern.search(prompt)):
+                    keep = rows.subject(prompt, tokens)
+                keys.append(array[tokens[keep]])
+                weights.extend([weight] * int(keep.sum()))
+                provenance.extend(Provenance(request="preserve", prompt=label, token=int(t)) for t in tokens[keep])
+                if fold is not None and not keep.all():
+                    folded[0].append(array[tokens[~keep]])
+                    folded[1].append(np.full(int((~keep).sum()), weight))
+                    folded[2].append(label)
+            if fold is not None and folded[0]:
+                fold.add(np.concatenate(folded[0]), np.concatenate(folded[1]), folded[2])
+        return PreserveRows(
+            keys=np.concatenate(keys) if keys else np.zeros((0, dim)),
+            weights=np.array(weights, dtype=np.float64),
+            provenance=tuple(provenance),
+            folded=None if fold is None else fold.result(),
         )
 
     def _pooled(self, space, pairs, retain: list[str], settings: Settings, preserve_scale: float) -> SpaceProgram:
@@ -268,3 +317,38 @@ class Lowering:
             site_gram=self.model.site_gram(space, ("pooled",)),
             roles=("pooled",),
         )
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+class _RowRule:
+    """A preset's row rule (module docstring): which rows of a prompt and its guide pair up."""
+
+    def __init__(self, rule: str, ids: dict[str, list[int]], last: dict[str, int]) -> None:
+        self.rule, self.ids, self.last = rule, ids, last
+
+    def count(self, prompt: str, guide: str) -> int:
+        if self.rule == "legacy_span":
+            return 77 - max(self.last[prompt], self.last[guide])
+        return 77 if self.rule == "time_aligned" else 1
+
+    def select(self, prompt: str, guide: str, old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(prompt rows, their guide rows, their token positions) from the two encodings."""
+        if self.rule == "legacy_span":
+            i, j = self.last[prompt], self.last[guide]
+            f = max(i, j)
+            old, new = old[i : 77 - (f - i)], new[j : 77 - (f - j)]
+            return old, new, np.arange(i, i + old.shape[0])
+        if self.rule == "time_aligned":
+            return old, new[time_alignment(self.ids[prompt], self.ids[guide], old.shape[0])], np.arange(old.shape[0])
+        i, j = self.last[prompt], self.last[guide]
+        return old[i][None], new[j][None], np.arange(i, i + 1)
+
+    def subject(self, prompt: str, tokens: np.ndarray) -> np.ndarray:
+        """A mask over ``tokens``: the prompt's subject (last-token) row, or the first row if it has none."""
+        mask = tokens == self.last[prompt]
+        if not mask.any():
+            mask[0] = True
+        return mask

@@ -24,6 +24,7 @@ import yaml
 
 from erasec.backends.kohya import KohyaOptions, build_kohya
 from erasec.backends.peft import PeftOptions, build_peft
+from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS
 from erasec.patches.link import decode_encodings, decode_shared
 from erasec.patches.manifest import Manifest, write_patch
@@ -178,7 +179,8 @@ def retarget_patch(path: str, model_location: str, output: str) -> dict:
         tensors, rank = build_kohya(solution, target, weights, KohyaOptions(dtype=spec.output.dtype, rank=rank_option))
     if "erasec.link" in patch.metadata:
         replay = ReplayModel(model, decode_encodings(patch.metadata["erasec.link"]), where="retarget")
-        lowered = Lowering(replay).lower(spec, PRESETS[spec.method])
+        pipeline = Pipeline.parse(patch.metadata.get("erasec.pipeline") or PRESETS[spec.method].pipeline)
+        lowered = Lowering.for_pipeline(replay, pipeline).lower(spec, PRESETS[spec.method])
         report = score(lowered, solution, weights).as_dict()
     else:
         report = {"note": "not measured on this model: the patch records no encodings (output.link)"}

@@ -3,7 +3,7 @@
 from .arrays import frozen_array, structurally_equal
 from .errors import ErasecError, VerifyError
 from .program import Diagnostic, EditProgram, SpaceProgram
-from .rows import EraseRows, HardRows, PreserveRows, Provenance, empty_hard, empty_preserve
+from .rows import EraseRows, HardRows, MomentSum, Moments, PreserveRows, Provenance, empty_hard, empty_preserve
 from .solution import DtypeReport, LayerFactors, Solution, SolveReport, SpaceSolution
 from .target import KeySpace, LinearSite, ModelTarget
 
@@ -18,6 +18,8 @@ __all__ = [
     "LayerFactors",
     "LinearSite",
     "ModelTarget",
+    "MomentSum",
+    "Moments",
     "PreserveRows",
     "Provenance",
     "Solution",

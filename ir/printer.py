@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .program import EditProgram, SpaceProgram
-from .rows import EraseRows, HardRows, PreserveRows, Provenance
+from .rows import EraseRows, HardRows, Moments, PreserveRows, Provenance
 from .solution import SpaceSolution
 
 MAX_ROWS = 12
@@ -46,9 +46,19 @@ def _rows(lines: list[str], indent: str, count: int, render) -> None:
         lines.append(f"{indent}... {count - MAX_ROWS} more")
 
 
+def _folded(lines: list[str], folded: Moments | None) -> None:
+    if folded is not None:
+        lines.append(
+            f"      folded rows={folded.rows} prompts={len(folded.prompts)} w={fmt(folded.weight)} "
+            f"|gram|={fmt(np.linalg.norm(folded.gram))}"
+            + ("" if folded.cross is None else f" |cross|={fmt(np.linalg.norm(folded.cross))}")
+        )
+
+
 def _erase(lines: list[str], rows: EraseRows) -> None:
     form = "guide" if rows.shared else "per-layer"
     lines.append(f"    erase rows={rows.count} target={form}")
+    _folded(lines, rows.folded)
 
     def render(i: int) -> str:
         text = f"{_prov(rows.provenance[i])} w={fmt(rows.weights[i])} |k|={fmt(np.linalg.norm(rows.keys[i]))}"
@@ -61,6 +71,7 @@ def _erase(lines: list[str], rows: EraseRows) -> None:
 
 def _preserve(lines: list[str], rows: PreserveRows) -> None:
     lines.append(f"    preserve rows={rows.count}")
+    _folded(lines, rows.folded)
     _rows(
         lines,
         "      ",

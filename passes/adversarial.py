@@ -41,9 +41,13 @@ class AdversarialPass(EditPass):
         self.check_range("lambda", self.lambda_, 0.0, 1e6, low_open=True)
         self.check_range("weight", self.weight, 0.0, 1e6, low_open=True)
 
+    def reads_erase_rows(self) -> bool:
+        return self.rounds > 0
+
     def apply(self, program: EditProgram) -> EditProgram:
         if self.rounds == 0:
             return program
+        self.check_unfolded(program)
         for space in program.spaces:
             if space.site_gram is None:
                 raise PassError(f"key space {space.space}: no site Gram in the program; the model frontend must provide it")

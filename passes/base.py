@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from erasec.ir import EditProgram
 
-from .errors import PassOptionError
+from .errors import PassError, PassOptionError
 
 
 def option_text(field_name: str) -> str:
@@ -106,6 +106,20 @@ class EditPass(ABC):
             return self.name
         args = " ".join(f"{option_text(f.name)}={format_value(getattr(self, f.name))}" for f in fields)
         return f"{self.name}{{{args}}}"
+
+    def reads_erase_rows(self) -> bool:
+        """True when the pass needs every erase row one by one (RECE's attacks, mined neighbours, the
+        separable solve); the lowering then folds none of them into moments (``ir.Moments``)."""
+        return False
+
+    def check_unfolded(self, program: EditProgram) -> None:
+        """Raise ``PassError`` when a key space's erase rows were folded: this pass needs them all."""
+        for space in program.spaces:
+            if space.erase.folded is not None:
+                raise PassError(
+                    f"key space {space.space}: needs every erase row, but {space.erase.folded.rows} are folded "
+                    "into moments; build with a pipeline that lists this pass (the lowering then keeps them)"
+                )
 
     def check_range(self, option: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
         """Raise ``PassOptionError`` unless ``low ≤ value ≤ high`` (``low < value`` if ``low_open``)."""

@@ -11,7 +11,9 @@ Two conflicts make a least-squares erasure quietly fail (research/methods.md §6
 
 Cosines are between a row and its projection on the preserve span, or between two requests' rows;
 ``threshold`` is the cosine at which a pair is reported. Only each prompt's first row is compared
-(the subject token; later rows of a legacy span are padding that every prompt shares). With
+(the subject token; later rows of a legacy span are padding that every prompt shares); folded
+preserve rows count in the span through their moment, and single rows are compared with the
+explicit ones, which hold every preserve prompt's subject row. With
 ``on-conflict=warn`` the findings become diagnostics; with ``error`` the first one stops the build.
 """
 
@@ -22,7 +24,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from erasec.ir import Diagnostic, EditProgram, SpaceProgram
+from erasec.ir import Diagnostic, EditProgram, PreserveRows, SpaceProgram
 
 from .base import EditPass
 from .errors import PassError
@@ -40,7 +42,7 @@ def _first_rows(space: SpaceProgram) -> np.ndarray:
     return np.array(index, dtype=int)
 
 
-def _span_cosines(keys: np.ndarray, preserve: np.ndarray) -> np.ndarray | None:
+def _span_cosines(keys: np.ndarray, preserve: PreserveRows) -> np.ndarray | None:
     """The cosine of each unit row of ``keys`` with the span of ``preserve``, or None when that span
     takes more than half the key space.
 
@@ -48,7 +50,10 @@ def _span_cosines(keys: np.ndarray, preserve: np.ndarray) -> np.ndarray | None:
     many rows), keeping directions whose singular value is at least ``_SPAN_RTOL`` of the largest;
     finer directions are numerically there but say nothing about a conflict.
     """
-    values, vectors = np.linalg.eigh(preserve.T @ preserve)
+    gram = preserve.keys.T @ preserve.keys
+    if preserve.folded is not None:
+        gram += preserve.folded.plain
+    values, vectors = np.linalg.eigh(gram)
     inside = values > _SPAN_RTOL**2 * values[-1]
     if inside.sum() > keys.shape[1] // 2:
         return None
@@ -78,7 +83,7 @@ class CheckConflictsPass(EditPass):
         if space.preserve.count:
             closest = keys @ _unit(space.preserve.keys).T  # cosine with each preserve row
             # the span is only informative while the preserve rows leave room (a prior spans all of R^d)
-            inside = _span_cosines(keys, space.preserve.keys)
+            inside = _span_cosines(keys, space.preserve)
             if inside is None:
                 inside = closest.max(axis=1)
             for position, (row, cosine) in enumerate(zip(index, inside)):

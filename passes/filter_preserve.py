@@ -6,6 +6,8 @@ lose. SPEED (Li et al., 2025, arXiv 2503.07392; research/methods.md §6.2 item 2
 retain prompt that contains a full target phrase, matched case-insensitively at word boundaries.
 The phrases of a request are its concept and synonyms (``EditProgram.phrases``). Every dropped
 prompt is reported as a diagnostic, so the user sees what the spec asked for and did not get.
+Folded preserve rows (``ir.Moments``) cannot be taken out again; the lowering keeps every row of a
+prompt that names an erased phrase explicit, and the pass refuses a program where one was folded.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from erasec.ir import Diagnostic, EditProgram
 
 from .base import EditPass
+from .errors import PassError
 
 
 def phrase_pattern(phrases: list[str]) -> re.Pattern | None:
@@ -40,6 +43,12 @@ class FilterPreservePass(EditPass):
         spaces, dropped = [], set()
         for space in program.spaces:
             rows = space.preserve
+            folded = [] if rows.folded is None else [p for p in rows.folded.prompts if pattern.search(p)]
+            if folded:  # the lowering keeps such prompts' rows explicit; a folded one cannot be taken out
+                raise PassError(
+                    f"key space {space.space}: preserve prompt {folded[0]!r} names an erased concept but its "
+                    "rows are folded into moments and cannot be dropped"
+                )
             clean = {prompt: pattern.search(prompt) is None for prompt in {p.prompt for p in rows.provenance}}
             keep = np.array([clean[p.prompt] for p in rows.provenance], dtype=bool).reshape(-1)
             if keep.all():

@@ -65,9 +65,13 @@ class MineNeighborsPass(EditPass):
             provenance=tuple(provenance),
         )
 
+    def reads_erase_rows(self) -> bool:
+        return self.count > 0
+
     def apply(self, program: EditProgram) -> EditProgram:
         if self.count == 0:
             return program
+        self.check_unfolded(program)
         spaces = []
         for space in program.spaces:
             if not space.erase.shared:

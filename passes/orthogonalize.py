@@ -30,12 +30,13 @@ from .errors import PassError
 
 
 def preserve_subspace(space: SpaceProgram, tau: float) -> np.ndarray:
-    """Orthonormal eigen-directions (d, r) of the weighted mean preserve moment with eigenvalue ≥ ``tau``."""
+    """Orthonormal eigen-directions (d, r) of the weighted mean preserve moment with eigenvalue ≥ ``tau``
+    (folded preserve rows included)."""
     rows = space.preserve
-    if rows.count == 0 or rows.weights.sum() == 0:
+    total = rows.weights.sum() + (0.0 if rows.folded is None else rows.folded.weight)
+    if rows.total == 0 or total == 0:
         return np.zeros((rows.keys.shape[1], 0))
-    moment = rows.keys.T @ (rows.keys * (rows.weights / rows.weights.sum())[:, None])
-    values, vectors = np.linalg.eigh((moment + moment.T) * 0.5)
+    values, vectors = np.linalg.eigh(rows.gram() / total)
     return np.ascontiguousarray(vectors[:, values >= tau][:, ::-1])
 
 
@@ -67,7 +68,9 @@ class OrthogonalizePass(EditPass):
                 f"directions held fixed (tau={self.tau:g})",
             )
         ]
-        preserve = space.preserve if self.soft else space.preserve.select(np.ones(space.preserve.count, dtype=bool), np.zeros(space.preserve.count))
+        preserve = space.preserve
+        if not self.soft:  # the projector alone: every preserve row, explicit or folded, weighs nothing
+            preserve = replace(preserve.select(np.ones(preserve.count, dtype=bool), np.zeros(preserve.count)), folded=None)
         return replace(space, hard=hard, preserve=preserve), found
 
     def _separable(self, program: EditProgram, space: SpaceProgram) -> SpaceProgram:
@@ -83,7 +86,12 @@ class OrthogonalizePass(EditPass):
             )
         return replace(space, separable=True)
 
+    def reads_erase_rows(self) -> bool:
+        return self.mode == "separable"
+
     def apply(self, program: EditProgram) -> EditProgram:
+        if self.reads_erase_rows():
+            self.check_unfolded(program)
         spaces, found = [], []
         for space in program.spaces:
             if self.mode == "hard":

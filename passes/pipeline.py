@@ -121,6 +121,10 @@ class Pipeline:
     def names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.passes)
 
+    def reads_erase_rows(self) -> bool:
+        """Whether any pass needs every erase row (``EditPass.reads_erase_rows``)."""
+        return any(p.reads_erase_rows() for p in self.passes)
+
     def apply(self, program: EditProgram) -> EditProgram:
         program.verify()
         if self.callback is not None:

@@ -12,6 +12,8 @@ which minimises the objective subject to ΔW H = 0. When every target is a guide
 with TIME's ridge; the shared form is derived and checked in research/methods.md §1.5). Otherwise
 each site gets ``ΔW_l = R_l diag(w) Kᵀ P`` from its residual ``R_l = V*_l − W0_l K``. Either way
 one Cholesky factorisation of A serves every site, and rank(ΔW) ≤ number of erase rows.
+Folded rows (``ir.Moments``, streamed in by the lowering when there are more rows than d) enter A
+and B through their moments; the solution is then the full d × d ``T − I = B P``.
 
 The factors are stored as ``left @ right.T`` with orthonormal ``right`` (reduced QR), so the rank
 is min(m, d). The pass checks the condition number of A before trusting the solve and reports the
@@ -33,10 +35,13 @@ from .errors import SolveError
 
 
 def system_matrix(space: SpaceProgram, dim: int, rows: EraseRows | None = None) -> np.ndarray:
-    """``A = λI + K diag(w) Kᵀ + Kp diag(p) Kpᵀ`` (K: ``rows``, by default all the space's erase rows)."""
+    """``A = λI + K diag(w) Kᵀ + Kp diag(p) Kpᵀ`` (K: ``rows``, by default all the space's erase rows),
+    folded rows included through their moments."""
     rows = space.erase if rows is None else rows
     matrix = weighted_gram(rows.keys, rows.weights)
-    matrix += weighted_gram(space.preserve.keys, space.preserve.weights)
+    if rows.folded is not None:
+        matrix += rows.folded.gram
+    matrix += space.preserve.gram()
     matrix[np.diag_indices(dim)] += space.lam
     return matrix
 
@@ -91,7 +96,9 @@ class SolvePass(EditPass):
         solver, basis = _solver(space, matrix, hard_keys)
         scaled = (rows.guides - rows.keys).T * rows.weights  # (G − K) diag(w), (d, m)
         rhs = scaled @ rows.keys
-        if rows.count >= dim:  # full rank anyway: T − I = B P itself (d × d), with right = I
+        if rows.folded is not None:
+            rhs += rows.folded.cross
+        if rows.folded is not None or rows.count >= dim:  # T − I = B P itself (d × d), with right = I
             left, right = solver.apply(rhs.T).T, np.eye(dim)
         else:  # T − I = (G − K) diag(w) (P Kᵀ)ᵀ, rank m, right made orthonormal
             left, right = orthonormal_right(scaled, solver.apply(rows.keys.T))
@@ -138,6 +145,8 @@ class SolvePass(EditPass):
         if space.separable:
             if not erase.shared:
                 raise SolveError(f"key space {space.space}: separable solves need guide (anchor) targets")
+            if erase.folded is not None:
+                raise SolveError(f"key space {space.space}: separable solves need every erase row; {erase.folded.rows} are folded")
             return self._separable(program, space, dim)
         if erase.shared:
             return self._shared(space, erase, space.hard.keys, dim)
