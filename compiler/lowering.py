@@ -121,7 +121,7 @@ class Lowering:
     prompt that names an erased phrase always stay explicit, so ``filter-preserve`` can drop them.
     """
 
-    STREAM = 256  # distinct prompts encoded per batch
+    STREAM = 64  # prompts (erase pairs) encoded per batch
 
     def __init__(self, model, *, fold_erase: bool = False, fold_preserve: bool = True) -> None:
         self.model = model

@@ -1,0 +1,115 @@
+"""Rows stream in and fold into moments (issue 3 item 1, issue 8 item 3), on the real tiny-sd1
+encoder (d = 32, so a handful of 77-token prompts already exceeds d rows): the folded program
+solves to the same map as the one that keeps every row, memory holds one row per prompt, and the
+permuted spec writes the same bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from erasec.compiler.build import BuildOptions, build
+from erasec.compiler.evaluate import score
+from erasec.compiler.lowering import Lowering
+from erasec.compiler.model import open_model
+from erasec.compiler.spec import parse_spec
+from erasec.passes.pipeline import Pipeline
+from erasec.passes.presets import PRESETS
+
+CONCEPTS = ["Van Gogh", "Claude Monet", "Kelly McKernan", "Greg Rutkowski", "Salvador Dali"]
+PRESERVE = ["Pablo Picasso", "a painting by Van Gogh", "a photo of a cat", "Rembrandt", "Frida Kahlo"]
+
+
+def _text(method: str, concepts=CONCEPTS, preserve=PRESERVE) -> str:
+    erase = "\n".join(f"  - {{concept: {c}}}" for c in concepts)
+    keep = "\n".join(f"  - {p}" for p in preserve)
+    return (
+        f"erasec: 1\nname: stream\nversion: 1.0.0\nmodel: builtin:tiny-sd1\nmethod: {method}\n"
+        f"erase:\n{erase}\npreserve:\n{keep}\noutput: {{dtype: fp32}}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def model(tiny_sd1_path):
+    return open_model("builtin:tiny-sd1")
+
+
+def _lower(model, method: str, **fold):
+    spec = parse_spec(_text(method), source="s.yaml", base_dir=Path("."), methods=tuple(PRESETS))
+    return Lowering(model, **fold).lower(spec, PRESETS[method])
+
+
+def _shift(program) -> np.ndarray:
+    space = program.solution.spaces[0]
+    return space.left @ space.right.T
+
+
+@pytest.mark.parametrize("method", ["uce-legacy", "time", "erasec"])
+def test_folded_rows_solve_to_the_same_map(model, method):
+    pipeline = Pipeline.parse(PRESETS[method].pipeline)
+    fold_erase = not pipeline.reads_erase_rows()
+    kept = _lower(model, method, fold_erase=False, fold_preserve=False)
+    folded = _lower(model, method, fold_erase=fold_erase)
+    space, whole = folded.spaces[0], kept.spaces[0]
+    assert space.preserve.folded is not None
+    assert (space.erase.folded is not None) == fold_erase
+    assert (space.erase.total, space.preserve.total) == (whole.erase.count, whole.preserve.count)
+    np.testing.assert_allclose(
+        _shift(pipeline.apply(folded)), _shift(pipeline.apply(kept)), rtol=1e-9, atol=1e-9 * np.abs(_shift(pipeline.apply(kept))).max()
+    )
+
+
+def test_one_explicit_row_per_prompt_and_every_row_of_a_prompt_filter_preserve_drops(model):
+    lowered = _lower(model, "uce-legacy", fold_erase=True)
+    space = lowered.spaces[0]
+    assert space.erase.count == len(CONCEPTS)  # each prompt's subject row
+    assert [p.token for p in space.erase.provenance] == [len(model.tokenize([c])[0]) - 2 for c in sorted(CONCEPTS)]
+    by_prompt = {}
+    for p in space.preserve.provenance:
+        by_prompt[p.prompt] = by_prompt.get(p.prompt, 0) + 1
+    # the empty prompt the method retains, the user's prompts: one row each, but the one that names
+    # an erased concept keeps all 77, so that filter-preserve can take it out exactly
+    assert by_prompt == {"": 1, **{p: 1 for p in PRESERVE}, "a painting by Van Gogh": 77}
+    assert "a painting by Van Gogh" not in space.preserve.folded.prompts
+    filtered = Pipeline.parse("filter-preserve").apply(lowered).spaces[0]
+    assert "a painting by Van Gogh" not in {p.prompt for p in filtered.preserve.provenance}
+    assert filtered.preserve.total == space.preserve.total - 77
+
+
+def test_specificity_counts_the_folded_rows_exactly(model):
+    pipeline = Pipeline.parse(PRESETS["uce-legacy"].pipeline)
+    kept = _lower(model, "uce-legacy", fold_erase=False, fold_preserve=False)
+    folded = _lower(model, "uce-legacy", fold_erase=False)
+    solution = pipeline.apply(kept).solution
+    weights = model.kv_weights()
+    whole, part = score(kept, solution, weights), score(folded, solution, weights)
+    assert part.preserve_rows == whole.preserve_rows
+    assert part.specificity == pytest.approx(whole.specificity, rel=1e-9)
+
+
+def test_rece_keeps_every_erase_row_for_its_attacks(model):
+    spec = parse_spec(_text("rece"), source="s.yaml", base_dir=Path("."), methods=tuple(PRESETS))
+    lowered = Lowering.for_pipeline(model, Pipeline.parse(PRESETS["rece"].pipeline)).lower(spec, PRESETS["rece"])
+    assert lowered.spaces[0].erase.folded is None and lowered.spaces[0].preserve.folded is not None
+
+
+def test_streaming_batches_do_not_change_the_map(model, monkeypatch):
+    pipeline = Pipeline.parse(PRESETS["uce-legacy"].pipeline)
+    whole = _shift(pipeline.apply(_lower(model, "uce-legacy", fold_erase=True)))
+    monkeypatch.setattr(Lowering, "STREAM", 2)
+    small = _shift(pipeline.apply(_lower(model, "uce-legacy", fold_erase=True)))
+    # the tiny encoder rounds a row differently with its batch's company (docs/patch-format.md): 1e-7
+    np.testing.assert_allclose(small, whole, atol=1e-5 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize("method", ["uce-legacy", "erasec"])
+def test_a_permuted_spec_writes_the_same_bytes(tmp_path, tiny_sd1_path, method):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(_text(method))
+    second.write_text(_text(method, concepts=CONCEPTS[::-1], preserve=PRESERVE[::-1]))
+    a = build(first, tmp_path / "a.safetensors", BuildOptions(cache=False))
+    b = build(second, tmp_path / "b.safetensors", BuildOptions(cache=False))
+    assert a.preserve_rows == b.preserve_rows > 32  # more rows than d: they folded
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
