@@ -113,3 +113,20 @@ def test_a_permuted_spec_writes_the_same_bytes(tmp_path, tiny_sd1_path, method):
     b = build(second, tmp_path / "b.safetensors", BuildOptions(cache=False))
     assert a.preserve_rows == b.preserve_rows > 32  # more rows than d: they folded
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+def test_a_thousand_concepts_from_file_lists_compile_with_one_row_kept_per_prompt(tmp_path, tiny_sd1_path):
+    (tmp_path / "erase.txt").write_text("".join(f"artist {i}\n" for i in range(1000)))
+    (tmp_path / "keep.txt").write_text("".join(f"painter {i}\n" for i in range(1000)))
+    spec = tmp_path / "many.yaml"
+    spec.write_text(
+        "erasec: 1\nname: many\nversion: 1.0.0\nmodel: builtin:tiny-sd1\nmethod: uce-legacy\n"
+        "erase:\n  - {file: erase.txt, anchor: art}\npreserve:\n  - {file: keep.txt}\n"
+    )
+    emitted = []
+    result = build(spec, tmp_path / "many.safetensors", BuildOptions(cache=False, print_ir_after=("solve",)), emit_ir=emitted.append)
+    assert result.erase_rows > 70_000 and result.preserve_rows == 1001 * 77
+    # one explicit row per erase prompt and per preserve prompt; the other ~150,000 rows are moments
+    assert "    erase rows=1000 target=guide\n      folded rows=" in emitted[0]
+    assert "    preserve rows=1001\n      folded rows=76076 prompts=1001" in emitted[0]
+    assert len(result.scores.requests) == 1000 and result.scores.specificity is not None
