@@ -96,7 +96,7 @@ def run(sizes, methods, seed=0):
     from erasec.compiler.encodings import RecordingModel  # shares encodings between the presets
     from erasec.compiler.evaluate import efficacy, specificity
     from erasec.compiler.lowering import Lowering
-    from erasec.compiler.model import open_model
+    from erasec.compiler.model_open import open_model
     from erasec.compiler.spec import parse_spec
     from erasec.passes.pipeline import Pipeline
     from erasec.passes.presets import PRESETS

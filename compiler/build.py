@@ -175,7 +175,7 @@ def build_spec(
     """Build a checked spec; ``model`` replaces opening ``spec.model`` (compose passes a model that
     replays recorded encodings), ``extra_metadata`` adds ``erasec.*`` keys to the manifest;
     ``progress(stage)`` is called as each of ``BUILD_STAGES`` begins (the CLI's progress bar)."""
-    from .model import open_model  # torch and transformers load here, not at CLI start-up
+    from .model_open import open_model  # torch and transformers load here, not at CLI start-up
 
     clock = time.perf_counter() if clock is None else clock
     seconds: dict[str, float] = {}

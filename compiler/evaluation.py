@@ -217,7 +217,7 @@ def evaluate_patch(
     progress: Callable[[str], None] = lambda stage: None,  # called as each of STAGES begins
 ) -> EvalResult:
     """Every metric of docs/evaluation.md for the patch at ``patch_path`` on ``model_location``."""
-    from .model import open_model  # torch and transformers load here
+    from .model_open import open_model  # torch and transformers load here
 
     progress("open")
     patch = read_patch(patch_path)

@@ -290,7 +290,7 @@ def export_onnx(location: str, folder: str | Path, options: ExportOptions = Expo
     its tensors (``compiler/unet_configs.py``); its text encoders are read as builds read them, and
     its tokenizers are erasec's CLIP vocabulary with each encoder's pad token.
     """
-    from .model import open_model
+    from .model_open import open_model
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -334,11 +334,11 @@ def export_onnx(location: str, folder: str | Path, options: ExportOptions = Expo
 def _write_tokenizers(model, folder: Path, components) -> None:
     """Beside each exported encoder its tokenizer: the folder's copy, or for a single file erasec's
     CLIP vocabulary padding as the family's encoder does (what builds tokenize with)."""
-    from .model import _TOKENIZER_OF
+    from .model import TOKENIZER_OF
     from .tokenizer import write_clip_tokenizer
 
     pads = {component: pad for component, _, pad in model.encoders}
-    for component, tokenizer in _TOKENIZER_OF.items():
+    for component, tokenizer in TOKENIZER_OF.items():
         if component not in components:
             continue
         if model.layout != "diffusers":

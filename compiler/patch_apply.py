@@ -47,7 +47,7 @@ def patch_solution(patch: PatchFile, scale: float) -> Solution:
 
 
 def apply_patch(patch_path: str, model_location: str, output: str, *, scale: float = 1.0, force: bool = False) -> dict:
-    from .model import open_model
+    from .model_open import open_model
 
     if not math.isfinite(scale) or scale == 0:
         raise BuildError(f"--scale: {scale} must be a finite, non-zero number")

@@ -117,7 +117,7 @@ def union_spec_data(patches: list[PatchFile], *, name: str, version: str, model:
 def compose_patches(
     paths: list[str], output: str, *, model: str | None = None, name: str | None = None, version: str | None = None
 ) -> BuildResult:
-    from .model import open_model
+    from .model_open import open_model
 
     if len(paths) < 2:
         raise BuildError("compose: give at least two patches")
@@ -144,7 +144,7 @@ def compose_patches(
 
 
 def retarget_patch(path: str, model_location: str, output: str) -> dict:
-    from .model import open_model
+    from .model_open import open_model
 
     patch = read_patch(path)
     if "erasec.shared" not in patch.metadata:

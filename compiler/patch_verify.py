@@ -96,7 +96,7 @@ def _delta_check(patch: PatchFile, weights: dict, model_dtype: str | None) -> di
 
 def verify_patch(patch_path: str, model_location: str) -> dict:
     """Every check's result and the overall answer, as JSON-able data."""
-    from .model import open_model
+    from .model_open import open_model
 
     patch = read_patch(patch_path, check_hash=False)
     checks = [

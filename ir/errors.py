@@ -1,8 +1,8 @@
 """The root of erasec's error types.
 
 Each package subclasses ``ErasecError`` in its own ``errors.py``. A message is one line,
-``<where>: <what is wrong>[; <what to do>]``; only ``erasec.compiler.cli`` prints errors and picks
-exit codes.
+``<where>: <what is wrong>[; <what to do>]``; only the CLI (``erasec.compiler.cli`` and its ``cli_*``
+modules) prints errors and picks exit codes.
 """
 
 

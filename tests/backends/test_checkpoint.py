@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from erasec.compiler.build import BuildOptions, build
 from erasec.compiler.builtin import builtin_model_path
-from erasec.compiler.model import open_model
+from erasec.compiler.model_open import open_model
 
 from test_kohya_diffusers import REL_TOL, SPEC, expected_deltas
 

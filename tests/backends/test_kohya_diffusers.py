@@ -17,7 +17,7 @@ from safetensors import safe_open
 from erasec.compiler.build import build
 from erasec.compiler.builtin import builtin_model_path
 from erasec.compiler.lowering import Lowering
-from erasec.compiler.model import open_model
+from erasec.compiler.model_open import open_model
 from erasec.compiler.spec import load_spec
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS

@@ -181,7 +181,7 @@ def test_a_patch_that_does_nothing_erases_nothing_and_keeps_everything(tiny, mon
 
 
 def test_a_patch_that_zeroes_k_and_v_keeps_nothing(tiny, monkeypatch, tiny_sd1_path):
-    from erasec.compiler.model import open_model
+    from erasec.compiler.model_open import open_model
 
     base = open_model(str(tiny_sd1_path)).kv_weights()
     monkeypatch.setattr(PatchFile, "layer_delta", lambda self, layer: -np.asarray(base[layer], dtype=np.float64))

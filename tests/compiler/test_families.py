@@ -21,7 +21,7 @@ from erasec.compiler.build import build
 from erasec.compiler.builtin import builtin_model_path
 from erasec.compiler.cli import cli
 from erasec.compiler.errors import ModelError
-from erasec.compiler.model import open_model
+from erasec.compiler.model_open import open_model
 from erasec.ir.naming import ldm_module_path
 
 FAMILIES = {"tiny-sd1": ("sd1", "clip-l", 32), "tiny-sd2": ("sd2", "open-clip-h", 64), "tiny-sdxl": ("sdxl", "clip-l+bigg", 192)}

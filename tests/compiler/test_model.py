@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from erasec.compiler.errors import ModelError
-from erasec.compiler.model import SDModel, open_model
+from erasec.compiler.model import SDModel
+from erasec.compiler.model_open import open_model
 
 ASTRONAUT = "a photo of an astronaut riding a horse on mars"
 ASTRONAUT_IDS = [49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 525, 7496, 49407]

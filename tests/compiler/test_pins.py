@@ -1,7 +1,7 @@
 """A model's pins: the text-encoder pin is the same for a diffusers folder and its single-file export."""
 
 from erasec.compiler.builtin import write_single_file
-from erasec.compiler.model import open_model
+from erasec.compiler.model_open import open_model
 from erasec.compiler.pins import model_base_pin, model_text_encoder_pin, storage_dtype, text_encoder_tensors
 
 

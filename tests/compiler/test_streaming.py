@@ -13,7 +13,7 @@ import pytest
 from erasec.compiler.build import BuildOptions, build
 from erasec.compiler.evaluate import score
 from erasec.compiler.lowering import Lowering
-from erasec.compiler.model import open_model
+from erasec.compiler.model_open import open_model
 from erasec.compiler.spec import parse_spec
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS

@@ -60,7 +60,7 @@ def test_single_file_unet_is_the_folders_bit_for_bit(erasec_cache_dir, model):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from erasec.compiler.model import open_model
+    from erasec.compiler.model_open import open_model
 
     opened = open_model(f"builtin:{model}.safetensors")
     ours = load_single_file_unet(opened._file, opened.family, opened.location)
