@@ -18,7 +18,6 @@ import numpy as np
 
 from .arrays import frozen_array
 from .errors import VerifyError
-from .linalg import weighted_gram
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -229,6 +228,8 @@ class PreserveRows:
 
     def gram(self) -> np.ndarray:
         """``Kp diag(p) Kpᵀ`` over every row, explicit and folded (d, d)."""
+        from .linalg import weighted_gram  # it imports scipy, which the CLI's start-up must not pay for
+
         gram = weighted_gram(self.keys, self.weights)
         return gram if self.folded is None else gram + self.folded.gram
 
