@@ -110,7 +110,8 @@ def time_alignment(source: list[int], guide: list[int], length: int = 77) -> lis
 
 
 class Lowering:
-    """Turns prompts into rows with one model, streaming them in batches of ``STREAM`` prompts.
+    """Turns prompts into rows with one model, streaming them in batches of ``STREAM`` prompts of
+    similar token length.
 
     When a row set holds more rows than the key space has dimensions, its rows are folded into
     float64 moments (``ir.Moments``) batch by batch as they are encoded, and only each prompt's
@@ -217,26 +218,29 @@ class Lowering:
         )
 
     def _erase_rows(self, pairs, rows: "_RowRule", padded: bool, scale: float, dim: int, many: bool) -> EraseRows:
-        """The erase rows of ``pairs``, encoded ``STREAM`` prompts at a time; with ``many`` rows (more than
+        """The erase rows of ``pairs``, encoded ``STREAM`` pairs at a time; with ``many`` rows (more than
         d) and ``fold_erase``, all but each prompt's subject row fold into moments as they arrive."""
         fold = MomentSum(dim, cross=True) if many and self.fold_erase else None
-        keys, guides, weights, provenance = [], [], [], []
-        batches = _batches(pairs, self.STREAM)
-        last_use = {guide: index for index, batch in enumerate(batches) for _, _, guide, _ in batch}
+        explicit: list = [None] * len(pairs)  # per pair: (keys, guides, weights, provenance), spec order
+        batches = _length_batches(pairs, lambda pair: 77 if padded else rows.width(pair[1], pair[2]), self.STREAM)
+        last_use = {pairs[i][2]: index for index, batch in enumerate(batches) for i in batch}
         guide_rows: dict[str, np.ndarray] = {}
         for index, batch in enumerate(batches):
-            wanted = {p for _, p, _, _ in batch} | {g for _, _, g, _ in batch if g not in guide_rows}
+            wanted = {pairs[i][1] for i in batch} | {pairs[i][2] for i in batch if pairs[i][2] not in guide_rows}
             encoded = self._encode(sorted(wanted), padded)
-            guide_rows.update((g, encoded[g]) for _, _, g, _ in batch if g not in guide_rows)
+            guide_rows.update((pairs[i][2], encoded[pairs[i][2]]) for i in batch if pairs[i][2] not in guide_rows)
             folded = ([], [], [], [])
-            for request, prompt, guide, strength in batch:
+            for i in batch:
+                request, prompt, guide, strength = pairs[i]
                 old, new, tokens = rows.select(prompt, guide, encoded[prompt], guide_rows[guide])
                 weight = scale * strength
                 keep = rows.subject(prompt, tokens) if fold is not None else np.ones(tokens.size, dtype=bool)
-                keys.append(old[keep])
-                guides.append(new[keep])
-                weights.extend([weight] * int(keep.sum()))
-                provenance.extend(Provenance(request=request, prompt=prompt, token=int(t)) for t in tokens[keep])
+                explicit[i] = (
+                    old[keep],
+                    new[keep],
+                    [weight] * int(keep.sum()),
+                    [Provenance(request=request, prompt=prompt, token=int(t)) for t in tokens[keep]],
+                )
                 if not keep.all():
                     folded[0].append(old[~keep])
                     folded[1].append(new[~keep])
@@ -247,10 +251,10 @@ class Lowering:
             for guide in [g for g, used in last_use.items() if used == index]:
                 guide_rows.pop(guide, None)
         return EraseRows(
-            keys=np.concatenate(keys),
-            guides=np.concatenate(guides),
-            weights=np.array(weights),
-            provenance=tuple(provenance),
+            keys=np.concatenate([part[0] for part in explicit]),
+            guides=np.concatenate([part[1] for part in explicit]),
+            weights=np.array([w for part in explicit for w in part[2]]),
+            provenance=tuple(p for part in explicit for p in part[3]),
             folded=None if fold is None else fold.result(),
         )
 
@@ -260,13 +264,15 @@ class Lowering:
         with ``many`` rows, each prompt keeps its subject row explicit (all its rows when it names an
         erased phrase) and the rest fold into moments."""
         fold = MomentSum(dim, cross=False) if many and self.fold_preserve else None
-        keys, weights, provenance = [], [], []
-        for batch in _batches(sources, self.STREAM):
+        explicit: list = [None] * len(sources)  # per source: (keys, weights, provenance), in order
+        for batch in _length_batches(sources, lambda source: 77 if source[3] == "all" else rows.width(source[0]), self.STREAM):
             encoded = {
-                pad: self._encode(sorted({s[0] for s in batch if (s[3] == "all") == pad}), pad) for pad in (False, True)
+                pad: self._encode(sorted({sources[i][0] for i in batch if (sources[i][3] == "all") == pad}), pad)
+                for pad in (False, True)
             }
             folded = ([], [], [])
-            for prompt, label, weight, which in batch:
+            for i in batch:
+                prompt, label, weight, which = sources[i]
                 array = encoded[which == "all"][prompt]
                 tokens = np.arange(array.shape[0])
                 if which != "all":
@@ -274,9 +280,11 @@ class Lowering:
                 keep = np.ones(tokens.size, dtype=bool)
                 if fold is not None and not (pattern is not None and pattern.search(prompt)):
                     keep = rows.subject(prompt, tokens)
-                keys.append(array[tokens[keep]])
-                weights.extend([weight] * int(keep.sum()))
-                provenance.extend(Provenance(request="preserve", prompt=label, token=int(t)) for t in tokens[keep])
+                explicit[i] = (
+                    array[tokens[keep]],
+                    [weight] * int(keep.sum()),
+                    [Provenance(request="preserve", prompt=label, token=int(t)) for t in tokens[keep]],
+                )
                 if fold is not None and not keep.all():
                     folded[0].append(array[tokens[~keep]])
                     folded[1].append(np.full(int((~keep).sum()), weight))
@@ -284,9 +292,9 @@ class Lowering:
             if fold is not None and folded[0]:
                 fold.add(np.concatenate(folded[0]), np.concatenate(folded[1]), folded[2])
         return PreserveRows(
-            keys=np.concatenate(keys) if keys else np.zeros((0, dim)),
-            weights=np.array(weights, dtype=np.float64),
-            provenance=tuple(provenance),
+            keys=np.concatenate([part[0] for part in explicit]) if explicit else np.zeros((0, dim)),
+            weights=np.array([w for part in explicit for w in part[1]], dtype=np.float64),
+            provenance=tuple(p for part in explicit for p in part[2]),
             folded=None if fold is None else fold.result(),
         )
 
@@ -319,8 +327,12 @@ class Lowering:
         )
 
 
-def _batches(items: list, size: int) -> list[list]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
+def _length_batches(items: list, width, size: int) -> list[list[int]]:
+    """Indices of ``items`` in batches of ``size``, ordered by ``width(item)`` (the token length a batch
+    pads to), then by position: short prompts are encoded together, as ``SDModel.encode`` orders
+    them, and the order depends only on the items."""
+    order = sorted(range(len(items)), key=lambda i: (width(items[i]), i))
+    return [order[start : start + size] for start in range(0, len(order), size)]
 
 
 class _RowRule:
@@ -345,6 +357,10 @@ class _RowRule:
             return old, new[time_alignment(self.ids[prompt], self.ids[guide], old.shape[0])], np.arange(old.shape[0])
         i, j = self.last[prompt], self.last[guide]
         return old[i][None], new[j][None], np.arange(i, i + 1)
+
+    def width(self, *prompts: str) -> int:
+        """The unpadded token length the longest of ``prompts`` encodes at."""
+        return max(len(self.ids[prompt]) for prompt in prompts)
 
     def subject(self, prompt: str, tokens: np.ndarray) -> np.ndarray:
         """A mask over ``tokens``: the prompt's subject (last-token) row, or the first row if it has none."""
