@@ -24,6 +24,16 @@ from .base import EditPass
 from .errors import PassError
 
 
+_PRIOR_TAG = re.compile(r"^<prior [^>]*> ")
+
+
+def preserve_text(prompt: str) -> str:
+    """The words of a preserve prompt: a prior's captions carry a ``<prior NAME>`` tag in their
+    provenance (``compiler/lowering.py``), which is not part of the text (erasing "Coco" must not
+    drop the COCO prior)."""
+    return _PRIOR_TAG.sub("", prompt)
+
+
 def phrase_pattern(phrases: list[str]) -> re.Pattern | None:
     """One regex matching any phrase as whole words, case-insensitively (longest first)."""
     words = sorted({p.strip() for p in phrases if p.strip()}, key=lambda p: (-len(p), p))
@@ -43,13 +53,13 @@ class FilterPreservePass(EditPass):
         spaces, dropped = [], set()
         for space in program.spaces:
             rows = space.preserve
-            folded = [] if rows.folded is None else [p for p in rows.folded.prompts if pattern.search(p)]
+            folded = [] if rows.folded is None else [p for p in rows.folded.prompts if pattern.search(preserve_text(p))]
             if folded:  # the lowering keeps such prompts' rows explicit; a folded one cannot be taken out
                 raise PassError(
                     f"key space {space.space}: preserve prompt {folded[0]!r} names an erased concept but its "
                     "rows are folded into moments and cannot be dropped"
                 )
-            clean = {prompt: pattern.search(prompt) is None for prompt in {p.prompt for p in rows.provenance}}
+            clean = {prompt: pattern.search(preserve_text(prompt)) is None for prompt in {p.prompt for p in rows.provenance}}
             keep = np.array([clean[p.prompt] for p in rows.provenance], dtype=bool).reshape(-1)
             if keep.all():
                 spaces.append(space)
@@ -63,7 +73,7 @@ class FilterPreservePass(EditPass):
                 origin=self.name,
                 severity="note",
                 message=f"preserve prompt {prompt!r} names an erased concept "
-                f"({pattern.search(prompt).group()!r}) and was dropped",
+                f"({pattern.search(preserve_text(prompt)).group()!r}) and was dropped",
             )
             for prompt in sorted(dropped)
         ]

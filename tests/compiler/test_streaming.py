@@ -130,3 +130,14 @@ def test_a_thousand_concepts_from_file_lists_compile_with_one_row_kept_per_promp
     assert "    erase rows=1000 target=guide\n      folded rows=" in emitted[0]
     assert "    preserve rows=1001\n      folded rows=76076 prompts=1001" in emitted[0]
     assert len(result.scores.requests) == 1000 and result.scores.specificity is not None
+
+
+def test_erasing_a_concept_named_like_the_prior_keeps_the_prior(model):
+    """The prior's captions are tagged "<prior coco> …" in provenance; the tag is not their text."""
+    text = _text("erasec", concepts=["Coco"], preserve=["a photo of a cat"])
+    spec = parse_spec(text, source="s.yaml", base_dir=Path("."), methods=tuple(PRESETS))
+    pipeline = Pipeline.parse(PRESETS["erasec"].pipeline)
+    program = pipeline.apply(Lowering.for_pipeline(model, pipeline).lower(spec, PRESETS["erasec"]))
+    space = program.spaces[0]
+    assert space.preserve.folded is not None and space.preserve.count >= 300  # the captions' subject rows
+    assert not any("names an erased concept" in d.message for d in program.diagnostics)
