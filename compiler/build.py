@@ -300,7 +300,9 @@ def _write_lora(spec: Spec, pipeline, program: EditProgram, model, scores, base_
         tensors, rank = build_kohya(
             program.solution, program.target, base_weights, KohyaOptions(dtype=spec.output.dtype, rank=rank_option)
         )
-    touched = [site.module_path for site in program.target.sites]
+    touched = [  # the sites the LoRA edits (SPEED: to_v only), as erasec.spaces lists them
+        site.module_path for s in program.solution.spaces for site in program.target.space(s.space).sites if s.edits(site.role)
+    ]
     manifest = Manifest(
         name=spec.name,
         version=spec.version,
@@ -315,7 +317,7 @@ def _write_lora(spec: Spec, pipeline, program: EditProgram, model, scores, base_
                 "space": s.space,
                 "form": s.form,
                 "rank": s.rank,
-                "layers": sorted(site.module_path for site in program.target.space(s.space).sites),
+                "layers": sorted(site.module_path for site in program.target.space(s.space).sites if s.edits(site.role)),
                 "condition": float(f"{s.report.condition:.3g}"),
             }
             for s in program.solution.spaces

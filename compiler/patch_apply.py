@@ -20,14 +20,20 @@ from erasec.backends.checkpoint import CheckpointSource, write_checkpoint
 from erasec.ir import LayerFactors, Solution, SolveReport, SpaceSolution
 from erasec.patches.pin import pin_difference
 from erasec.patches.read import PatchFile, read_patch
+from erasec.patches.validate import POOLED_LAYER
 
 from .errors import BuildError
 from .patch_verify import patch_target
 from .pins import model_base_pin
 
 
+def _role(layer: str) -> str:
+    return "pooled" if layer == POOLED_LAYER else "k" if layer.endswith(".to_k") else "v"
+
+
 def patch_solution(patch: PatchFile, scale: float) -> Solution:
-    """The patch's LoRA as a per-layer ``Solution`` of ``scale·ΔW`` (float64 from the stored factors)."""
+    """The patch's LoRA as a per-layer ``Solution`` of ``scale·ΔW`` (float64 from the stored factors);
+    each space edits exactly the roles of its declared layers (SPEED: to_v only; SDXL's pooled space)."""
     spaces = []
     for space in patch.spaces:
         layers = []
@@ -38,23 +44,27 @@ def patch_solution(patch: PatchFile, scale: float) -> Solution:
             SpaceSolution(
                 space=space["space"],
                 form="per-layer",
-                rank=layers[0].down.shape[0] if layers else 0,
+                rank=patch.rank,
                 layers=tuple(layers),
                 report=SolveReport(condition=float(space.get("condition", 0.0)), residual=0.0, hard_rank=0),
+                roles=tuple(sorted({_role(layer) for layer in space["layers"]})),
             )
         )
     return Solution(spaces=tuple(spaces))
 
 
-def apply_patch(patch_path: str, model_location: str, output: str, *, scale: float = 1.0, force: bool = False) -> dict:
+def apply_patch(
+    patch_path: str, model_location: str, output: str, *, scale: float = 1.0, force: bool = False,
+    allow_pickle: bool = False,
+) -> dict:
     from .model_open import open_model
 
     if not math.isfinite(scale) or scale == 0:
         raise BuildError(f"--scale: {scale} must be a finite, non-zero number")
     patch = read_patch(patch_path)
-    model = open_model(model_location)
-    if patch.base.get("family") != model.target.family:
-        raise BuildError(f"{patch.path}: the patch is for {patch.base.get('family')}, the model is {model.target.family}")
+    model = open_model(model_location, allow_pickle=allow_pickle)
+    if patch.base["family"] != model.target.family:
+        raise BuildError(f"{patch.path}: the patch is for {patch.base['family']}, the model is {model.target.family}")
     target = patch_target(patch, model)
     if scale > 0 and not force:
         differ = pin_difference(patch.base, model_base_pin(model, patch.layers()))

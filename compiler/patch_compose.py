@@ -26,7 +26,6 @@ from erasec.backends.kohya import KohyaOptions, build_kohya
 from erasec.backends.peft import PeftOptions, build_peft
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS
-from erasec.patches.link import decode_encodings, decode_shared
 from erasec.patches.manifest import Manifest, write_patch
 from erasec.patches.pin import pins_match
 from erasec.patches.read import PatchFile, read_patch
@@ -137,7 +136,7 @@ def compose_patches(
         raise BuildError(f"{location}: its text encoder is not the one these patches pin; give the base with --model")
     encodings = {}
     for patch in patches:
-        for key, rows in decode_encodings(patch.metadata["erasec.link"]).items():
+        for key, rows in patch.encodings().items():
             encodings.setdefault(key, rows)
     replay = ReplayModel(opened, encodings, where="compose")
     return build_spec(spec, output, BuildOptions(), model=replay, extra_metadata=_derived_from(patches))
@@ -166,7 +165,7 @@ def retarget_patch(path: str, model_location: str, output: str) -> dict:
             f"{(encoder or {}).get('sha256', '?')[:12]}… vs {pinned[:12]}…); T holds only for the same encoder, "
             "so rebuild the spec against this model"
         )
-    solution = decode_shared(patch.metadata["erasec.shared"])
+    solution = patch.shared_solution()
     target = patch_target(patch, model)
     weights = model.kv_weights()
     spec = spec_from_dict({**patch.spec, "model": model_location}, source=f"{patch.path}:erasec.spec")
@@ -178,7 +177,7 @@ def retarget_patch(path: str, model_location: str, output: str) -> dict:
     else:
         tensors, rank = build_kohya(solution, target, weights, KohyaOptions(dtype=spec.output.dtype, rank=rank_option))
     if "erasec.link" in patch.metadata:
-        replay = ReplayModel(model, decode_encodings(patch.metadata["erasec.link"]), where="retarget")
+        replay = ReplayModel(model, patch.encodings(), where="retarget")
         pipeline = Pipeline.parse(patch.metadata.get("erasec.pipeline") or PRESETS[spec.method].pipeline)
         lowered = Lowering.for_pipeline(replay, pipeline).lower(spec, PRESETS[spec.method])
         report = score(lowered, solution, weights).as_dict()

@@ -1,14 +1,22 @@
 """``erasec verify PATCH --model M``: does this patch belong to this model, and is it intact?
 
-Checks, in order, each reported (docs/patch-format.md):
+Checks, in order, each reported (docs/patch-format.md, "What verify checks"); the first that fails
+ends the run:
 
-1. integrity — the sha256 of the tensor bytes equals the ``sshs_model_hash`` the compiler wrote,
-   so a single flipped bit anywhere in the LoRA is caught;
-2. sites — every module the patch edits exists in the model with the patch's shapes;
-3. base pin — the model's touched tensors hash to the recorded pin (``patches/pin.py``: exact, or
+1. integrity — the sha256 of the tensor bytes equals ``sshs_model_hash`` and the digest of the
+   metadata, tensor index and tensor bytes equals ``erasec.digest`` (a checksum, not a signature);
+2. layers — re-derived from the tensors: exactly the declared layers of ``erasec.spaces``, each at
+   rank ``ss_network_dim`` with alpha = rank (``read_patch`` refuses any other file outright);
+3. finite — every stored factor is finite (a NaN or inf would poison every merged weight);
+4. sites — every module the patch edits exists in the model with the patch's shapes;
+5. base pin — the model's touched tensors hash to the recorded pin (``patches/pin.py``: exact, or
    fp16-rounded when either side is stored in fp16); on a mismatch, which tensors differ;
-4. ΔW — for the shared form, ``W0_l L Rᵀ`` from the model and the recorded factors equals the
-   stored ``up @ down`` to the storage dtype's rounding (relative Frobenius error per module).
+6. ΔW — for the shared form, ``W0_l L Rᵀ`` from the model and the recorded factors equals the
+   stored ``up @ down`` to the storage dtype's rounding (relative Frobenius error per module; a
+   NaN error fails);
+7. efficacy — the claimed per-concept efficacy of ``erasec.report``, re-measured with the stored
+   LoRA on the spec's erase rows, encoded by the model's text encoder (only those prompts: the
+   preserve rows and specificity would need the full lowering of a build and are not re-derived).
 
 The answer is yes only when every check passes; the CLI exits 1 otherwise.
 """
@@ -16,14 +24,14 @@ The answer is yes only when every check passes; the CLI exits 1 otherwise.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
 from erasec.ir import ModelTarget
-from erasec.patches.link import decode_shared
 from erasec.patches.pin import pin_difference
 from erasec.patches.errors import PatchError
-from erasec.patches.read import PatchFile, read_patch
+from erasec.patches.read import PatchFile, checked, read_raw
 
 from .errors import BuildError
 from .pins import model_base_pin
@@ -71,14 +79,19 @@ def _site_check(patch: PatchFile, model, layers: list[str]) -> dict:
     return _check("sites", True, f"{len(layers)} modules present with matching shapes")
 
 
+def _tolerance(table: dict, patch_dtype: str, model_dtype: str | None) -> tuple[float, str]:
+    """The looser limit of the patch's and the model's storage dtype, and which one set it."""
+    tolerance = max(table.get(kind, table["bf16"]) for kind in (patch_dtype, model_dtype or "fp32"))
+    return tolerance, patch_dtype if tolerance == table.get(patch_dtype) else f"a {model_dtype} model"
+
+
 def _delta_check(patch: PatchFile, weights: dict, model_dtype: str | None) -> dict:
     """The stored ΔW against W0·L·Rᵀ; the limit is the looser of the patch's and the model's storage
     dtype (an fp16 release of the base has W0 rounded to fp16, which moves W0·L·Rᵀ by as much)."""
-    if "erasec.shared" not in patch.metadata:
+    solution = patch.shared_solution()
+    if solution is None:
         return _check("delta", True, "not recorded (per-layer form); skipped")
-    solution = decode_shared(patch.metadata["erasec.shared"])
-    tolerance = max(DELTA_TOLERANCE.get(kind, DELTA_TOLERANCE["bf16"]) for kind in (patch.dtype, model_dtype or "fp32"))
-    limit_dtype = patch.dtype if tolerance == DELTA_TOLERANCE.get(patch.dtype) else f"a {model_dtype} model"
+    tolerance, limit_dtype = _tolerance(DELTA_TOLERANCE, patch.dtype, model_dtype)
     worst, worst_layer = 0.0, ""
     for space in patch.spaces:
         factors = solution.space(space["space"])
@@ -87,56 +100,85 @@ def _delta_check(patch: PatchFile, weights: dict, model_dtype: str | None) -> di
             stored = patch.layer_delta(layer)
             norm = max(np.linalg.norm(expected), np.finfo(float).tiny)
             error = float(np.linalg.norm(stored - expected) / norm)
-            if error > worst:
+            if math.isnan(error) or error > worst:  # NaN never compares greater: test it by name
                 worst, worst_layer = error, layer
-    ok = worst <= tolerance
+            if math.isnan(worst):
+                break
+    ok = worst <= tolerance  # False for NaN
     where = f" at {worst_layer}" if worst_layer else ""
     return _check("delta", ok, f"stored ΔW vs W0·L·Rᵀ: max relative error {worst:.2e}{where} (limit {tolerance:.0e} for {limit_dtype})")
 
 
-def verify_patch(patch_path: str, model_location: str) -> dict:
+def _finite_check(patch: PatchFile) -> dict:
+    for layer in patch.layers():
+        for which, array in zip(("up", "down"), patch.layer_factors(layer)):
+            if not np.all(np.isfinite(array)):
+                return _check("finite", False, f"{layer}: its {which} factor holds NaN or infinity")
+    return _check("finite", True, f"all {2 * len(patch.modules)} factors are finite")
+
+
+def _layers_check(patch: PatchFile) -> dict:
+    """What ``read_patch`` re-derived from the tensors (it refuses a patch where these disagree)."""
+    spaces = ", ".join(f"{s['space']}: {len(s['layers'])}" for s in patch.spaces)
+    return _check(
+        "layers", True,
+        f"{len(patch.modules)} LoRA modules at rank {patch.rank} (ss_network_dim), exactly the declared layers ({spaces})",
+    )
+
+
+def verify_patch(patch_path: str, model_location: str, *, allow_pickle: bool = False) -> dict:
     """Every check's result and the overall answer, as JSON-able data."""
     from .model_open import open_model
+    from .patch_efficacy import efficacy_check
 
-    patch = read_patch(patch_path, check_hash=False)
+    raw = read_raw(patch_path)
     checks = [
         _check(
             "integrity",
-            patch.hash_matches,
-            "tensor bytes match sshs_model_hash"
-            if patch.hash_matches
-            else f"tensor bytes hash to {patch.data_sha256[:12]}…, the header records "
-            f"{patch.metadata.get('sshs_model_hash', '(none)')[:12]}…: tampered or corrupted",
+            raw.problem is None,
+            "tensor bytes match sshs_model_hash; metadata, tensor index and bytes match erasec.digest"
+            if raw.problem is None
+            else f"{raw.problem}: tampered or corrupted",
         )
     ]
-    model = open_model(model_location)
-    base = patch.base
-    layers = patch.layers()
-    if base.get("family") != model.target.family:
-        checks.append(_check("family", False, f"the patch is for {base.get('family')}, the model is {model.target.family}"))
-    else:
-        checks.append(_site_check(patch, model, layers))
+    if raw.problem is None:
+        patch = checked(raw)
+        checks += [_layers_check(patch), _finite_check(patch)]
     if all(check["ok"] for check in checks):
-        actual = model_base_pin(model, layers)
-        differ = pin_difference(base, actual)
-        shown = ", ".join(name.removesuffix(".weight") for name in differ[:3]) + (", …" if len(differ) > 3 else "")
-        checks.append(
-            _check(
-                "base",
-                not differ,
-                f"the {len(layers)} touched tensors match the pin ({'exact' if base.get('sha256') == actual['sha256'] else 'fp16-rounded'})"
-                if not differ
-                else f"{len(differ)} of {len(layers)} touched tensors differ from the pin: {shown}",
-            )
-        )
+        model = open_model(model_location, allow_pickle=allow_pickle)
+        checks += _model_checks(patch, model)
         if all(check["ok"] for check in checks):
-            checks.append(_delta_check(patch, model.kv_weights(), actual.get("dtype")))
-    ok = all(check["ok"] for check in checks)
+            checks.append(efficacy_check(patch, model, _tolerance))
     failed = next((check for check in checks if not check["ok"]), None)
     return {
-        "patch": str(patch.path),
+        "patch": str(raw.path),
         "model": model_location,
-        "ok": ok,
+        "ok": failed is None,
         "reason": None if failed is None else f"{failed['check']}: {failed['detail']}",
         "checks": checks,
     }
+
+
+def _model_checks(patch: PatchFile, model) -> list[dict]:
+    """sites (or family), base pin and ΔW, each run only when the ones before passed."""
+    base, layers = patch.base, patch.layers()
+    if base["family"] != model.target.family:
+        return [_check("family", False, f"the patch is for {base['family']}, the model is {model.target.family}")]
+    checks = [_site_check(patch, model, layers)]
+    if not checks[0]["ok"]:
+        return checks
+    actual = model_base_pin(model, layers)
+    differ = pin_difference(base, actual)
+    shown = ", ".join(name.removesuffix(".weight") for name in differ[:3]) + (", …" if len(differ) > 3 else "")
+    checks.append(
+        _check(
+            "base",
+            not differ,
+            f"the {len(layers)} touched tensors match the pin ({'exact' if base['sha256'] == actual['sha256'] else 'fp16-rounded'})"
+            if not differ
+            else f"{len(differ)} of {len(layers)} touched tensors differ from the pin: {shown}",
+        )
+    )
+    if not differ:
+        checks.append(_delta_check(patch, model.kv_weights(), actual.get("dtype")))
+    return checks

@@ -1,6 +1,8 @@
 """``erasec inspect``: what a patch erases and keeps, what it was built against, and how big it is.
 
-Everything comes from the header (docs/patch-format.md); no tensor is read, no model opened.
+Everything comes from the header (docs/patch-format.md); no model is opened. ``read_patch`` has
+checked that the tensors are exactly the declared modules, so ``modules`` is everything a LoRA loader
+would apply: each module's tensor name, rank and ΔW shape.
 """
 
 from __future__ import annotations
@@ -41,10 +43,14 @@ def describe(patch: PatchFile) -> dict:
             for s in spaces
         ],
         "layers": sorted(layer for s in spaces for layer in s.get("layers", [])),
+        "modules": [
+            {"layer": m.layer, "tensor": m.prefix, "space": m.space, "rank": m.rank, "shape": [m.out_features, m.in_features]}
+            for m in patch.modules
+        ],
         "dtype": patch.dtype,
         "size_bytes": patch.size,
         "sha256": patch.data_sha256,
-        "report": patch.json("erasec.report") if "erasec.report" in patch.metadata else None,
+        "report": patch.report,
         "retargetable": "erasec.shared" in patch.metadata,
         "linked": "erasec.link" in patch.metadata,
         "derived_from": patch.json("erasec.derived_from") if "erasec.derived_from" in patch.metadata else None,
@@ -86,4 +92,6 @@ def render(facts: dict) -> str:
         lines.append(f"  specificity {report['specificity']:.4f} over {report.get('preserve_rows')} preserved rows")
     if facts["derived_from"]:
         lines.append(f"  derived   {facts['derived_from']}")
+    lines.append(f"  modules   {len(facts['modules'])} (all a loader applies: ΔW = up @ down, alpha = rank)")
+    lines += [f"    {m['tensor']}  rank {m['rank']}  ΔW {m['shape'][0]}×{m['shape'][1]}" for m in facts["modules"]]
     return "\n".join(lines)

@@ -51,8 +51,9 @@ def encode_shared(solution: Solution) -> str | None:
     return text if len(text) <= SHARED_LIMIT else None
 
 
-def decode_shared(text: str) -> Solution:
-    arrays, meta = unpack_arrays(text, "erasec.shared")
+def decode_shared(text: str, *, where: str = "erasec.shared") -> Solution:
+    """The ``Solution`` an ``erasec.shared`` string records; ``where`` names it in errors (file and key)."""
+    arrays, meta = unpack_arrays(text, where)
     spaces = []
     try:
         for entry in meta["spaces"]:
@@ -72,9 +73,9 @@ def decode_shared(text: str) -> Solution:
                 )
             )
     except (KeyError, TypeError, ValueError) as error:
-        raise PatchError(f"erasec.shared: incomplete record ({error!r}); the file is damaged") from None
+        raise PatchError(f"{where}: incomplete record ({error!r}); the file is damaged") from None
     except VerifyError as error:
-        raise PatchError(f"erasec.shared: {error}; the file is damaged") from None
+        raise PatchError(f"{where}: {error}; the file is damaged") from None
     return Solution(spaces=tuple(spaces))
 
 
@@ -91,9 +92,10 @@ def encode_encodings(encodings: Mapping[tuple[str, bool], np.ndarray]) -> str:
     return text
 
 
-def decode_encodings(text: str) -> dict[tuple[str, bool], np.ndarray]:
-    arrays, meta = unpack_arrays(text, "erasec.link")
+def decode_encodings(text: str, *, where: str = "erasec.link") -> dict[tuple[str, bool], np.ndarray]:
+    """The encoder outputs an ``erasec.link`` string records; ``where`` names it in errors (file and key)."""
+    arrays, meta = unpack_arrays(text, where)
     try:
         return {(str(prompt), bool(padded)): arrays[f"e/{i}"] for i, (prompt, padded) in enumerate(meta["prompts"])}
     except (KeyError, TypeError, ValueError) as error:
-        raise PatchError(f"erasec.link: incomplete record ({error!r}); the file is damaged") from None
+        raise PatchError(f"{where}: incomplete record ({error!r}); the file is damaged") from None

@@ -3,8 +3,13 @@
 ``erasec.*`` keys describe the build; ``ss_*`` (kohya's minimum set plus name keys,
 research/ecosystem.md §2.2) and ``modelspec.*`` (Stability ModelSpec 1.0.1, §2.3) let UIs and hubs
 recognise the file; ``sshs_model_hash`` and ``modelspec.hash_sha256`` are the sha256 of the
-tensor bytes, filled in by ``write_patch`` once those bytes exist. No timestamps, unless
-``SOURCE_DATE_EPOCH`` is set, so builds are byte-identical.
+tensor bytes, filled in by ``write_patch`` once those bytes exist, and ``erasec.digest`` covers
+everything else (``patch_digest``). No timestamps, unless ``SOURCE_DATE_EPOCH`` is set, so builds
+are byte-identical.
+
+Format 2 (this one) added ``erasec.digest``. Format 1 files are refused rather than read without
+it: a reader that accepted a missing digest would accept any file whose digest was stripped, so
+the key would protect nothing (docs/patch-format.md, "Format versions").
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import Mapping
 
 from .safetensors_io import atomic_write, encode, header_bytes
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+DIGEST_KEY = "erasec.digest"
 
 _FAMILY_KEYS = {
     # family: (ss_v2, ss_base_model_version, modelspec.architecture, implementation, resolution)
@@ -105,13 +111,43 @@ class Manifest:
         return metadata
 
 
+def patch_digest(metadata: Mapping[str, str], entries: Mapping[str, object], data_sha256: str) -> str:
+    """``erasec.digest``: sha256 of one canonical JSON document holding every metadata key but the
+    digest itself, the tensor index (names, dtypes, shapes, offsets: the tensor-bytes hash alone
+    would not notice two same-shaped tensors swapping names) and the tensor-bytes sha256.
+    ASCII-escaped, so any string the header's JSON can hold has one encoding."""
+    document = {
+        "metadata": {key: value for key, value in metadata.items() if key != DIGEST_KEY},
+        "tensors": entries,
+        "data_sha256": data_sha256,
+    }
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 def write_patch(path: Path, tensors: Mapping[str, object], metadata: Mapping[str, str]) -> int:
-    """Write a patch atomically, adding the tensor-bytes hashes; returns the file size in bytes.
+    """Write a patch atomically, adding the tensor-bytes hashes and, for an erasec patch (metadata
+    with ``erasec.format``), ``erasec.digest`` after checking the file is one ``read_patch``
+    accepts; returns the file size in bytes.
 
     The tensors are laid out once and their data section is hashed and written in place (a
     full-rank SDXL patch is 1.75 GB: each extra copy of it counted in the build's peak memory)."""
     entries, data = encode(tensors)
     digest = hashlib.sha256(data).hexdigest()
-    head = header_bytes(entries, {**metadata, "sshs_model_hash": digest, "modelspec.hash_sha256": "0x" + digest})
+    full = {key: value for key, value in metadata.items() if key != DIGEST_KEY}
+    full.update({"sshs_model_hash": digest, "modelspec.hash_sha256": "0x" + digest})
+    if "erasec.format" in full:
+        from .validate import check_patch  # the reader's rules: a patch erasec writes, it also reads
+
+        check_patch(Path(path), entries, full, alphas=_alphas(tensors))
+        full[DIGEST_KEY] = patch_digest(full, entries, digest)
+    head = header_bytes(entries, full)
     atomic_write(Path(path), (head, data))
     return len(head) + len(data)
+
+
+def _alphas(tensors: Mapping[str, object]):
+    def alpha(name: str) -> float:
+        return float(tensors[name])
+
+    return alpha

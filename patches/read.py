@@ -4,13 +4,17 @@ A patch is parsed by hand from its bytes — an 8-byte length, a JSON header (si
 safetensors' 100 MB limit, ``safetensors_io.read_header``), raw little-endian tensors — so nothing
 in it can execute (no pickle, no ``torch.load``). ``read_patch`` refuses, with a one-line reason:
 
+* anything but a regular file (a folder, a FIFO, a device: reading a FIFO would hang);
 * a truncated or padded file (the header's offsets must tile the data section exactly);
 * a foreign file: a safetensors file without ``erasec.format`` (a plain LoRA, a checkpoint);
-* a format version this erasec does not know;
-* a tampered file: the sha256 of the tensor bytes differs from the ``sshs_model_hash`` the
-  compiler wrote (research/ecosystem.md §2.4), so one flipped bit in any tensor is caught.
+* a format version this erasec does not read (format 1 predates ``erasec.digest``);
+* a tampered file: the sha256 of the tensor bytes differs from ``sshs_model_hash``, or the digest
+  of the metadata, tensor index and tensor bytes from ``erasec.digest`` (``manifest.patch_digest``),
+  so one flipped bit anywhere but in the padding is caught;
+* a patch that is not what its manifest says (``validate.check_patch``): an undeclared tensor, a
+  declared layer without its factors, wrong ranks, shapes, alphas or JSON types.
 
-``verify`` reads with ``check_hash=False`` and reports a hash mismatch as its answer instead.
+``verify`` calls ``read_raw`` and ``checked`` itself, to report a hash mismatch as its answer.
 """
 
 from __future__ import annotations
@@ -18,19 +22,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from erasec.ir.naming import kohya_module_name, peft_module_name
-
 from .errors import PatchError
-from .manifest import FORMAT_VERSION
+from .manifest import DIGEST_KEY, FORMAT_VERSION, patch_digest
 from .safetensors_io import read_header
+from .validate import Declared, LoraModule, check_patch, factor_names
 
-_NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
+_NUMPY_DTYPES = {"F32": "<f4", "F16": "<f2"}
 
 
 def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -38,8 +42,8 @@ def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
-class PatchFile:
-    """A read patch: its path, tensor index, ``str → str`` metadata and the hashes of its bytes."""
+class RawPatch:
+    """A patch's bytes parsed but not yet trusted: header, hashes, and what its integrity check found."""
 
     path: Path
     size: int  # bytes
@@ -47,45 +51,7 @@ class PatchFile:
     metadata: dict[str, str]
     data_offset: int  # where the data section starts
     data_sha256: str  # sha256 of the bytes after the header (the addnet hash)
-    _cache: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def hash_matches(self) -> bool:
-        return self.metadata.get("sshs_model_hash") == self.data_sha256
-
-    def json(self, key: str):
-        """A JSON-valued ``erasec.*`` key, parsed; a missing or malformed one is a damaged patch."""
-        if key not in self.metadata:
-            raise PatchError(f"{self.path}: no {key} key; not a complete erasec patch")
-        try:
-            return json.loads(self.metadata[key])
-        except json.JSONDecodeError:
-            raise PatchError(f"{self.path}: {key} is not valid JSON; the file is damaged") from None
-
-    @property
-    def spec(self) -> dict:
-        return self.json("erasec.spec")
-
-    @property
-    def base(self) -> dict:
-        return self.json("erasec.base")
-
-    @property
-    def spaces(self) -> list:
-        return self.json("erasec.spaces")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.get("erasec.name", "")
-
-    @property
-    def version(self) -> str:
-        return self.metadata.get("erasec.version", "")
-
-    @property
-    def dtype(self) -> str:
-        kinds = {entry["dtype"] for name, entry in self.entries.items() if not name.endswith(".alpha")}
-        return {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}.get(kinds.pop(), "?") if len(kinds) == 1 else "mixed"
+    problem: str | None  # why the hashes do not match, or None
 
     def tensor(self, name: str) -> np.ndarray:
         """The tensor ``name`` as float64, read from the file's bytes."""
@@ -108,26 +74,104 @@ class PatchFile:
             raise PatchError(f"{self.path}: tensor {name!r} has {array.size} values for shape {shape}")
         return array.astype(np.float64).reshape(shape)
 
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class PatchFile(RawPatch):
+    """A read and checked patch: ``declared`` holds its manifest's values, typed and consistent with
+    its tensors (``validate.check_patch``), so commands read them without re-checking."""
+
+    declared: Declared
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def hash_matches(self) -> bool:
+        return self.problem is None
+
+    def json(self, key: str):
+        """A JSON-valued ``erasec.*`` key, parsed; a missing or malformed one is a damaged patch."""
+        if key not in self.metadata:
+            raise PatchError(f"{self.path}: {key}: missing; not a complete erasec patch")
+        try:
+            return json.loads(self.metadata[key])
+        except json.JSONDecodeError:
+            raise PatchError(f"{self.path}: {key}: is not valid JSON; the file is damaged") from None
+
+    @property
+    def spec(self) -> dict:
+        return self.declared.spec
+
+    @property
+    def base(self) -> dict:
+        return self.declared.base
+
+    @property
+    def spaces(self) -> tuple[dict, ...]:
+        return self.declared.spaces
+
+    @property
+    def report(self) -> dict:
+        return self.declared.report
+
+    @property
+    def modules(self) -> tuple[LoraModule, ...]:
+        return self.declared.modules
+
+    @property
+    def rank(self) -> int:
+        return self.declared.rank
+
+    @property
+    def name(self) -> str:
+        return self.metadata["erasec.name"]
+
+    @property
+    def version(self) -> str:
+        return self.metadata["erasec.version"]
+
+    @property
+    def dtype(self) -> str:
+        return self.declared.dtype
+
+    def shared_solution(self):
+        """``erasec.shared`` decoded (``None`` when absent), its spaces checked against ``erasec.spaces``."""
+        from .link import decode_shared
+
+        if "erasec.shared" not in self.metadata:
+            return None
+        if "shared" not in self._cache:
+            where = f"{self.path}: erasec.shared"
+            solution = decode_shared(self.metadata["erasec.shared"], where=where)
+            widths = {m.space: m.in_features for m in self.modules}
+            declared = {s["space"]: s for s in self.spaces}
+            if {s.space for s in solution.spaces} != set(declared):
+                raise PatchError(f"{where}: its key spaces are not those erasec.spaces declares")
+            for space in solution.spaces:
+                if space.rank != declared[space.space]["rank"] or space.left.shape[0] > widths[space.space]:
+                    raise PatchError(f"{where}: space {space.space!r} disagrees with erasec.spaces and the tensors")
+            self._cache["shared"] = solution
+        return self._cache["shared"]
+
+    def encodings(self) -> dict:
+        """``erasec.link`` decoded (the recorded text-encoder outputs)."""
+        from .link import decode_encodings
+
+        return decode_encodings(self.metadata["erasec.link"], where=f"{self.path}: erasec.link")
+
+    def module(self, layer: str) -> LoraModule:
+        for module in self.modules:
+            if module.layer == layer:
+                return module
+        raise PatchError(f"{self.path}: no LoRA module for {layer}")
+
     def layer_factors(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
         """(up, down) with ``ΔW = up @ down`` of the site at diffusers module path ``layer``, in float64,
-        from a kohya (``lora_unet_…``, alpha/r folded into ``up``) or PEFT (``unet.….lora_A/B``) file."""
-        kohya = kohya_module_name(layer, self.base.get("family", ""))
-        if f"{kohya}.lora_down.weight" in self.entries:
-            up, down = self.tensor(f"{kohya}.lora_up.weight"), self.tensor(f"{kohya}.lora_down.weight")
-            alpha_key = f"{kohya}.alpha"
-            scale = float(self.tensor(alpha_key)) / down.shape[0] if alpha_key in self.entries else 1.0
-            return up * scale, down
-        peft = peft_module_name(layer)
-        if f"{peft}.lora_A.weight" in self.entries:
-            up, down = self.tensor(f"{peft}.lora_B.weight"), self.tensor(f"{peft}.lora_A.weight")
-            config = json.loads(self.metadata.get("lora_adapter_metadata", "{}") or "{}")
-            rank = config.get("unet.r", down.shape[0])
-            return up * (float(config.get("unet.lora_alpha", rank)) / float(rank)), down
-        raise PatchError(f"{self.path}: no LoRA tensors for {layer}")
+        as a loader applies it (kohya ``alpha/r`` or PEFT ``lora_alpha/r``: both 1 in a checked patch)."""
+        up_name, down_name, _ = factor_names(self.declared.layout, self.module(layer).prefix)
+        return self.tensor(up_name), self.tensor(down_name)
 
     def layers(self) -> list[str]:
         """The diffusers module paths the patch edits (from ``erasec.spaces``)."""
-        return sorted(layer for space in self.spaces for layer in space.get("layers", []))
+        return sorted(module.layer for module in self.modules)
 
     def layer_delta(self, layer: str) -> np.ndarray:
         up, down = self.layer_factors(layer)
@@ -143,36 +187,69 @@ def _data_sha256(path: Path, offset: int) -> str:
     return digest.hexdigest()
 
 
-def read_patch(path: str | os.PathLike, *, check_hash: bool = True) -> PatchFile:
-    """Read and check the patch at ``path``; raises ``PatchError`` with the reason."""
+def _integrity_problem(entries: dict, metadata: dict[str, str], data_sha256: str) -> str | None:
+    recorded = metadata.get("sshs_model_hash", "(none)")
+    if recorded != data_sha256:
+        return f"the tensor bytes hash to {data_sha256[:12]}…, the header records {recorded[:12]}…"
+    if DIGEST_KEY not in metadata:
+        return f"no {DIGEST_KEY} key: the metadata is not covered"
+    actual = patch_digest(metadata, entries, data_sha256)
+    if metadata[DIGEST_KEY] != actual:
+        return f"the metadata and tensor index digest to {actual[:12]}…, {DIGEST_KEY} records {metadata[DIGEST_KEY][:12]}…"
+    return None
+
+
+def read_raw(path: str | os.PathLike) -> RawPatch:
+    """The patch at ``path`` parsed (a foreign or damaged file refused) and its hashes compared."""
     path = Path(path)
-    if not path.exists():
-        raise PatchError(f"{path}: no such file")
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise PatchError(f"{path}: no such file") from None
+    except OSError as error:
+        raise PatchError(f"{path}: cannot read ({error.strerror})") from None
+    if stat.S_ISDIR(mode):
         raise PatchError(f"{path}: is a folder; give a patch file (.safetensors)")
+    if not stat.S_ISREG(mode):
+        raise PatchError(f"{path}: not a regular file (a FIFO, socket or device); give a patch file (.safetensors)")
     entries, metadata = read_header(path)
     with open(path, "rb") as stream:
         (length,) = struct.unpack("<Q", stream.read(8))
     if "erasec.format" not in metadata:
         raise PatchError(f"{path}: not an erasec patch (no erasec.format key); a plain LoRA or checkpoint cannot be used here")
+    if metadata["erasec.format"] == "1":
+        raise PatchError(
+            f"{path}: patch format '1' predates the integrity digest ({DIGEST_KEY}) of format {FORMAT_VERSION}; "
+            "rebuild it with this erasec"
+        )
     if metadata["erasec.format"] != FORMAT_VERSION:
         raise PatchError(
             f"{path}: patch format {metadata['erasec.format']!r} is not known; this erasec reads format {FORMAT_VERSION}"
         )
-    for name, entry in entries.items():
-        if not isinstance(entry, dict) or "dtype" not in entry or "shape" not in entry:
-            raise PatchError(f"{path}: tensor {name!r} has no dtype/shape in the header; the file is damaged")
-    patch = PatchFile(
+    data_sha256 = _data_sha256(path, 8 + length)
+    return RawPatch(
         path=path,
         size=os.path.getsize(path),
         entries=entries,
         metadata=metadata,
         data_offset=8 + length,
-        data_sha256=_data_sha256(path, 8 + length),
+        data_sha256=data_sha256,
+        problem=_integrity_problem(entries, metadata, data_sha256),
     )
-    if check_hash and not patch.hash_matches:
-        raise PatchError(
-            f"{path}: tampered or corrupted: the tensor bytes hash to {patch.data_sha256[:12]}…, "
-            f"the header records {metadata.get('sshs_model_hash', '(none)')[:12]}…; rebuild or re-download it"
-        )
+
+
+def checked(raw: RawPatch) -> PatchFile:
+    """``raw`` as a ``PatchFile`` once its structure is what its manifest declares."""
+    declared = check_patch(raw.path, raw.entries, raw.metadata, alphas=lambda name: float(raw.tensor(name).reshape(-1)[0]))
+    fields = {name: getattr(raw, name) for name in RawPatch.__dataclass_fields__}
+    patch = PatchFile(**fields, declared=declared)
+    patch.shared_solution()  # decoded once here, so a damaged record is refused by every command
     return patch
+
+
+def read_patch(path: str | os.PathLike) -> PatchFile:
+    """Read and check the patch at ``path``; raises ``PatchError`` with the reason."""
+    raw = read_raw(path)
+    if raw.problem is not None:
+        raise PatchError(f"{raw.path}: tampered or corrupted: {raw.problem}; rebuild or re-download it")
+    return checked(raw)

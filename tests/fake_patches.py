@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -57,3 +58,31 @@ def write_fake_patch(path: Path, *, seed: int = 0, base_seed: int = 0, **spec_op
     )
     write_patch(path, tensors, manifest.metadata())
     return path
+
+
+def recraft(path: Path, output: Path, *, tensors: dict | None = None, drop=(), metadata: dict | None = None,
+            rehash: bool = True) -> Path:
+    """``path`` rewritten as an attacker would: tensors added, replaced or dropped, metadata keys set
+    (``None`` removes one), and — with ``rehash`` — ``sshs_model_hash`` and ``erasec.digest``
+    recomputed, which anyone can do (they are checksums, not signatures). No validation."""
+    from safetensors import safe_open
+
+    from erasec.patches.manifest import DIGEST_KEY, patch_digest
+    from erasec.patches.safetensors_io import encode, header_bytes
+
+    with safe_open(str(path), "pt") as handle:
+        old_metadata = dict(handle.metadata())
+        new_tensors = {name: handle.get_tensor(name) for name in handle.keys() if name not in drop}
+    new_tensors.update(tensors or {})
+    for key, value in (metadata or {}).items():
+        if value is None:
+            old_metadata.pop(key, None)
+        else:
+            old_metadata[key] = value
+    entries, data = encode(new_tensors)
+    if rehash:
+        digest = hashlib.sha256(data).hexdigest()
+        old_metadata.update({"sshs_model_hash": digest, "modelspec.hash_sha256": "0x" + digest})
+        old_metadata[DIGEST_KEY] = patch_digest(old_metadata, entries, digest)
+    output.write_bytes(header_bytes(entries, old_metadata) + bytes(data))
+    return output

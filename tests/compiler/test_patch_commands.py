@@ -147,7 +147,9 @@ def test_inspect_shows_what_the_patch_does(built):
 
 def test_verify_answers_yes_for_the_base(built):
     result = _ok("verify", built["a"], "--model", "builtin:tiny-sd1")
-    assert result["ok"] and [c["check"] for c in result["checks"]] == ["integrity", "sites", "base", "delta"]
+    assert result["ok"] and [c["check"] for c in result["checks"]] == [
+        "integrity", "layers", "finite", "sites", "base", "delta", "efficacy"
+    ]
     assert "verified against builtin:tiny-sd1" in _run("verify", built["a"], "--model", "builtin:tiny-sd1").output
 
 
@@ -159,7 +161,7 @@ def test_verify_detects_a_flipped_bit_in_a_patch_tensor(built, tmp_path):
     flipped.write_bytes(bytes(raw))
     result = _run("verify", flipped, "--model", "builtin:tiny-sd1")
     assert result.exit_code == 1
-    assert f"{flipped}: does NOT verify: integrity: tensor bytes hash to" in result.output
+    assert f"{flipped}: does NOT verify: integrity: the tensor bytes hash to" in result.output
     refused = _run("inspect", flipped)
     assert refused.exit_code == 2 and "tampered or corrupted" in refused.output
     assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1
@@ -355,3 +357,114 @@ def test_a_peft_patch_verifies_applies_and_retargets_like_the_kohya_one(built, t
     expected = _lora_products(built["a_other"])
     for layer, delta in _lora_products(moved).items():
         np.testing.assert_array_equal(delta, expected[layer])
+
+
+# --- a patch is what it says it is (issue 16 items 1, 7, 8) ---------------------------------------------
+
+from fake_patches import recraft  # noqa: E402
+
+ATTN1_Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+
+
+def _refused_by_every_command(patch: Path, tmp_path: Path, message: str) -> None:
+    for args in (("inspect", patch), ("verify", patch, "--model", "builtin:tiny-sd1"),
+                 ("apply", patch, "--model", "builtin:tiny-sd1", "-o", tmp_path / "merged"),
+                 ("diff", patch, patch)):
+        result = _run(*args)
+        assert result.exit_code in (1, 2) and "Traceback" not in result.output, (args, result.output)
+        assert message in result.output, (args, result.output)
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_hidden_attn1_module_with_recomputed_hashes_is_refused(built, tmp_path):
+    """Issue 16 item 1: it used to verify, inspect did not show it, and diffusers applied it."""
+    extra = {f"{ATTN1_Q}.lora_up.weight": torch.full((32, 1), 20.0), f"{ATTN1_Q}.lora_down.weight": torch.ones(1, 32),
+             f"{ATTN1_Q}.alpha": torch.tensor(1.0)}
+    crafted = recraft(built["a"], tmp_path / "c.safetensors", tensors=extra)
+    _refused_by_every_command(crafted, tmp_path, f"tensor '{ATTN1_Q}.alpha': is not a LoRA factor or alpha")
+    stray = recraft(built["a"], tmp_path / "s.safetensors", tensors={"time_embedding.linear_1.weight": torch.ones(2)})
+    _refused_by_every_command(stray, tmp_path, "tensor 'time_embedding.linear_1.weight': is not a LoRA factor")
+
+
+def test_inspect_lists_every_module_a_loader_applies(built):
+    facts = _ok("inspect", built["a"])
+    assert len(facts["modules"]) == 32 and {m["rank"] for m in facts["modules"]} == {1}
+    first = facts["modules"][0]
+    assert first["tensor"].startswith("lora_unet_") and len(first["shape"]) == 2
+    assert first["tensor"] in _run("inspect", built["a"]).output
+
+
+def test_flipped_metadata_bits_fail_inspect_verify_and_apply(built, tmp_path):
+    """Issue 16 item 8, through the commands: one flip in each erasec.*/ss_*/modelspec.* value."""
+    raw = built["a"].read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    metadata = json.loads(raw[8 : 8 + length])["__metadata__"]
+    for key in ("erasec.name", "erasec.report", "erasec.spaces", "ss_network_dim", "ss_output_name", "modelspec.title"):
+        marker = (json.dumps(key) + ':"').encode()
+        index = raw.index(marker, 8) + len(marker) + min(3, len(metadata[key]) - 1)
+        flipped = bytearray(raw)
+        flipped[index] ^= 0x02
+        path = tmp_path / f"{key}.safetensors"
+        path.write_bytes(bytes(flipped))
+        _refused_by_every_command(path, tmp_path, str(path))
+
+
+def test_verify_fails_a_nan_delta_error(built, tmp_path, monkeypatch):
+    """Issue 16 item 7: `error > worst` is False for NaN, so a NaN ΔW error used to pass."""
+    from erasec.compiler import patch_verify
+    from erasec.compiler.model_open import open_model
+
+    patch = read_patch(built["a"])
+    layer = patch.layers()[5]
+    real = patch.layer_delta
+    monkeypatch.setattr(type(patch), "layer_delta", lambda self, name: real(name) * (np.nan if name == layer else 1.0))
+    check = patch_verify._delta_check(patch, open_model("builtin:tiny-sd1").kv_weights(), "fp32")
+    assert not check["ok"] and f"nan at {layer}" in check["detail"]
+
+
+def test_verify_refuses_a_non_finite_factor(built, tmp_path):
+    patch = read_patch(built["a"])
+    module = patch.modules[0]
+    up = torch.tensor(patch.tensor(f"{module.prefix}.lora_up.weight"), dtype=torch.float32)
+    up[0, 0] = float("inf")
+    crafted = recraft(built["a"], tmp_path / "inf.safetensors", tensors={f"{module.prefix}.lora_up.weight": up})
+    result = _run("verify", crafted, "--model", "builtin:tiny-sd1", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.output)["reason"] == f"finite: {module.layer}: its up factor holds NaN or infinity"
+
+
+def test_verify_re_measures_the_claimed_efficacy(built, tmp_path):
+    """A spec edited to claim another concept over untouched tensors (digest recomputed) fails."""
+    patch = read_patch(built["a"])
+    spec = json.loads(patch.metadata["erasec.spec"])
+    spec["erase"][0]["concept"] = "Mickey Mouse"
+    report = {**patch.report, "efficacy": {"Mickey Mouse": patch.report["efficacy"]["Van Gogh"]}}
+    crafted = recraft(built["a"], tmp_path / "m.safetensors", metadata={
+        "erasec.spec": json.dumps(spec, sort_keys=True, separators=(",", ":")),
+        "erasec.report": json.dumps(report, sort_keys=True, separators=(",", ":")),
+    })
+    assert _ok("inspect", crafted)["erase"][0]["concept"] == "Mickey Mouse"  # well-formed: only verify can tell
+    result = _run("verify", crafted, "--model", "builtin:tiny-sd1", "--json")
+    assert result.exit_code == 1
+    reason = json.loads(result.output)["reason"]
+    assert reason.startswith("efficacy: 1 concepts re-measured; largest gap at 'Mickey Mouse': claimed 0.9"), reason
+    inflated = recraft(built["a"], tmp_path / "i.safetensors", metadata={
+        "erasec.report": json.dumps({**patch.report, "efficacy": {"Van Gogh": 1.0}})})
+    assert not _ok_or_one(inflated)["ok"]
+
+
+def _ok_or_one(path: Path) -> dict:
+    result = _run("verify", path, "--model", "builtin:tiny-sd1", "--json")
+    assert result.exit_code in (0, 1), result.output
+    return json.loads(result.output)
+
+
+def test_a_speed_patch_declares_only_the_layers_it_edits(tmp_path):
+    """SPEED edits to_v only: erasec.spaces used to list the 16 to_k layers too, with no tensors."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC_A.replace("method: uce", "method: speed"))
+    out = tmp_path / "s.safetensors"
+    assert _run("build", spec, "-o", out).exit_code == 0
+    assert len(_ok("inspect", out)["modules"]) == 16
+    assert _ok_or_one(out)["ok"]
+    _ok("apply", out, "--model", "builtin:tiny-sd1", "-o", tmp_path / "merged")

@@ -2,6 +2,7 @@
 
 import ast
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from safetensors.torch import save_file
 
 from erasec.patches.errors import PatchError
 from erasec.patches.packed import MAX_INFLATED_BYTES, pack_arrays, unpack_arrays
-from erasec.patches.read import read_patch
+from erasec.patches.read import read_patch, read_raw
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +42,7 @@ def test_a_single_flipped_bit_in_a_tensor_is_tampering(patch):
     patch.write_bytes(bytes(raw))
     with pytest.raises(PatchError, match=r"p\.safetensors: tampered or corrupted: the tensor bytes hash to"):
         read_patch(patch)
-    assert not read_patch(patch, check_hash=False).hash_matches
+    assert read_raw(patch).problem.startswith("the tensor bytes hash to")
 
 
 def test_a_truncated_file_is_refused(patch):
@@ -83,7 +84,7 @@ def test_an_unknown_format_version_is_refused(patch, tmp_path):
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
     patch.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length :])
-    with pytest.raises(PatchError, match="patch format '99' is not known; this erasec reads format 1"):
+    with pytest.raises(PatchError, match="patch format '99' is not known; this erasec reads format 2"):
         read_patch(patch)
 
 
@@ -129,3 +130,168 @@ def test_packed_arrays_bound_the_inflated_size(monkeypatch):
     with pytest.raises(PatchError, match="inflates beyond 100 bytes"):
         unpack_arrays(pack_arrays({"a": np.zeros(1000)}, {}), "t")
     assert MAX_INFLATED_BYTES > 1 << 30
+
+
+# --- a patch is what it says it is (issue 16 items 1, 8, 11, 12) ---------------------------------------
+
+from fake_patches import LAYER, recraft  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from erasec.patches.manifest import DIGEST_KEY  # noqa: E402
+
+MODULE = "lora_unet_" + LAYER.replace(".", "_")
+ATTN1_Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+
+
+def _one_line(error: pytest.ExceptionInfo, path: Path) -> str:
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+    return message
+
+
+def test_format_1_patches_predate_the_digest_and_are_refused(patch, tmp_path):
+    old = recraft(patch, tmp_path / "old.safetensors", metadata={"erasec.format": "1", DIGEST_KEY: None}, rehash=False)
+    with pytest.raises(PatchError, match="patch format '1' predates the integrity digest .erasec.digest. of format 2; rebuild"):
+        read_patch(old)
+
+
+def test_a_format_2_patch_without_its_digest_is_tampered(patch, tmp_path):
+    stripped = recraft(patch, tmp_path / "s.safetensors", metadata={DIGEST_KEY: None}, rehash=False)
+    with pytest.raises(PatchError, match="tampered or corrupted: no erasec.digest key"):
+        read_patch(stripped)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "drop", "message"),
+    [
+        ({f"{ATTN1_Q}.lora_up.weight": torch.ones(8, 1), f"{ATTN1_Q}.lora_down.weight": torch.ones(1, 4),
+          f"{ATTN1_Q}.alpha": torch.tensor(1.0)},
+         (), f"tensor '{ATTN1_Q}.alpha': is not a LoRA factor or alpha of a layer erasec.spaces declares"),
+        ({"model.embedding.weight": torch.ones(3)}, (), "tensor 'model.embedding.weight': is not a LoRA factor"),
+        ({"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.ones(2, 1)}, (), "is not a LoRA factor"),
+        ({}, (f"{MODULE}.lora_up.weight",), f"erasec.spaces: {LAYER}: declared, but the patch has no tensor"),
+        ({}, (f"{MODULE}.alpha",), "declared, but the patch has no tensor"),
+        ({f"{MODULE}.lora_down.weight": torch.ones(2, 4), f"{MODULE}.lora_up.weight": torch.ones(8, 2)}, (),
+         r"up \[8, 2\] and down \[2, 4\] are not a rank-1 \(ss_network_dim\) LoRA"),
+        ({f"{MODULE}.alpha": torch.tensor(455.0)}, (), "alpha 455.0 is not the rank 1"),
+        ({f"{MODULE}.lora_up.weight": torch.ones(8, 1, dtype=torch.float16)}, (), r"mix dtypes \['F16', 'F32'\]"),
+    ],
+)
+def test_every_tensor_must_be_a_factor_of_a_declared_layer(patch, tmp_path, tensors, drop, message):
+    """Hashes recomputed (anyone can): the structure alone must refuse what a loader would apply unseen."""
+    crafted = recraft(patch, tmp_path / "c.safetensors", tensors=tensors, drop=drop)
+    with pytest.raises(PatchError, match=message) as error:
+        read_patch(crafted)
+    _one_line(error, crafted)
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + length])["__metadata__"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("erasec.spaces", '"clip-l"', "erasec.spaces: is a JSON string, expected a JSON list"),
+        ("erasec.spaces", "7", "erasec.spaces: is a JSON number, expected a JSON list"),
+        ("erasec.spaces", "[1, 2]", r"erasec.spaces\[0\]: is a JSON number, expected an object"),
+        ("erasec.spaces", "[]", "erasec.spaces: is empty"),
+        ("erasec.spaces", '[{"space":"clip-l","form":"shared","rank":0,"layers":["%s"]}]' % LAYER, r"erasec.spaces\[0\].rank: 0 is not"),
+        ("erasec.spaces", '[{"space":"clip-l","form":"shared","rank":1,"layers":["%s\\u0000"]}]' % LAYER, "NUL"),
+        ("erasec.spaces", '[{"space":"clip-l","form":"shared","rank":1,"layers":["add_embedding.linear_1"]}]',
+         "is not a module erasec edits"),
+        ("erasec.spec", "[]", "erasec.spec: is a JSON list, expected a JSON object"),
+        ("erasec.spec", "{", "erasec.spec: is not valid JSON"),
+        ("erasec.base", '{"family": "sd9"}', "erasec.base.family: 'sd9' is not one of"),
+        ("erasec.report", '{"efficacy": [1]}', "erasec.report.efficacy: is not a map"),
+        ("erasec.name", "a\x00b", "erasec.name: 'a\\\\x00b' is not a name"),
+        ("erasec.name", None, "erasec.name: None is not a name"),
+        ("erasec.spec", None, "erasec.spec: missing"),
+        ("ss_network_dim", "0", "ss_network_dim: '0' is not a rank"),
+        ("ss_network_alpha", "455", "ss_network_alpha: '455', expected '1'"),
+        ("lora_adapter_metadata", "{}", "a kohya patch carries no PEFT config"),
+    ],
+)
+def test_crafted_metadata_is_one_line_naming_the_file_and_key(patch, tmp_path, key, value, message):
+    crafted = recraft(patch, tmp_path / "c.safetensors", metadata={key: value})
+    with pytest.raises(PatchError, match=message) as error:
+        read_patch(crafted)
+    _one_line(error, crafted)
+
+
+def _flips(path: Path):
+    """(key, header byte index) for one-bit flips spread over every metadata value, ≥ 3 per key."""
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = raw[8 : 8 + length]
+    for key, value in sorted(_metadata(path).items()):
+        encoded = json.dumps(value, ensure_ascii=False)[1:-1].encode()
+        start = header.index(json.dumps(key, ensure_ascii=False).encode() + b":" + b'"' + encoded[:16]) + len(key) + 4
+        span = len(encoded)
+        for position in sorted({0, span // 2, span - 1, *range(0, span, max(1, span // 24))}):
+            yield key, 8 + start + position
+
+
+def test_every_single_bit_flip_in_the_metadata_is_refused(patch, tmp_path):
+    """Issue 16 item 8: 21 of 45 such flips used to pass. Every key, ≥ 3 positions each, bit 0..6."""
+    raw = patch.read_bytes()
+    flipped = tmp_path / "f.safetensors"
+    keys = set()
+    for n, (key, index) in enumerate(_flips(patch)):
+        changed = bytearray(raw)
+        changed[index] ^= 1 << (n % 7)
+        flipped.write_bytes(bytes(changed))
+        with pytest.raises(PatchError) as error:
+            read_patch(flipped)
+        _one_line(error, flipped)
+        keys.add(key)
+    assert keys == set(_metadata(patch)) and len(keys) >= 25
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "p.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(PatchError, match="not a regular file"):
+        read_patch(fifo)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**70) | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_crafted_metadata_never_escapes_as_a_traceback(patch, tmp_path_factory, data):
+    """Any key, any JSON at any top-level field of it, hashes recomputed: read_patch accepts (and
+    inspect renders) or refuses in one line naming the file."""
+    from erasec.patches.inspect import describe, render
+
+    metadata = _metadata(patch)
+    key = data.draw(st.sampled_from(sorted(metadata)))
+    try:
+        value = json.loads(metadata[key])
+    except json.JSONDecodeError:
+        value = metadata[key]
+    if isinstance(value, dict) and value and data.draw(st.booleans()):
+        field = data.draw(st.sampled_from(sorted(value)))
+        value = {**value, field: data.draw(_JSON)}
+    elif isinstance(value, list) and value and isinstance(value[0], dict) and data.draw(st.booleans()):
+        field = data.draw(st.sampled_from(sorted(value[0])))
+        value = [{**value[0], field: data.draw(_JSON)}, *value[1:]]
+    else:
+        value = data.draw(_JSON)
+    text = value if isinstance(value, str) and data.draw(st.booleans()) else json.dumps(value)
+    crafted = recraft(patch, tmp_path_factory.mktemp("h") / "c.safetensors", metadata={key: text})
+    try:
+        read = read_patch(crafted)
+    except PatchError as error:
+        message = str(error)
+        assert message.startswith(f"{crafted}: ") and "\n" not in message, message
+        return
+    render(describe(read))
