@@ -40,6 +40,7 @@ class BuildOptions:
     print_ir_after: tuple[str, ...] = ()  # pass names, or ("all",)
     verify_each: bool = False
     allow_pickle: bool = False  # open .ckpt/.pt models with torch.load(weights_only=True)
+    allow_outside_spec: bool = False  # let the spec name files outside its folder (compiler/spec_parts.py)
     cache: bool = True  # reuse text-encoder rows from the embedding cache (compiler/embedding_cache.py)
     cache_dir: Path | None = None  # the erasec cache dir (default: builtin.cache_root)
 
@@ -108,6 +109,18 @@ def check_output_path(output: Path) -> None:
         raise BuildError(f"{output}: the folder {existing} is not writable")
 
 
+def check_rank(spec: Spec, target) -> None:
+    """``output.rank`` at most the full rank min(out, in) of every edited layer: past it, zero
+    padding only makes the patch bigger than the dense ΔW it encodes."""
+    if spec.output.rank == "auto" or spec.output.format not in ("kohya", "peft"):
+        return
+    site = min(target.sites, key=lambda s: (min(s.out_features, s.in_features), s.module_path))
+    full = min(site.out_features, site.in_features)
+    if spec.output.rank > full:
+        what = f"{spec.output.rank} is above the full rank {full} of {site.module_path} ({site.out_features}×{site.in_features})"
+        raise SpecError(f"{spec.where('output.rank')}: {what}; use 'auto' or at most {full}")
+
+
 def pipeline_text(spec: Spec) -> str:
     """The method's pipeline (or the spec's), with ``compress{dtype=…}`` appended when it has none and
     ``options.on_conflict`` applied to its ``check-conflicts`` (added in front when it has none)."""
@@ -153,9 +166,7 @@ def build(
     progress: Callable[[str], None] = lambda stage: None,
 ) -> BuildResult:
     clock = time.perf_counter()
-    spec = load_spec(spec_path, methods=tuple(PRESETS))
-    if options.model is not None:
-        spec = spec.with_model(options.model)
+    spec = load_spec(spec_path, methods=tuple(PRESETS), model=options.model, allow_outside=options.allow_outside_spec)
     if not spec.model:
         raise SpecError(f"{spec_path}: model: no model given; set 'model:' in the spec or pass --model")
     return build_spec(spec, output, options, emit_ir=emit_ir, clock=clock, progress=progress)
@@ -196,6 +207,7 @@ def build_spec(
     if spec.output.link:
         model = RecordingModel(model)
     base_weights = model.kv_weights()
+    check_rank(spec, model.target)
     seconds["load"] = time.perf_counter() - clock
 
     progress("encode")
@@ -291,6 +303,10 @@ def _write_merged(program: EditProgram, model, base_weights, output: Path) -> in
 def _write_lora(spec: Spec, pipeline, program: EditProgram, model, scores, base_weights, output, extra_metadata):
     """kohya or PEFT LoRA tensors plus the manifest, written atomically; (size, rank)."""
     rank_option = None if spec.output.rank == "auto" else int(spec.output.rank)
+    solved = max(s.rank for s in program.solution.spaces)
+    if rank_option is not None and rank_option < solved:
+        what = f"{rank_option} is below the solved rank {solved}; use 'auto' or a rank of at least {solved}"
+        raise SpecError(f"{spec.where('output.rank')}: {what}")
     format_metadata: dict[str, str] = {}
     if spec.output.format == "peft":
         tensors, rank, format_metadata = build_peft(

@@ -50,7 +50,9 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def build_one(spec: str, output: str, model: str | None, cache: bool, threads: int) -> ManyResult:
+def build_one(
+    spec: str, output: str, model: str | None, cache: bool, threads: int, allow_outside_spec: bool = False
+) -> ManyResult:
     """One build in this process; an ``ErasecError`` becomes a failed result, not an exception."""
     from erasec.ir.errors import ErasecError
 
@@ -62,7 +64,7 @@ def build_one(spec: str, output: str, model: str | None, cache: bool, threads: i
 
         torch.set_num_threads(threads)
     try:
-        result = build(spec, output, BuildOptions(model=model, cache=cache))
+        result = build(spec, output, BuildOptions(model=model, cache=cache, allow_outside_spec=allow_outside_spec))
     except ErasecError as error:
         return ManyResult(spec=spec, output=output, ok=False, seconds=time.perf_counter() - clock, error=str(error))
     summary = result.as_dict()
@@ -78,6 +80,7 @@ def build_many(
     model: str | None = None,
     cache: bool = True,
     ray_address: str | None = None,
+    allow_outside_spec: bool = False,
 ) -> list[ManyResult]:
     """Build every spec in ``folder`` into ``out``; results in the specs' (sorted) order."""
     specs = find_specs(Path(folder))
@@ -86,17 +89,17 @@ def build_many(
         raise BuildError(f"{out}: is a file; give a folder for the patches")
     tasks = [(str(spec), str(out / f"{spec.stem}.safetensors"), model, cache) for spec in specs]
     if ray_address is not None:
-        return _on_ray(tasks, ray_address)
+        return _on_ray(tasks, ray_address, allow_outside_spec)
     workers = max(1, min(jobs or cores(), len(tasks)))
     threads = max(1, cores() // workers)
     if workers == 1:
-        return [build_one(*task, threads) for task in tasks]
+        return [build_one(*task, threads, allow_outside_spec) for task in tasks]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(build_one, *task, threads) for task in tasks]
+        futures = [pool.submit(build_one, *task, threads, allow_outside_spec) for task in tasks]
         return [future.result() for future in futures]
 
 
-def _on_ray(tasks: list[tuple], address: str) -> list[ManyResult]:
+def _on_ray(tasks: list[tuple], address: str, allow_outside_spec: bool = False) -> list[ManyResult]:
     """The same builds as Ray tasks (one CPU each by default); ``address`` as ``ray.init`` takes it
     (``auto``, ``ray://host:10001``, or ``local`` for a cluster started in this process)."""
     try:
@@ -105,4 +108,4 @@ def _on_ray(tasks: list[tuple], address: str) -> list[ManyResult]:
         raise BuildError("--ray: ray is not installed; pip install 'ray[default]' or drop --ray") from None
     ray.init(address=None if address == "local" else address, ignore_reinit_error=True)
     remote = ray.remote(build_one)
-    return ray.get([remote.remote(*task, 0) for task in tasks])
+    return ray.get([remote.remote(*task, 0, allow_outside_spec) for task in tasks])

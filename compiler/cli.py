@@ -52,7 +52,8 @@ def cli() -> None:
     "--allow-pickle", is_flag=True, help="open a .ckpt/.pt model (read with torch.load(weights_only=True))"
 )
 @click.option("--no-cache", is_flag=True, help="encode every prompt; neither read nor write the embedding cache")
-def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickle, no_cache) -> None:
+@click.option("--allow-outside-spec", is_flag=True, help="let the spec name files outside its folder (trusted specs only)")
+def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickle, no_cache, allow_outside_spec) -> None:
     """Compile SPEC into a LoRA patch."""
     from .build import BuildOptions, build as run_build
 
@@ -61,7 +62,8 @@ def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickl
     return_freed_memory()
     wanted = tuple(p.strip() for p in print_ir_after.split(",")) if print_ir_after else ()
     options = BuildOptions(
-        model=model, print_ir_after=wanted, verify_each=verify_each, allow_pickle=allow_pickle, cache=not no_cache
+        model=model, print_ir_after=wanted, verify_each=verify_each, allow_pickle=allow_pickle, cache=not no_cache,
+        allow_outside_spec=allow_outside_spec,
     )
     from .build import BUILD_STAGES
 
@@ -86,8 +88,9 @@ def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickl
 @click.option("-j", "--jobs", default=None, type=int, help="parallel processes (default: one per CPU)")
 @click.option("--ray", "ray_address", default=None, help="run on a Ray cluster at ADDRESS ('auto', ray://…, 'local')")
 @click.option("--no-cache", is_flag=True, help="do not use the embedding cache")
+@click.option("--allow-outside-spec", is_flag=True, help="let the specs name files outside their folder (trusted specs only)")
 @json_option
-def build_many(folder, output, model, jobs, ray_address, no_cache, as_json) -> None:
+def build_many(folder, output, model, jobs, ray_address, no_cache, allow_outside_spec, as_json) -> None:
     """Compile every *.yaml spec in FOLDER into OUTPUT/<name>.safetensors, in parallel."""
     from pathlib import Path
 
@@ -96,7 +99,10 @@ def build_many(folder, output, model, jobs, ray_address, no_cache, as_json) -> N
     quiet_libraries()
     return_freed_memory()
     results = run_command(
-        lambda: run_many(Path(folder), Path(output), jobs=jobs, model=model, cache=not no_cache, ray_address=ray_address),
+        lambda: run_many(
+            Path(folder), Path(output), jobs=jobs, model=model, cache=not no_cache, ray_address=ray_address,
+            allow_outside_spec=allow_outside_spec,
+        ),
         loads_models=False,
     )
     lines = [

@@ -3,6 +3,7 @@ apply, compose, diff, publish, retarget and eval. Registered on the ``cli`` grou
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -106,8 +107,9 @@ def diff(old, new, as_json) -> None:
 @click.option("--to", "folder", required=True, type=click.Path(file_okay=False), help="the hub folder")
 @click.option("--base-model", default=None, help="the base's hub id for the card's base_model (e.g. org/name)")
 @click.option("--license", "license_id", default=None, help="card license (default: as before, else creativeml-openrail-m)")
+@click.option("--list-concepts", is_flag=True, help="name the erased concepts in the card and manifest (printed)")
 @json_option
-def publish(patch, folder, base_model, license_id, as_json) -> None:
+def publish(patch, folder, base_model, license_id, list_concepts, as_json) -> None:
     """Add PATCH to a hub-ready folder: versioned file, manifest.json and a README.md model card."""
     from pathlib import Path
 
@@ -115,10 +117,17 @@ def publish(patch, folder, base_model, license_id, as_json) -> None:
     from erasec.patches.read import read_patch
 
     result = run_command(
-        lambda: run_publish(read_patch(patch), Path(folder), base_model=base_model, license_id=license_id),
+        lambda: run_publish(
+            read_patch(patch), Path(folder), base_model=base_model, license_id=license_id, list_concepts=list_concepts
+        ),
         loads_models=False,
     )
     text = f"{result['status']} {result['folder']}/{result['file']} (latest {result['latest']})"
+    if "listed_concepts" in result:  # the publisher sees every name that went into the card
+        names = result["listed_concepts"]
+        text += f"\nthe card and manifest name {len(names)} erased concepts:" + "".join(f"\n  {json.dumps(n, ensure_ascii=False)}" for n in names)
+    else:
+        text += f"\nthe card counts {result['erase_count']} erased concepts without naming them (--list-concepts names them)"
     emit(result, as_json, text)
 
 

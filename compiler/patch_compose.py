@@ -52,7 +52,7 @@ def spec_from_dict(data: dict, source: str) -> Spec:
     if data.get("model") is None:
         data.pop("model", None)
     text = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
-    return parse_spec(text, source=source, base_dir=Path.cwd(), methods=tuple(PRESETS))
+    return parse_spec(text, source=source, base_dir=None, methods=tuple(PRESETS))  # a patch's spec reads no files
 
 
 def _derived_from(patches: list[PatchFile]) -> tuple[tuple[str, str], ...]:

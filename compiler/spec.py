@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .yaml_nodes import quote, read_utf8, spec_error
+from .text_files import decode_text, is_safetensors, read_regular
+from .yaml_nodes import quote, spec_error
 
 FORMAT_VERSION = 1
 DEFAULT_METHOD = "erasec"  # docs/results.md says why
@@ -79,6 +80,14 @@ class Spec:
     options: Options
     output: OutputSpec
     family: str | None = None  # overrides the family detected from the model files
+    # key path ("output.rank", "erase[0]", "options.lambda"...) -> line in ``source``, so that a
+    # later step can name where in the spec a refused value was written; not part of canonical()
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, key: str) -> str:
+        """``<source>:<line>: <key>`` for an error about spec entry ``key`` (no line if unknown)."""
+        line = self.lines.get(key)
+        return f"{self.source}:{line}: {key}" if line else f"{self.source}: {key}"
 
     def canonical(self) -> dict:
         """Plain JSON-able data in a fixed key order, for hashing and for ``dump_spec``."""
@@ -135,22 +144,60 @@ class Spec:
         return dataclasses.replace(self, model=resolve_model(model, Path.cwd()))
 
 
-def load_spec(path: str | os.PathLike, *, methods: Collection[str]) -> Spec:
-    """Read and check the spec at ``path``; ``file:`` lists are read relative to its folder."""
+def load_spec(
+    path: str | os.PathLike,
+    *,
+    methods: Collection[str],
+    model: str | None = None,
+    allow_outside: bool = False,
+) -> Spec:
+    """Read and check the spec at ``path``; ``file:`` lists are read relative to its folder.
+
+    ``model`` is the caller's ``--model`` (it replaces the spec's, whose path is then not checked);
+    ``allow_outside`` lets the spec name files outside its folder (``--allow-outside-spec``).
+    """
     source = str(path)
     try:
-        text = read_utf8(Path(path))
+        data = read_regular(Path(path))
+        if is_safetensors(data):
+            what = "this is a patch (a safetensors file), not a spec; give the spec's YAML file"
+            raise spec_error(f"{source}: {what} (erasec inspect shows what a patch holds)")
+        text = decode_text(data)
     except ValueError as e:
         raise spec_error(f"{source}: cannot read the spec ({e})") from None
-    return parse_spec(text, source=source, base_dir=Path(path).parent, methods=methods)
+    spec = parse_spec(
+        text, source=source, base_dir=Path(path).parent, methods=methods, allow_outside=allow_outside,
+        check_model=model is None,
+    )
+    return spec if model is None else spec.with_model(model)
 
 
-def parse_spec(text: str, *, source: str, base_dir: Path, methods: Collection[str]) -> Spec:
-    """Check spec ``text``; ``source`` names it in errors, ``base_dir`` anchors relative paths."""
+def parse_spec(
+    text: str,
+    *,
+    source: str,
+    base_dir: Path | None,
+    methods: Collection[str],
+    allow_outside: bool = False,
+    check_model: bool = True,
+) -> Spec:
+    """Check spec ``text``; ``source`` names it in errors, ``base_dir`` anchors relative paths.
+
+    Paths the spec names must lie in ``base_dir`` (real paths: no ``..`` or symlink out) unless
+    ``allow_outside``; ``check_model`` off skips that for ``model:`` (the caller replaces it).
+    ``base_dir`` None is a spec that came from no folder (the one a patch records): it may name no
+    file at all, and a relative ``model:`` is taken from the working directory.
+    """
     # Imported here, not on top: the reader builds this module's values, so it imports this module.
     from .spec_reader import SpecReader
 
-    reader = SpecReader(source=str(source), base_dir=Path(base_dir), methods=tuple(sorted(methods)))
+    reader = SpecReader(
+        source=str(source),
+        base_dir=None if base_dir is None else Path(base_dir),
+        methods=tuple(sorted(methods)),
+        confine=not allow_outside,
+        check_model=check_model,
+    )
     try:
         return reader.read(text)
     except RecursionError:

@@ -2,28 +2,24 @@
 
 ``SpecReader`` adds to ``yaml_nodes.NodeReader`` what the spec's keys mean: required and known keys,
 names and semantic versions, erase entries (one per line of a ``file:`` list, no repeats, never the
-anchor itself), preserve prompts, options and output settings, relative paths taken from the spec's
-folder. Any text at all gives a ``Spec`` or a one-line ``SpecError``, never another exception.
+anchor itself), preserve prompts; ``spec_parts.SpecPartsReader`` below it reads options and output
+settings and the paths the spec names (confined to the spec's folder). Any text at all gives a ``Spec`` or a one-line ``SpecError``, never another exception.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.nodes import MappingNode, Node
 
 from .spec import (
+    BUILTIN_PREFIX,
     DEFAULT_METHOD,
     FAMILIES,
     FORMAT_VERSION,
-    ON_CONFLICT,
-    ONNX_MODES,
-    OUTPUT_DTYPES,
-    OUTPUT_FORMATS,
     EraseEntry,
     Options,
     OutputSpec,
@@ -31,14 +27,12 @@ from .spec import (
     model_problem,
     resolve_model,
 )
-from .yaml_nodes import TAG, NodeReader, node_kind, quote, read_utf8
+from .spec_parts import SpecPartsReader
+from .yaml_nodes import quote
 
 _TOP_KEYS = ("erasec", "name", "version", "model", "family", "method", "erase", "preserve", "options", "output")
 _REQUIRED_KEYS = ("erasec", "name", "version", "erase")
 _ERASE_KEYS = ("concept", "file", "anchor", "synonyms", "templates", "strength")
-_OPTION_KEYS = ("lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled")
-_OPTIONS_NOT_YET = ("rows", "preserve", "adversarial")  # DESIGN.md §3
-_OUTPUT_KEYS = ("format", "dtype", "rank", "link", "mode", "graph")
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 # semver.org 2.0.0's regex, with [0-9] for \d (which would take any Unicode digit).
@@ -51,21 +45,21 @@ _SEMVER_RE = re.compile(
 
 
 @dataclass(frozen=True, slots=True)
-class SpecReader(NodeReader):
+class SpecReader(SpecPartsReader):
     """Walks the node tree of one spec; every method raises a located ``SpecError`` on a mistake."""
-
-    base_dir: Path  # relative ``file:`` lists and paths are read from here
-    methods: tuple[str, ...]
 
     def read(self, text: str) -> Spec:
         """The ``Spec`` that YAML ``text`` says; ``RecursionError`` when it nests too deeply."""
         empty = "the spec is empty; it needs erasec, name, version and erase"
-        return self.spec(self.compose(text, if_empty=empty))
+        spec = self.spec(self.compose(text, if_empty=empty))
+        return dataclasses.replace(spec, lines=dict(self.lines))
 
     # -- the spec ----------------------------------------------------------------------------------
 
     def spec(self, root: Node) -> Spec:
         top = self.mapping(root, "", _TOP_KEYS)
+        for key, (_, value) in top.items():
+            self.mark(key, value)
         if "erasec" in top:  # first: a spec of another version may differ in any other key
             node = top["erasec"][1]
             if self.integer(node, "erasec") != FORMAT_VERSION:
@@ -102,6 +96,10 @@ class SpecReader(NodeReader):
         problem = model_problem(model)
         if problem:
             raise self.error(node, "model", problem)
+        if self.base_dir is None:  # a recorded spec: the caller gives the model
+            return resolve_model(model, Path.cwd())
+        if self.check_model and not model.startswith(BUILTIN_PREFIX):
+            self.path(node, "model", model)
         return resolve_model(model, self.base_dir)
 
     def method(self, item: tuple[Node, Node] | None, root: Node) -> str:
@@ -146,6 +144,7 @@ class SpecReader(NodeReader):
                     what = f"{quote(concept)}{detail} repeats {seen[folded]}; remove one of them"
                     raise self.error(where, where_path, what)
                 seen[folded] = where_path + detail
+                self.mark(f"erase[{len(entries)}]", where)  # Spec.erase's index: file entries expanded
                 entries.append(EraseEntry(concept=concept, **shared))
         return tuple(entries)
 
@@ -227,97 +226,3 @@ class SpecReader(NodeReader):
                     out.setdefault(name.casefold(), name)
         return tuple(out.values())
 
-    def options(self, node: Node) -> Options:
-        fields = self.mapping(node, "options", _OPTION_KEYS + _OPTIONS_NOT_YET)
-        for key, (key_node, _) in fields.items():
-            if key in _OPTIONS_NOT_YET:
-                raise self.error(key_node, f"options.{key}", "not available in erasec 0.1")
-        pipeline = None
-        if "pipeline" in fields:
-            value = fields["pipeline"][1]
-            pipeline = self.string(value, "options.pipeline", optional=True).strip()
-            if not pipeline:
-                what = "is empty; remove the key to use the method's pipeline"
-                raise self.error(value, "options.pipeline", what)
-        return Options(
-            lam=self.option_number(fields, "lambda", allow_zero=True),
-            erase_scale=self.option_number(fields, "erase_scale", allow_zero=False),
-            preserve_scale=self.option_number(fields, "preserve_scale", allow_zero=False),
-            prior_scale=self.option_number(fields, "prior_scale", allow_zero=True),
-            on_conflict=self.choice(fields["on_conflict"][1], "options.on_conflict", ON_CONFLICT)
-            if "on_conflict" in fields
-            else None,
-            pipeline=pipeline,
-            pooled=self.flag(fields, "pooled", "options.pooled"),
-        )
-
-    def flag(self, fields: dict, key: str, where: str) -> bool:
-        if key not in fields:
-            return False
-        return self.boolean(fields[key][1], where)
-
-    def option_number(self, fields: dict, key: str, *, allow_zero: bool) -> float | None:
-        if key not in fields:
-            return None
-        node = fields[key][1]
-        number = self.number(node, f"options.{key}")
-        if number < 0 or (number == 0 and not allow_zero):
-            what = f"{node.value} is not {'>=' if allow_zero else '>'} 0"
-            raise self.error(node, f"options.{key}", what)
-        return number
-
-    def output(self, node: Node) -> OutputSpec:
-        fields = self.mapping(node, "output", _OUTPUT_KEYS)
-        out = OutputSpec()
-        if "format" in fields:
-            format_ = self.choice(fields["format"][1], "output.format", OUTPUT_FORMATS)
-            out = dataclasses.replace(out, format=format_)
-        if "dtype" in fields:
-            dtype = self.choice(fields["dtype"][1], "output.dtype", OUTPUT_DTYPES)
-            out = dataclasses.replace(out, dtype=dtype)
-        if "rank" in fields:
-            out = dataclasses.replace(out, rank=self.rank(fields["rank"][1]))
-        if "link" in fields:
-            out = dataclasses.replace(out, link=self.boolean(fields["link"][1], "output.link"))
-        for key in ("mode", "graph"):
-            if key in fields and out.format != "onnx":
-                raise self.error(fields[key][1], f"output.{key}", "applies to format onnx only")
-        if "mode" in fields:
-            out = dataclasses.replace(out, mode=self.choice(fields["mode"][1], "output.mode", ONNX_MODES))
-        if "graph" in fields:
-            written = os.path.expanduser(self.string(fields["graph"][1], "output.graph"))
-            graph = os.path.abspath(os.path.join(self.base_dir, written))
-            out = dataclasses.replace(out, graph=graph)
-        return out
-
-    def rank(self, node: Node) -> int | str:
-        if isinstance(node, ScalarNode) and node.tag == TAG + "str":
-            if node.value != "auto":
-                what = f"{quote(node.value)} is not 'auto' or an integer >= 1"
-                raise self.error(node, "output.rank", what)
-            return "auto"
-        if not (isinstance(node, ScalarNode) and node.tag == TAG + "int"):
-            raise self.error(node, "output.rank", f"expected 'auto' or an integer, got {node_kind(node)}")
-        rank = self.integer(node, "output.rank")
-        if rank < 1:
-            raise self.error(node, "output.rank", f"{node.value} is not >= 1")
-        return rank
-
-    # -- files -------------------------------------------------------------------------------------
-
-    def list_file(self, key: Node, value: Node, path: str) -> tuple[str, list[tuple[str, int]]]:
-        """The path as written and the (entry, line number) pairs of a ``file:`` list."""
-        written = self.string(value, path)
-        if not written.strip():
-            raise self.error(value, path, "is empty; give the path of a text file, one entry a line")
-        full = self.base_dir / written
-        try:
-            text = read_utf8(full)
-        except ValueError as e:
-            raise self.error(key, path, f"cannot read {str(full)!r} ({e})") from None
-        entries = []
-        for number, line in enumerate(text.split("\n"), 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                entries.append((line, number))
-        return written, entries

@@ -13,10 +13,8 @@ import difflib
 import json
 import math
 import re
-import stat
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -30,6 +28,17 @@ _PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 # Plain scalars YAML reads as something else, often meant as text (`concept: yes`, `version: 1.0`).
 _LOOKS_LIKE_TEXT = tuple(TAG + kind for kind in ("int", "float", "bool", "timestamp"))
+# Bounds on what one YAML text may make the reader walk. Aliases share nodes, so a 642-byte text can
+# name 9**9 of them ("billion laughs"); the walk counts each node as often as aliases repeat it.
+MAX_NODES = 1_000_000
+MAX_SCALAR_CHARS = 65_536  # a concept, prompt or path; CLIP reads 77 tokens
+# libyaml's composer recurses in C without a limit (a 1,000-deep flow list crashes the process),
+# so texts that may nest deeper than this go to PyYAML's Python composer, which stops cleanly.
+_C_DEPTH = 200
+_C_LOADER = getattr(yaml, "CSafeLoader", None)  # libyaml: 10 MB of YAML in a second, not minutes
+_BLOCK_PREFIX_RE = re.compile(r"[ \t]*(?:[-?:][ \t]+)*")
+_BRACKET_RE = re.compile(r"[\[\]{}]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def spec_error(message: str) -> SpecError:
@@ -50,19 +59,28 @@ def node_kind(node: Node) -> str:
     return {"seq": "list", "map": "mapping"}.get(kind, kind)
 
 
-def read_utf8(path: Path) -> str:
-    """The text of a file; ``ValueError`` with the reason when it is not readable UTF-8 text."""
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise ValueError("not a regular file")
-        data = path.read_bytes()
-    except OSError as e:
-        raise ValueError(e.strerror or type(e).__name__) from None
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"not UTF-8 text: byte 0x{data[e.start]:02x} on line {line}") from None
+def text_problem(text: str) -> str:
+    """Why ``text`` cannot be a spec's text ("" if it can): a lone surrogate (``"\\udc80"`` in a
+    double-quoted scalar, read by PyYAML's own loader), which is no UTF-8 text: no tokenizer, JSON
+    record or terminal takes it."""
+    found = _SURROGATE_RE.search(text)
+    if found is None:
+        return ""
+    return f"holds a lone surrogate U+{ord(found.group()):04X} at character {found.start() + 1}, which is not text; remove it"
+
+
+def _depth_bound(text: str) -> int:
+    """At least how deep ``text`` nests: open brackets (quotes not parsed, so it over-counts) plus
+    the deepest line's indentation and compact ``- ``/``? ``/``: `` indicators."""
+    flow = deepest = 0
+    for bracket in _BRACKET_RE.findall(text):
+        if bracket in "[{":
+            flow += 1
+            deepest = max(deepest, flow)
+        elif flow:
+            flow -= 1
+    block = max((_BLOCK_PREFIX_RE.match(line).end() for line in text.split("\n")), default=0)
+    return deepest + block
 
 
 def _key_path(path: str, key: str) -> str:
@@ -92,23 +110,61 @@ class NodeReader:
         return spec_error(f"{self.source}:{line}: {path + ': ' if path else ''}{what}")
 
     def compose(self, text: str, *, if_empty: str) -> Node:
-        """The root node of ``text``; an empty document is an error saying ``if_empty``."""
+        """The root node of ``text``, its size bounded; an empty document is an error saying ``if_empty``."""
         try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            what = f"holds a lone surrogate U+{ord(text[e.start]):04X}, which is not text; remove it"
+            raise self.error(text.count("\n", 0, e.start) + 1, "", what) from None
+        loader = _C_LOADER if _C_LOADER is not None and _depth_bound(text) <= _C_DEPTH else yaml.SafeLoader
+        try:
+            root = yaml.compose(text, Loader=loader)
+        except yaml.reader.ReaderError as e:
+            if loader is _C_LOADER:  # libyaml counts UTF-8 bytes
+                line = data.count(b"\n", 0, max(e.position, 0)) + 1
+            else:
+                line = text.count("\n", 0, max(e.position, 0)) + 1
+            code = ord(e.character) if isinstance(e.character, str) else int(e.character)
+            char = f"U+{code:04X}"
+            raise self.error(line, "", f"YAML does not allow the character {char}; remove it") from None
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             problem = e.problem or e.context or "invalid YAML"
             raise self.error(mark.line + 1 if mark else 1, "", f"YAML syntax error: {problem}") from None
-        except yaml.reader.ReaderError as e:
-            line = text.count("\n", 0, max(e.position, 0)) + 1
-            code = ord(e.character) if isinstance(e.character, str) else int(e.character)
-            char = f"U+{code:04X}"
-            raise self.error(line, "", f"YAML does not allow the character {char}; remove it") from None
         except yaml.YAMLError as e:
             raise self.error(1, "", f"YAML syntax error: {type(e).__name__}") from None
         if root is None or (root.tag == TAG + "null" and not root.value):
             raise self.error(1, "", if_empty)
+        self.bound(root)
         return root
+
+    def bound(self, root: Node) -> None:
+        """Refuse a tree that expands (through aliases) past ``MAX_NODES``, or a too-long value.
+
+        A node that is its own ancestor (``&a [*a]``) is not followed: the reader meets it at most
+        once per level it walks, and says what is wrong there (a merge key including its mapping).
+        """
+        count, on_path, stack = 0, set(), [(root, False)]
+        while stack:
+            node, leaving = stack.pop()
+            if leaving:
+                on_path.discard(id(node))
+                continue
+            if id(node) in on_path:
+                continue
+            count += 1
+            if count > MAX_NODES:
+                what = f"the YAML expands to more than {MAX_NODES:,} values (aliases repeat what they name)"
+                raise self.error(node, "", f"{what}; write the spec without nested aliases")
+            if isinstance(node, ScalarNode):
+                if len(node.value) > MAX_SCALAR_CHARS:
+                    what = f"a value of {len(node.value):,} characters; a spec value holds at most {MAX_SCALAR_CHARS:,}"
+                    raise self.error(node, "", what)
+                continue
+            on_path.add(id(node))
+            stack.append((node, True))
+            children = node.value if isinstance(node, SequenceNode) else [n for pair in node.value for n in pair]
+            stack.extend((child, False) for child in reversed(children))
 
     # -- structure ---------------------------------------------------------------------------------
 
@@ -163,6 +219,9 @@ class NodeReader:
 
     def string(self, node: Node, path: str, *, optional: bool = False) -> str:
         if isinstance(node, ScalarNode) and node.tag == TAG + "str":
+            problem = text_problem(node.value)
+            if problem:
+                raise self.error(node, path, problem)
             return node.value
         what = f"expected a string, got {node_kind(node)}"
         if isinstance(node, ScalarNode) and node.tag in _LOOKS_LIKE_TEXT:
@@ -191,7 +250,7 @@ class NodeReader:
         elif (
             isinstance(node, ScalarNode)
             and node.tag == TAG + "str"
-            and node.style is None
+            and not node.style  # plain: None from PyYAML, "" from libyaml
             and _PLAIN_FLOAT_RE.fullmatch(node.value)
         ):
             value = node.value

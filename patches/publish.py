@@ -7,6 +7,12 @@ concepts) and ``README.md``, a model card whose YAML front matter (``base_model`
 ``base_model_relation: adapter``, ``license``, ``tags``) is written with huggingface_hub's offline
 ``ModelCardData``/``ModelCard``; nothing is uploaded. A published version is immutable: the same
 bytes again are a no-op, different bytes under the same version are refused.
+
+The card and manifest name the erased concepts only when the publisher asks (``list_concepts``,
+``--list-concepts``), and publish then returns the names it wrote so the CLI shows them: a spec's
+``file:`` lists come expanded into the patch, and the patch does not record which concepts came
+from a file, so a list read from the wrong file (issue 16: ``/proc/self/environ``) must not reach a
+public page unseen. By default the card gives the counts and says how to list them.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ def versioned_file_name(patch: PatchFile) -> str:
     return f"{patch.name}-{patch.version}.safetensors"
 
 
-def _entry(patch: PatchFile, file_name: str, file_sha256: str) -> dict:
+def _entry(patch: PatchFile, file_name: str, file_sha256: str, list_concepts: bool) -> dict:
     spec, base = patch.spec, patch.base
+    concepts = [str(entry.get("concept")) for entry in spec.get("erase", []) if isinstance(entry, dict)]
     return {
         "file": file_name,
         "sha256": file_sha256,
@@ -39,12 +46,20 @@ def _entry(patch: PatchFile, file_name: str, file_sha256: str) -> dict:
         "size_bytes": patch.size,
         "compiler": patch.metadata.get("erasec.compiler"),
         "method": spec.get("method"),
-        "erase": [entry["concept"] for entry in spec.get("erase", [])],
+        **({"erase": concepts} if list_concepts else {}),
+        "erase_count": len(concepts),
         "preserve_count": len(spec.get("preserve", [])),
         "rank": int(patch.metadata.get("ss_network_dim", "0") or 0),
         "dtype": patch.dtype,
         "base": {key: base.get(key) for key in ("family", "model", "tensors", "dtype", "sha256", "sha256_fp16")},
     }
+
+
+def _erases(entry: dict) -> str:
+    """What a version erases, for the versions table: the names if they were listed, else the count."""
+    if "erase" in entry:
+        return ", ".join(entry["erase"])
+    return f"{entry['erase_count']} concepts (not listed)"
 
 
 def _latest(versions: dict) -> str:
@@ -63,9 +78,15 @@ def _card(name: str, manifest: dict, base_model: str | None, license_id: str) ->
         license=license_id,
         tags=list(TAGS),
     )
-    erased = "\n".join(f"- {concept}" for concept in entry["erase"])
+    if "erase" in entry:
+        erased = "\n".join(f"- {concept}" for concept in entry["erase"])
+    else:
+        erased = (
+            f"{entry['erase_count']} concepts, not listed on this card; `erasec inspect {entry['file']}` lists them "
+            "(the publisher can list them here with `erasec publish --list-concepts`)."
+        )
     rows = "\n".join(
-        f"| {version} | `{manifest['versions'][version]['file']}` | {', '.join(manifest['versions'][version]['erase'])} "
+        f"| {version} | `{manifest['versions'][version]['file']}` | {_erases(manifest['versions'][version])} "
         f"| `{manifest['versions'][version]['sshs_model_hash'][:12]}` |"
         for version in sorted(manifest["versions"], key=lambda v: semver_core(v) or (0, 0, 0), reverse=True)
     )
@@ -109,8 +130,16 @@ sha256 `{base['sha256']}`, fp16-rounded `{base['sha256_fp16']}`.
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
 
 
-def publish(patch: PatchFile, folder: Path, *, base_model: str | None = None, license_id: str | None = None) -> dict:
-    """Add ``patch`` to the hub folder ``folder``; returns what was written."""
+def publish(
+    patch: PatchFile,
+    folder: Path,
+    *,
+    base_model: str | None = None,
+    license_id: str | None = None,
+    list_concepts: bool = False,
+) -> dict:
+    """Add ``patch`` to the hub folder ``folder``; returns what was written, with the concept names
+    when ``list_concepts`` wrote them into the card and manifest."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise PatchError(f"{folder}: is a file; give a folder to publish into")
@@ -143,7 +172,8 @@ def publish(patch: PatchFile, folder: Path, *, base_model: str | None = None, li
         raise PatchError(
             f"{manifest_path}: version {patch.version} is recorded with different bytes; bump the version and rebuild"
         )
-    manifest["versions"][patch.version] = _entry(patch, file_name, digest)
+    entry = _entry(patch, file_name, digest, list_concepts)
+    manifest["versions"][patch.version] = entry
     manifest["versions"] = dict(sorted(manifest["versions"].items()))
     manifest["latest"] = _latest(manifest["versions"])
     # a card option given once holds for later versions until given again
@@ -170,4 +200,6 @@ def publish(patch: PatchFile, folder: Path, *, base_model: str | None = None, li
         "versions": list(manifest["versions"]),
         "base_model": base_model,
         "license": license_id,
+        "erase_count": entry["erase_count"],
+        **({"listed_concepts": entry["erase"]} if list_concepts else {}),
     }

@@ -14,8 +14,9 @@ from erasec.patches.read import read_patch
 def test_publish_writes_card_manifest_and_versioned_file(tmp_path):
     patch = read_patch(write_fake_patch(tmp_path / "p.safetensors"))
     hub = tmp_path / "hub"
-    result = publish(patch, hub, base_model="org/base")
+    result = publish(patch, hub, base_model="org/base", list_concepts=True)
     assert result["status"] == "published" and result["file"] == "no-artists-1.0.0.safetensors"
+    assert result["listed_concepts"] == ["Van Gogh"]
     assert (hub / "no-artists-1.0.0.safetensors").read_bytes() == patch.path.read_bytes()
     card = ModelCard.load(hub / "README.md")  # offline: a local path
     data = card.data.to_dict()
@@ -31,7 +32,10 @@ def test_publish_writes_card_manifest_and_versioned_file(tmp_path):
 
 def test_versions_accumulate_and_the_card_follows_the_latest(tmp_path):
     hub = tmp_path / "hub"
-    publish(read_patch(write_fake_patch(tmp_path / "a.safetensors", concepts=("A", "B"), version="1.1.0")), hub, base_model="org/base")
+    publish(
+        read_patch(write_fake_patch(tmp_path / "a.safetensors", concepts=("A", "B"), version="1.1.0")), hub,
+        base_model="org/base", list_concepts=True,
+    )
     publish(read_patch(write_fake_patch(tmp_path / "b.safetensors", concepts=("A",), version="1.0.0")), hub)
     manifest = json.loads((hub / "manifest.json").read_text())
     assert list(manifest["versions"]) == ["1.0.0", "1.1.0"] and manifest["latest"] == "1.1.0"
@@ -58,3 +62,23 @@ def test_a_folder_of_another_patch_is_refused(tmp_path):
     with pytest.raises(PatchError, match="holds the patch 'other', not 'no-artists'"):
         publish(read_patch(write_fake_patch(tmp_path / "a.safetensors")), hub)
 
+
+
+def test_concepts_reach_the_card_and_manifest_only_when_asked(tmp_path):
+    """A spec's file: lists come expanded into the patch; a list read from the wrong file (the host's
+    environment) must not reach a public card unseen (issue 16 item 4): by default only counts."""
+    secret = "AWS_SECRET_ACCESS_KEY=abc123"
+    patch = read_patch(write_fake_patch(tmp_path / "p.safetensors", concepts=("Van Gogh", secret)))
+    hub = tmp_path / "hub"
+    result = publish(patch, hub)
+    assert result["erase_count"] == 2 and "listed_concepts" not in result
+    card, manifest = (hub / "README.md").read_text(), (hub / "manifest.json").read_text()
+    for text in (card, manifest):
+        assert secret not in text and "Van Gogh" not in text
+    assert "2 concepts, not listed on this card; `erasec inspect no-artists-1.0.0.safetensors` lists them" in card
+    assert "| 1.0.0 | `no-artists-1.0.0.safetensors` | 2 concepts (not listed) |" in card
+    assert json.loads(manifest)["versions"]["1.0.0"]["erase_count"] == 2
+
+    listed = publish(patch, tmp_path / "hub2", list_concepts=True)
+    assert listed["listed_concepts"] == ["Van Gogh", secret]  # what the CLI prints
+    assert f"- {secret}" in (tmp_path / "hub2" / "README.md").read_text()
