@@ -148,8 +148,9 @@ def publish(
     if manifest_path.is_file():
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            manifest["versions"]  # noqa: B018 — a KeyError means a foreign file
-        except (json.JSONDecodeError, KeyError, TypeError):
+            if not isinstance(manifest.get("name"), str) or not isinstance(manifest["versions"], dict):
+                raise TypeError  # a manifest without a name would print None below
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             raise PatchError(f"{manifest_path}: not an erasec hub manifest; publish into another folder") from None
         if manifest.get("name") != patch.name:
             raise PatchError(

@@ -82,3 +82,13 @@ def test_concepts_reach_the_card_and_manifest_only_when_asked(tmp_path):
     listed = publish(patch, tmp_path / "hub2", list_concepts=True)
     assert listed["listed_concepts"] == ["Van Gogh", secret]  # what the CLI prints
     assert f"- {secret}" in (tmp_path / "hub2" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("foreign", ['{"versions": {}}', '{"name": null, "versions": {}}', '[1]', '{"name": "x", "versions": 3}'])
+def test_a_foreign_manifest_is_refused_without_printing_none(tmp_path, foreign):
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "manifest.json").write_text(foreign)
+    with pytest.raises(PatchError) as info:
+        publish(read_patch(write_fake_patch(tmp_path / "a.safetensors")), hub)
+    assert str(info.value) == f"{hub / 'manifest.json'}: not an erasec hub manifest; publish into another folder"
