@@ -29,6 +29,7 @@ from .encodings import RecordingModel
 from .errors import BuildError, SpecError
 from .evaluate import Scores, score
 from .lowering import Lowering
+from .outputs import check_build_output
 from .pins import model_base_pin, model_text_encoder_pin
 from .spec import Spec, load_spec
 from .version import erasec_version
@@ -43,6 +44,7 @@ class BuildOptions:
     allow_outside_spec: bool = False  # let the spec name files outside its folder (compiler/spec_parts.py)
     cache: bool = True  # reuse text-encoder rows from the embedding cache (compiler/embedding_cache.py)
     cache_dir: Path | None = None  # the erasec cache dir (default: builtin.cache_root)
+    force: bool = False  # replace an existing output that is not this spec's patch (compiler/outputs.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,20 +95,6 @@ class BuildResult:
             "paths": list(self.paths),
             "prompts": dict(self.prompts),
         }
-
-
-def check_output_path(output: Path) -> None:
-    """Fail before any work if the output cannot be written; missing folders are made at write time."""
-    if output.is_dir():
-        raise BuildError(f"{output}: is a folder; give a file name such as {output / 'patch.safetensors'}")
-    folder = output.parent if str(output.parent) else Path(".")
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise BuildError(f"{output}: cannot create folder {folder}: {existing} is a file")
-    if not os.access(existing, os.W_OK):
-        raise BuildError(f"{output}: the folder {existing} is not writable")
 
 
 def check_rank(spec: Spec, target) -> None:
@@ -169,7 +157,7 @@ def build(
     spec = load_spec(spec_path, methods=tuple(PRESETS), model=options.model, allow_outside=options.allow_outside_spec)
     if not spec.model:
         raise SpecError(f"{spec_path}: model: no model given; set 'model:' in the spec or pass --model")
-    return build_spec(spec, output, options, emit_ir=emit_ir, clock=clock, progress=progress)
+    return build_spec(spec, output, options, emit_ir=emit_ir, clock=clock, progress=progress, inputs=(spec_path,))
 
 
 def build_spec(
@@ -182,6 +170,7 @@ def build_spec(
     extra_metadata: tuple[tuple[str, str], ...] = (),
     clock: float | None = None,
     progress: Callable[[str], None] = lambda stage: None,
+    inputs: tuple = (),
 ) -> BuildResult:
     """Build a checked spec; ``model`` replaces opening ``spec.model`` (compose passes a model that
     replays recorded encodings), ``extra_metadata`` adds ``erasec.*`` keys to the manifest;
@@ -190,9 +179,8 @@ def build_spec(
 
     clock = time.perf_counter() if clock is None else clock
     seconds: dict[str, float] = {}
-    output = Path(output)
-    if spec.output.format != "checkpoint":  # a merged folder's output is a folder: the backend checks it
-        check_output_path(output)
+    # the output-path policy, before any work; ``inputs``: the spec file, the patches composed
+    output = check_build_output(spec, output, inputs=inputs, force=options.force, cache_dir=options.cache_dir)
     preset = PRESETS[spec.method]
     pipeline = Pipeline.parse(pipeline_text(spec), _ir_callback(options, emit_ir))
 

@@ -51,7 +51,7 @@ def cores() -> int:
 
 
 def build_one(
-    spec: str, output: str, model: str | None, cache: bool, threads: int, allow_outside_spec: bool = False
+    spec: str, output: str, model: str | None, cache: bool, threads: int, force: bool = False, allow_outside_spec: bool = False
 ) -> ManyResult:
     """One build in this process; an ``ErasecError`` becomes a failed result, not an exception."""
     from erasec.ir.errors import ErasecError
@@ -64,7 +64,7 @@ def build_one(
 
         torch.set_num_threads(threads)
     try:
-        result = build(spec, output, BuildOptions(model=model, cache=cache, allow_outside_spec=allow_outside_spec))
+        result = build(spec, output, BuildOptions(model=model, cache=cache, force=force, allow_outside_spec=allow_outside_spec))
     except ErasecError as error:
         return ManyResult(spec=spec, output=output, ok=False, seconds=time.perf_counter() - clock, error=str(error))
     summary = result.as_dict()
@@ -80,26 +80,42 @@ def build_many(
     model: str | None = None,
     cache: bool = True,
     ray_address: str | None = None,
+    force: bool = False,
     allow_outside_spec: bool = False,
 ) -> list[ManyResult]:
-    """Build every spec in ``folder`` into ``out``; results in the specs' (sorted) order."""
+    """Build every spec in ``folder`` into ``out``; results in the specs' (sorted) order.
+
+    Checked before any build: ``jobs``, the output folder (patches/outputs.py) and that no two specs
+    share an output name; each spec's own output is checked by its build, before its work."""
+    from erasec.patches.outputs import check_output_folder
+
+    if jobs is not None and jobs < 1:
+        raise BuildError(f"-j/--jobs: {jobs} is not a number of processes; give 1 or more (or leave it out)")
     specs = find_specs(Path(folder))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BuildError(f"{out}: is a file; give a folder for the patches")
+    check_output_folder(out)
+    by_output: dict[str, Path] = {}
+    for spec in specs:
+        other = by_output.setdefault(spec.stem, spec)
+        if other != spec:
+            raise BuildError(
+                f"{other} and {spec}: both would write {out / (spec.stem + '.safetensors')}; rename one of them"
+            )
     tasks = [(str(spec), str(out / f"{spec.stem}.safetensors"), model, cache) for spec in specs]
     if ray_address is not None:
-        return _on_ray(tasks, ray_address, allow_outside_spec)
+        return _on_ray(tasks, ray_address, force, allow_outside_spec)
     workers = max(1, min(jobs or cores(), len(tasks)))
     threads = max(1, cores() // workers)
     if workers == 1:
-        return [build_one(*task, threads, allow_outside_spec) for task in tasks]
+        return [build_one(*task, threads, force, allow_outside_spec) for task in tasks]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(build_one, *task, threads, allow_outside_spec) for task in tasks]
+        futures = [pool.submit(build_one, *task, threads, force, allow_outside_spec) for task in tasks]
         return [future.result() for future in futures]
 
 
-def _on_ray(tasks: list[tuple], address: str, allow_outside_spec: bool = False) -> list[ManyResult]:
+def _on_ray(tasks: list[tuple], address: str, force: bool = False, allow_outside_spec: bool = False) -> list[ManyResult]:
     """The same builds as Ray tasks (one CPU each by default); ``address`` as ``ray.init`` takes it
     (``auto``, ``ray://host:10001``, or ``local`` for a cluster started in this process)."""
     try:
@@ -108,4 +124,4 @@ def _on_ray(tasks: list[tuple], address: str, allow_outside_spec: bool = False) 
         raise BuildError("--ray: ray is not installed; pip install 'ray[default]' or drop --ray") from None
     ray.init(address=None if address == "local" else address, ignore_reinit_error=True)
     remote = ray.remote(build_one)
-    return ray.get([remote.remote(*task, 0, allow_outside_spec) for task in tasks])
+    return ray.get([remote.remote(*task, 0, force, allow_outside_spec) for task in tasks])

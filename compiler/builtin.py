@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -269,22 +267,33 @@ def cached(kind: str, name: str, write: Callable[[Path], None], cache_dir: Path 
     final = root / name
     if final.exists():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
-    target = staging if folder else staging / name
-    try:
+    from erasec.patches.atomic import commit, staging_folder  # the one writer: normal modes, fsync
+
+    with staging_folder(final) as staging:
+        target = staging / name
+        if folder:
+            target.mkdir()
         logger.info("writing %s", final)
         write(target)
         try:
-            os.replace(target, final)
+            commit(target, final)
         except OSError:
             if not final.exists():
                 raise
             logger.info("%s was written concurrently; using it", final)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def builtin_location(name: str, cache_dir: Path | None = None) -> Path | None:
+    """Where ``builtin_model_path(name)`` is or will be, without building it; None for an unknown name
+    (the output-path checks compare outputs with it before any work)."""
+    base = name.removesuffix(SINGLE_FILE_SUFFIX)
+    if base not in _BUILDERS:
+        return None
+    if base == name:
+        return cache_root(cache_dir) / "models" / f"{base}-v{_VERSIONS[base]}"
+    file_name = f"{base}-v{_VERSIONS[base]}.{_SINGLE_FILE_VERSION}{SINGLE_FILE_SUFFIX}"
+    return cache_root(cache_dir) / "single-file" / file_name
 
 
 def builtin_model_path(name: str, cache_dir: Path | None = None) -> Path:

@@ -52,9 +52,15 @@ def cli() -> None:
     "--allow-pickle", is_flag=True, help="open a .ckpt/.pt model (read with torch.load(weights_only=True))"
 )
 @click.option("--no-cache", is_flag=True, help="encode every prompt; neither read nor write the embedding cache")
+@click.option("--force", is_flag=True, help="replace an existing -o file that is not an erasec patch of the spec's name "
+              "(never an input, a link or a device)")
 @click.option("--allow-outside-spec", is_flag=True, help="let the spec name files outside its folder (trusted specs only)")
-def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickle, no_cache, allow_outside_spec) -> None:
-    """Compile SPEC into a LoRA patch."""
+def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickle, no_cache, force, allow_outside_spec) -> None:
+    """Compile SPEC into a LoRA patch.
+
+    -o is checked before any work: a rebuild replaces an erasec patch of the same name; any other
+    existing file needs --force; an input, a folder, a symbolic link or a device is refused.
+    """
     from .build import BuildOptions, build as run_build
 
     quiet_libraries()
@@ -63,7 +69,7 @@ def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickl
     wanted = tuple(p.strip() for p in print_ir_after.split(",")) if print_ir_after else ()
     options = BuildOptions(
         model=model, print_ir_after=wanted, verify_each=verify_each, allow_pickle=allow_pickle, cache=not no_cache,
-        allow_outside_spec=allow_outside_spec,
+        force=force, allow_outside_spec=allow_outside_spec,
     )
     from .build import BUILD_STAGES
 
@@ -88,10 +94,16 @@ def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickl
 @click.option("-j", "--jobs", default=None, type=int, help="parallel processes (default: one per CPU)")
 @click.option("--ray", "ray_address", default=None, help="run on a Ray cluster at ADDRESS ('auto', ray://…, 'local')")
 @click.option("--no-cache", is_flag=True, help="do not use the embedding cache")
+@click.option("--force", is_flag=True, help="replace existing OUTPUT/<name>.safetensors files that are not erasec "
+              "patches of their spec's name")
 @click.option("--allow-outside-spec", is_flag=True, help="let the specs name files outside their folder (trusted specs only)")
 @json_option
-def build_many(folder, output, model, jobs, ray_address, no_cache, allow_outside_spec, as_json) -> None:
-    """Compile every *.yaml spec in FOLDER into OUTPUT/<name>.safetensors, in parallel."""
+def build_many(folder, output, model, jobs, ray_address, no_cache, force, allow_outside_spec, as_json) -> None:
+    """Compile every *.yaml spec in FOLDER into OUTPUT/<name>.safetensors, in parallel.
+
+    Each output follows build's -o rules; two specs with one name (a.yaml and a.yml) are refused
+    before any build.
+    """
     from pathlib import Path
 
     from .build_many import build_many as run_many
@@ -100,7 +112,7 @@ def build_many(folder, output, model, jobs, ray_address, no_cache, allow_outside
     return_freed_memory()
     results = run_command(
         lambda: run_many(
-            Path(folder), Path(output), jobs=jobs, model=model, cache=not no_cache, ray_address=ray_address,
+            Path(folder), Path(output), jobs=jobs, model=model, cache=not no_cache, ray_address=ray_address, force=force,
             allow_outside_spec=allow_outside_spec,
         ),
         loads_models=False,

@@ -12,7 +12,8 @@ from .cli_common import emit, fail, human_size, json_option, quiet_libraries, ru
 
 @click.command("export-onnx")
 @click.option("--model", required=True, help="model folder, single-file .safetensors or builtin:NAME[.safetensors]")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="the folder to write")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="the folder to write (not the "
+              "model's; checked before any work)")
 @click.option("--exporter", default="dynamo", type=click.Choice(["dynamo", "legacy"]), show_default=True)
 @click.option("--opset", default=None, type=int, help="ONNX opset (default 20 for dynamo, 17 for legacy)")
 @click.option("--static", is_flag=True, help="fixed batch 2 and the model's sample size (faster to export)")
@@ -75,14 +76,26 @@ def run_onnx(graph, providers, erase_scale, adapter, seed, size, repeat, as_json
 @click.command("export-single-file")
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="the .safetensors file to write")
-def export_single_file(model, output) -> None:
-    """Write MODEL (builtin:NAME or a diffusers folder) as one LDM/SGM single-file checkpoint."""
+@click.option("--force", is_flag=True, help="replace an existing -o file that is not a single file erasec wrote "
+              "(never an input, a link or a device)")
+def export_single_file(model, output, force) -> None:
+    """Write MODEL (builtin:NAME or a diffusers folder) as one LDM/SGM single-file checkpoint.
+
+    -o is checked before any work: it replaces a single file erasec wrote; any other existing file
+    needs --force; a file of MODEL, a folder, a symbolic link or a device is refused.
+    """
     from pathlib import Path
 
+    from erasec.patches.outputs import check_output, erasec_single_file
+
     from .builtin import builtin_model_path, write_single_file
+    from .outputs import model_inputs
 
     quiet_libraries()
     try:
+        check_output(
+            output, inputs=model_inputs(model), force=force, same_artifact=erasec_single_file, example="model.safetensors"
+        )
         folder = builtin_model_path(model.removeprefix("builtin:")) if model.startswith("builtin:") else Path(model)
         if not (folder / "model_index.json").is_file():
             from .errors import ModelError

@@ -49,24 +49,35 @@ def verify(patch, model, as_json) -> None:
               help="with --onnx: bake ΔW into the weights, add a branch switched by erase_scale, or an .onnx_adapter")
 @click.option("-o", "--output", required=True, type=click.Path(), help="the merged model to write (new path)")
 @click.option("--scale", default=1.0, type=float, show_default=True, help="W0 + scale·ΔW; -1 undoes a merge")
-@click.option("--force", is_flag=True, help="merge even if the model does not match the patch's base pin")
+@click.option("--force", is_flag=True, help="merge even if the model does not match the patch's base pin, and "
+              "replace an existing -o file (never an input, a link or a device)")
 @json_option
 def apply(patch, model, onnx_graph, mode, output, scale, force, as_json) -> None:
-    """Merge PATCH into MODEL (a checkpoint in the model's own layout) or into an ONNX UNet graph."""
+    """Merge PATCH into MODEL (a checkpoint in the model's own layout) or into an ONNX UNet graph.
+
+    -o is checked before any work: a folder model's merge goes to a new folder; an existing file is
+    replaced only with --force; an input, a folder, a symbolic link or a device is refused.
+    """
     from .patch_apply import apply_patch
 
     if onnx_graph is not None:
         from .onnx_apply import apply_onnx
 
         result = run_command(
-            lambda: apply_onnx(patch, onnx_graph, output, mode=mode, scale=scale, verify_base=not force)
+            lambda: apply_onnx(patch, onnx_graph, output, mode=mode, scale=scale, verify_base=not force, force=force)
         )
         text = f"wrote {', '.join(result['files'])} ({mode}, {result['sites']} sites, confirmed by {result['confirmed_by']})"
         emit(result, as_json, text)
         return
     if model is None:
         fail(ErasecError("apply: give --model (a merged checkpoint) or --onnx (a patched ONNX graph)"))
-    result = run_command(lambda: apply_patch(patch, model, output, scale=scale, force=force))
+    def action():
+        from .outputs import check_merge_output
+
+        check_merge_output(model, output, inputs=(patch,), force=force)  # before any work
+        return apply_patch(patch, model, output, scale=scale, force=force)
+
+    result = run_command(action)
     sign = "+" if scale > 0 else "−"
     text = f"wrote {output} ({result['layout']}, {result['tensors_changed']} tensors = W0 {sign} {abs(scale):g}·ΔW)"
     emit(result, as_json, text)
@@ -78,13 +89,18 @@ def apply(patch, model, onnx_graph, mode, output, scale, force, as_json) -> None
 @click.option("--model", default=None, help="the base model (default: where the first patch was built)")
 @click.option("--name", default=None, help="the composed patch's name (default: the first patch's)")
 @click.option("--version", "version_", default=None, help="its version (default: the first patch's)")
+@click.option("--force", is_flag=True, help="replace an existing -o file that is not an erasec patch of this name "
+              "(never an input, a link or a device)")
 @json_option
-def compose(patches, output, model, name, version_, as_json) -> None:
-    """Link PATCHES of one base into one patch by solving the union of their specs jointly."""
+def compose(patches, output, model, name, version_, force, as_json) -> None:
+    """Link PATCHES of one base into one patch by solving the union of their specs jointly.
+
+    -o follows build's rules, checked before any work; it may not be one of PATCHES.
+    """
     from .patch_compose import compose_patches
 
     result = run_command(
-        lambda: compose_patches(list(patches), output, model=model, name=name, version=version_)
+        lambda: compose_patches(list(patches), output, model=model, name=name, version=version_, force=force)
     )
     emit(result.as_dict(), as_json, None if as_json else build_summary(result))
 
@@ -135,12 +151,17 @@ def publish(patch, folder, base_model, license_id, list_concepts, as_json) -> No
 @click.argument("patch")
 @click.option("--model", required=True, help="the other model (same text encoder)")
 @click.option("-o", "--output", required=True, type=click.Path(), help="the retargeted patch to write")
+@click.option("--force", is_flag=True, help="replace an existing -o file that is not an erasec patch of PATCH's name "
+              "(never an input, a link or a device)")
 @json_option
-def retarget(patch, model, output, as_json) -> None:
-    """Re-lower a shared-form PATCH exactly onto another model with the same text encoder."""
+def retarget(patch, model, output, force, as_json) -> None:
+    """Re-lower a shared-form PATCH exactly onto another model with the same text encoder.
+
+    -o follows build's rules, checked before any work; it may not be PATCH.
+    """
     from .patch_compose import retarget_patch
 
-    result = run_command(lambda: retarget_patch(patch, model, output))
+    result = run_command(lambda: retarget_patch(patch, model, output, force=force))
     emit(result, as_json, f"wrote {output} ({result['layers']} layers, rank {result['rank']}, for {model})")
 
 
@@ -152,7 +173,7 @@ def retarget(patch, model, output, as_json) -> None:
 @click.option("--prompts", default=None, type=click.Path(dir_okay=False), help="your prompts: .txt (one a line) or .csv "
               "(prompt[,counterpart][,concept])")
 @click.option("-o", "--output", default=None, type=click.Path(file_okay=False), help="a folder for report.json, report.html "
-              "and the image grids")
+              "and the image grids (checked before any work; not an input's folder)")
 @click.option("--images", default=0, type=int, help="N images per erased concept, with and without the patch (needs -o)")
 @click.option("--steps", default=25, type=int, show_default=True, help="denoising steps for --images")
 @click.option("--clip-model", default=None, type=click.Path(file_okay=False), help="a local CLIP folder: adds a CLIP score "
@@ -179,6 +200,11 @@ def eval_command(patch, model, suites, prompts, output, images, steps, clip_mode
     steps_total = len(STAGES) + (1 if images else 0)
 
     def action():
+        if output is not None:  # before any work: an unwritable or input folder is one line now, not after
+            from .eval_report import check_report_folder
+            from .outputs import model_inputs
+
+            check_report_folder(Path(output), inputs=(patch, prompts, *model_inputs(model)))
         with click.progressbar(length=steps_total, label="erasec eval", file=sys.stderr) if show else NoBar() as bar:
             result = evaluate_patch(patch, model, options, progress=lambda stage: bar.update(1))
             written = {}

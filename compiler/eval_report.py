@@ -139,11 +139,32 @@ def render_html(result: EvalResult) -> str:
     )
 
 
+REPORT_FILES = ("report.json", "report.html")
+
+
+def check_report_folder(folder: Path, *, inputs: tuple = ()) -> None:
+    """Before ``eval`` runs: ``folder`` can be made or written, is no input, and neither report file
+    is an input, a link or a device (``patches/outputs.py``; the report files themselves are
+    erasec's and are replaced)."""
+    from erasec.patches.outputs import check_output, check_output_folder
+
+    check_output_folder(folder, inputs=inputs)
+    for name in REPORT_FILES:
+        check_output(folder / name, inputs=inputs, force=True)
+
+
 def write_report(result: EvalResult, folder: Path) -> dict[str, str]:
-    """``report.json`` and ``report.html`` in ``folder`` (made if missing); returns what was written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(
-        json.dumps(result.as_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    (folder / "report.html").write_text(render_html(result), encoding="utf-8")
+    """``report.json`` and ``report.html`` in ``folder`` (made if missing), both or neither, through
+    the one writer (``patches/atomic.py``); returns what was written. A full disk or an unwritable
+    folder is a one-line ``PatchError`` naming the file."""
+    from erasec.patches.atomic import write_files_atomically
+
+    json_text = json.dumps(result.as_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    texts = dict(zip(REPORT_FILES, (json_text, render_html(result))))
+
+    def write(staging: Path) -> None:
+        for name, text in texts.items():
+            (staging / name).write_bytes(text.encode("utf-8"))
+
+    write_files_atomically([folder / name for name in texts], write)
     return {"json": str(folder / "report.json"), "html": str(folder / "report.html")}

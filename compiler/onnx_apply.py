@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 
 from erasec.backends.onnx import MODES, OnnxOptions, deltas_from_solution, load_graph, patch_graph, write_graph
+from erasec.backends.onnx.files import external_data_files, output_files
+from erasec.patches.outputs import check_output
 from erasec.patches.read import read_patch
 
 from .errors import BuildError
@@ -36,6 +38,7 @@ def apply_onnx(
     erase_scale: float = 1.0,
     verify_base: bool = True,
     external_data: bool | None = None,
+    force: bool = False,
 ) -> dict:
     """Write ``output`` (and, for ``adapter``, ``output``'s ``.onnx_adapter``); returns a summary.
 
@@ -46,9 +49,15 @@ def apply_onnx(
         raise BuildError(f"--scale: {scale} must be a finite number > 0 for an ONNX graph")
     if mode not in MODES:
         raise BuildError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
-    onnx_path, output = Path(onnx_path), Path(output)
+    given, onnx_path, output = os.fspath(output), Path(onnx_path), Path(output)
     if output.resolve() == onnx_path.resolve():
         raise BuildError(f"{output}: is the input graph; write the patched graph to a new path")
+    written = output_files(output, adapter=mode == "adapter")
+    # before any work (compiler/outputs.py); the graph's external data only matters when a file is replaced
+    replaced = force and any(os.path.lexists(path) for path in written)
+    inputs = (patch_path, onnx_path, *(external_data_files(onnx_path) if replaced else ()))
+    for path in (given, *written[1:]):  # the raw -o first: a trailing '/' names a folder
+        check_output(path, inputs=inputs, force=force, example="unet.onnx")
     patch = read_patch(patch_path)
     deltas = deltas_from_solution(
         patch_solution(patch, scale),

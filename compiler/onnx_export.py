@@ -295,6 +295,11 @@ def export_onnx(location: str, folder: str | Path, options: ExportOptions = Expo
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise BuildError(f"{folder}: is a file; give a folder to export into")
+    from erasec.patches.outputs import check_output_folder
+
+    from .outputs import model_inputs
+
+    check_output_folder(folder, inputs=model_inputs(location))  # before any work (compiler/outputs.py)
     model = open_model(location)
     single = model.layout != "diffusers"
     if single:

@@ -27,14 +27,16 @@ from erasec.backends.peft import PeftOptions, build_peft
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS
 from erasec.patches.manifest import Manifest, write_patch
+from erasec.patches.outputs import check_output, erasec_patch_named
 from erasec.patches.pin import pins_match
 from erasec.patches.read import PatchFile, read_patch
 
-from .build import BuildOptions, BuildResult, build_spec, check_output_path
+from .build import BuildOptions, BuildResult, build_spec
 from .encodings import ReplayModel
 from .errors import BuildError
 from .evaluate import score
 from .lowering import Lowering
+from .outputs import model_inputs
 from .patch_verify import patch_target
 from .pins import model_base_pin, model_text_encoder_pin
 from .spec import Spec, parse_spec
@@ -114,19 +116,28 @@ def union_spec_data(patches: list[PatchFile], *, name: str, version: str, model:
 
 
 def compose_patches(
-    paths: list[str], output: str, *, model: str | None = None, name: str | None = None, version: str | None = None
+    paths: list[str],
+    output: str,
+    *,
+    model: str | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    force: bool = False,
 ) -> BuildResult:
     from .model_open import open_model
 
     if len(paths) < 2:
         raise BuildError("compose: give at least two patches")
     patches = [read_patch(path) for path in paths]
-    _check_composable(patches)
     first = patches[0]
     location = model or first.base.get("model")
+    # the output-path policy before anything else (compiler/outputs.py); build_spec checks it again
+    check_output(
+        output, inputs=(*paths, *model_inputs(location)), force=force, same_artifact=erasec_patch_named(name or first.name)
+    )
+    _check_composable(patches)
     data = union_spec_data(patches, name=name or first.name, version=version or first.version, model=location)
     spec = spec_from_dict(data, source="compose")
-    check_output_path(Path(output))
     opened = open_model(spec.model)
     if not pins_match(first.base, model_base_pin(opened, first.layers())):
         raise BuildError(f"{location}: not the base these patches pin; give the base with --model")
@@ -139,10 +150,12 @@ def compose_patches(
         for key, rows in patch.encodings().items():
             encodings.setdefault(key, rows)
     replay = ReplayModel(opened, encodings, where="compose")
-    return build_spec(spec, output, BuildOptions(), model=replay, extra_metadata=_derived_from(patches))
+    return build_spec(
+        spec, output, BuildOptions(force=force), model=replay, extra_metadata=_derived_from(patches), inputs=tuple(paths)
+    )
 
 
-def retarget_patch(path: str, model_location: str, output: str) -> dict:
+def retarget_patch(path: str, model_location: str, output: str, *, force: bool = False) -> dict:
     from .model_open import open_model
 
     patch = read_patch(path)
@@ -154,7 +167,9 @@ def retarget_patch(path: str, model_location: str, output: str) -> dict:
     pinned = (patch.base.get("text_encoder") or {}).get("sha256")
     if not pinned:
         raise BuildError(f"{patch.path}: records no text-encoder pin; rebuild it with this erasec to retarget it")
-    check_output_path(Path(output))
+    check_output(
+        output, inputs=(path, *model_inputs(model_location)), force=force, same_artifact=erasec_patch_named(patch.name)
+    )
     model = open_model(model_location)
     if model.target.family != patch.base.get("family"):
         raise BuildError(f"{model_location}: is {model.target.family}, the patch is for {patch.base.get('family')}")

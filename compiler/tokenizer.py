@@ -162,8 +162,6 @@ def remembered_tokenizer(folder: Path, load, memo_folder: Path):
     of transformers and tokenizers. A tokenizer with no Rust backend, or a memo that cannot be
     written, just stays the transformers one."""
     import hashlib
-    import os
-    import tempfile
     from importlib.metadata import version
 
     digest = hashlib.sha256(f"fast-tokenizer-v1|{version('transformers')}|{version('tokenizers')}".encode())
@@ -184,12 +182,11 @@ def remembered_tokenizer(folder: Path, load, memo_folder: Path):
     if backend is None or tokenizer.pad_token_id is None:
         return tokenizer
     text = json.dumps({"pad_token_id": tokenizer.pad_token_id, "tokenizer": backend.to_str()})
+    from erasec.patches.atomic import write_file
+    from erasec.patches.errors import PatchError
+
     try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=memo.parent, suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, memo)
-    except OSError:
+        write_file(memo, lambda stream: stream.write(text.encode("utf-8")))
+    except PatchError:
         logger.debug("cannot write the tokenizer memo %s", memo)
     return tokenizer

@@ -14,10 +14,10 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
+from .atomic import write_file
 from .errors import PatchError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit (MAX_HEADER_SIZE)
@@ -60,31 +60,23 @@ def data_sha256(raw: bytes) -> str:
 
 
 def atomic_write(path: Path, raw: bytes | tuple) -> None:
-    """Write ``raw`` (bytes, or a tuple of byte buffers written one after another) to a temporary
-    file beside ``path`` (making missing folders), check that it parses, then rename it over
-    ``path``: a reader never sees a partial file."""
+    """Write ``raw`` (bytes, or a tuple of byte buffers written one after another) to ``path``
+    through the one writer (``patches/atomic.py``: temporary file beside it, fsync, normal mode,
+    rename), refusing it first if it does not parse: a reader never sees a partial file."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as error:
-        raise PatchError(f"{path}: cannot write here ({error.strerror})") from None
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            for part in raw if isinstance(raw, tuple) else (raw,):
-                stream.write(part)
+
+    def write(stream) -> None:
+        for part in raw if isinstance(raw, tuple) else (raw,):
+            stream.write(part)
+
+    def check(temporary: Path) -> None:
         try:
-            read_header(Path(temp))
+            read_header(temporary)
         except PatchError as error:
             reason = str(error).split(": ", 1)[1]
             raise PatchError(f"{path}: refusing to write an invalid safetensors file ({reason})") from None
-        os.replace(temp, path)
-    except OSError as error:
-        raise PatchError(f"{path}: cannot write ({error.strerror})") from None
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+
+    write_file(path, write, check=check)
 
 
 def read_header(path: Path) -> tuple[dict, dict[str, str]]:

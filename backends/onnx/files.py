@@ -44,6 +44,32 @@ def adapter_path(onnx_path: str | Path) -> Path:
     return path.with_name(path.stem + ADAPTER_SUFFIX)
 
 
+def output_files(path: str | Path, *, adapter: bool) -> tuple[Path, ...]:
+    """Every file ``write_graph`` may write for ``path``: the graph, its ``.data`` (written when the
+    tensors need it) and, with an adapter, the ``.onnx_adapter``; the output-path checks cover all."""
+    path = Path(path)
+    return (path, path.with_name(path.name + ".data"), *((adapter_path(path),) if adapter else ()))
+
+
+def external_data_files(path: str | Path) -> tuple[Path, ...]:
+    """The external-data files a graph names (read without its tensors), resolved beside it."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError):  # not a readable graph: loading it reports that, naming it, later
+        return ()
+    found = set()
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    found.add(path.parent / entry.value)
+    return tuple(sorted(found))
+
+
 def _write_adapter(path: Path, parameters: Mapping[str, np.ndarray]) -> None:
     import onnxruntime as ort
 

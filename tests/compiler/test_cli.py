@@ -132,8 +132,8 @@ def test_a_failed_build_leaves_no_file_and_keeps_an_old_one(tmp_path):
     out = tmp_path / "p.safetensors"
     _fails(["build", singular, "-o", out], "solve: key space clip-l: the system is singular or ill-conditioned")
     assert not out.exists()
-    out.write_bytes(b"previous patch")
-    _fails(["build", singular, "-o", out], "raise options.lambda (now 0)")
+    out.write_bytes(b"previous patch")  # not an erasec patch of this name: replacing it needs --force
+    _fails(["build", singular, "-o", out, "--force"], "raise options.lambda (now 0)")
     assert out.read_bytes() == b"previous patch"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
