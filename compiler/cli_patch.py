@@ -28,12 +28,13 @@ def inspect(patch, as_json) -> None:
 @click.command()
 @click.argument("patch")
 @click.option("--model", required=True, help="model folder, single file or builtin:NAME")
+@click.option("--allow-pickle", is_flag=True, help="open a .ckpt/.pt model (read with torch.load(weights_only=True))")
 @json_option
-def verify(patch, model, as_json) -> None:
+def verify(patch, model, allow_pickle, as_json) -> None:
     """Check that PATCH is intact and belongs to MODEL; exit 1 with the reason when not."""
     from .patch_verify import verify_patch
 
-    result = run_command(lambda: verify_patch(patch, model))
+    result = run_command(lambda: verify_patch(patch, model, allow_pickle=allow_pickle))
     lines = [f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']:<9} {c['detail']}" for c in result["checks"]]
     lines.append(f"{patch}: {'verified against ' + model if result['ok'] else 'does NOT verify: ' + result['reason']}")
     emit(result, as_json, "\n".join(lines))
@@ -51,8 +52,9 @@ def verify(patch, model, as_json) -> None:
 @click.option("--scale", default=1.0, type=float, show_default=True, help="W0 + scale·ΔW; -1 undoes a merge")
 @click.option("--force", is_flag=True, help="merge even if the model does not match the patch's base pin, and "
               "replace an existing -o file (never an input, a link or a device)")
+@click.option("--allow-pickle", is_flag=True, help="open a .ckpt/.pt model (read with torch.load(weights_only=True))")
 @json_option
-def apply(patch, model, onnx_graph, mode, output, scale, force, as_json) -> None:
+def apply(patch, model, onnx_graph, mode, output, scale, force, allow_pickle, as_json) -> None:
     """Merge PATCH into MODEL (a checkpoint in the model's own layout) or into an ONNX UNet graph.
 
     -o is checked before any work: a folder model's merge goes to a new folder; an existing file is
@@ -75,7 +77,7 @@ def apply(patch, model, onnx_graph, mode, output, scale, force, as_json) -> None
         from .outputs import check_merge_output
 
         check_merge_output(model, output, inputs=(patch,), force=force)  # before any work
-        return apply_patch(patch, model, output, scale=scale, force=force)
+        return apply_patch(patch, model, output, scale=scale, force=force, allow_pickle=allow_pickle)
 
     result = run_command(action)
     sign = "+" if scale > 0 else "−"

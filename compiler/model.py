@@ -31,7 +31,7 @@ from erasec.ir.naming import checkpoint_weight_name
 from . import semantic, text_encoders
 from .builtin import cache_root, cached
 from .errors import ModelError
-from .tensor_files import LazyWeights, TensorFile, first_line
+from .tensor_files import LazyWeights, TensorFile, first_line, regular_file
 from .tokenizer import (
     EOS_TOKEN,
     MODEL_MAX_LENGTH,
@@ -64,10 +64,9 @@ KV_CACHE_BYTES = 512 * 2**20
 
 def read_json(path: Path) -> dict:
     """A component's ``config.json`` (or any JSON object file), refused with a one-line error."""
+    regular_file(path, missing="no such file; the component needs its config.json")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no such file; the component needs its config.json") from None
     except (OSError, ValueError) as error:
         raise ModelError(f"{path}: unreadable ({first_line(error)})") from error
     if not isinstance(data, dict):
@@ -179,8 +178,9 @@ class SDModel:
                 f"{folder}: expected one .safetensors weights file, found {len(files)}; erasec reads no .bin pickles"
             )
         try:
-            config = CLIPTextConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
-        except (OSError, ValueError) as error:
+            with text_encoders.config_errors(folder / "config.json"):
+                config = CLIPTextConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
+        except OSError as error:
             raise ModelError(f"{folder}: cannot read the CLIP text config ({first_line(error)})") from error
         weights = TensorFile(files[0], pickled=False)
         state = weights.tensors([k for k in weights.shapes if not k.endswith("position_ids")])

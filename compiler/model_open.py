@@ -31,7 +31,7 @@ from . import semantic
 from .builtin import builtin_model_path
 from .errors import ModelError
 from .model import FAMILIES, TOKENIZER_OF, SDModel, read_json
-from .tensor_files import TensorFile
+from .tensor_files import TensorFile, regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def open_model(
         path = builtin_model_path(location.removeprefix("builtin:"), cache_dir)
     else:
         path = Path(location).expanduser()
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise ModelError(
             f"{location}: no such file or folder; give a diffusers folder, a single-file .safetensors "
             "checkpoint or builtin:NAME"
@@ -161,7 +161,7 @@ def open_model(
     if path.is_dir():
         model = _open_folder(path, location, family)
     else:
-        model = _open_file(path, location, allow_pickle, family)
+        model = _open_file(regular_file(path), location, allow_pickle, family)
     model._cache["cache_dir"] = cache_dir
     if pooled:
         model = _with_pooled_space(model)

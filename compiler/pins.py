@@ -8,8 +8,6 @@ embeddings (DESIGN.md §4), so two models with the same text encoder accept the 
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -17,41 +15,35 @@ import numpy as np
 
 from erasec.patches.pin import base_pin, text_encoder_pin
 
+from .tensor_files import TensorFile
+
 _DTYPES = {"F16": "fp16", "F32": "fp32", "BF16": "bf16", "F64": "fp64"}
 _ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
 
 
-def _header(path: Path) -> dict:
-    with open(path, "rb") as stream:
-        (length,) = struct.unpack("<Q", stream.read(8))
-        return json.loads(stream.read(length))
-
-
 def storage_dtype(model) -> str | None:
     """How the model's file stores its K/V tensors (``fp16``…), or ``None`` if unknown or mixed."""
-    unet_file = getattr(model, "unet_weights_file", None)
-    if unet_file is None or not Path(unet_file).is_file():
+    file = getattr(model, "_file", None)  # the opened TensorFile: safetensors or an allowed pickle
+    if file is None:
         return None
-    header = _header(Path(unet_file))
     name = getattr(model, "weight_name", lambda site: site.weight_name)  # the file's own naming
-    kinds = {_DTYPES.get(header.get(name(site), {}).get("dtype")) for site in model.target.sites}
+    kinds = {_DTYPES.get(file.dtypes.get(name(site))) for site in model.target.sites}
     return kinds.pop() if len(kinds) == 1 else None
 
 
 class _LazyTensors(Mapping):
-    """name → array as stored (fp16 or fp32; other dtypes widened to fp32), read from safetensors
+    """name → array as stored (fp16 or fp32; other dtypes widened to fp32), read from the model's
     files one tensor at a time (a whole text encoder never sits in memory at once)."""
 
-    def __init__(self, files: dict[str, tuple[Path, str]]) -> None:
-        self._files = files
+    def __init__(self, files: dict[str, tuple[TensorFile, str]]) -> None:
+        self._files = {name: (file.path, key) for name, (file, key) in files.items()}  # what embedding_cache stamps
+        self._opened = {file.path: file for file, _ in files.values()}
 
     def __getitem__(self, name: str) -> np.ndarray:
         import torch
-        from safetensors import safe_open
 
         path, key = self._files[name]
-        with safe_open(str(path), framework="pt") as handle:
-            tensor = handle.get_tensor(key)
+        tensor = self._opened[path].tensors([key])[key]
         return (tensor if tensor.dtype in (torch.float16, torch.float32) else tensor.to(torch.float32)).numpy()
 
     def __iter__(self) -> Iterator[str]:
@@ -86,21 +78,22 @@ def text_encoder_tensors(model) -> Mapping[str, np.ndarray] | None:
     if Path(root).is_dir():
         for folder in _ENCODER_FOLDERS:
             for path in sorted((Path(root) / folder).glob("*.safetensors")):
-                files.update({f"{folder}/{_clip_name(key)}": (path, key) for key in _header(path) if _wanted(key)})
-    elif Path(root).suffix == ".safetensors":
+                file = TensorFile(path, pickled=False)
+                files.update({f"{folder}/{_clip_name(key)}": (file, key) for key in file.shapes if _wanted(key)})
+    elif getattr(model, "_file", None) is not None:  # a single file: safetensors or an allowed pickle
         from . import layout
 
-        family = model.target.family
-        keys = [key for key in _header(Path(root)) if _wanted(key)]
+        family, file = model.target.family, model._file
+        keys = [key for key in file.shapes if _wanted(key)]
         for prefix in layout.CLIP_PREFIXES.get(family, ()):
             files.update(
-                {f"text_encoder/{_clip_name(k.removeprefix(prefix))}": (Path(root), k) for k in keys if k.startswith(prefix)}
+                {f"text_encoder/{_clip_name(k.removeprefix(prefix))}": (file, k) for k in keys if k.startswith(prefix)}
             )
         prefix = layout.OPEN_CLIP_PREFIXES.get(family)
         if prefix:
             component = "text_encoder" if family == "sd2" else "text_encoder_2"
             files.update(
-                {f"{component}/open_clip:{k.removeprefix(prefix)}": (Path(root), k) for k in keys if k.startswith(prefix)}
+                {f"{component}/open_clip:{k.removeprefix(prefix)}": (file, k) for k in keys if k.startswith(prefix)}
             )
     return _LazyTensors(dict(sorted(files.items()))) if files else None
 

@@ -7,7 +7,10 @@ Reads go through plain file I/O rather than an mmap, so pages read once do not s
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,19 +30,40 @@ def unreadable(path: Path, error: BaseException) -> ModelError:
 
 
 TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def regular_file(path: Path, *, missing: str = "no such file") -> Path:
+    """``path``, refused in one line unless it is a regular file (following symlinks): opening a
+    FIFO blocks until a writer comes, and a device reads forever (issue 16 item 12). ``missing``:
+    the message when there is nothing there."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ModelError(f"{path}: {missing}") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ModelError(f"{path}: a symbolic link loop; point it at the model file") from None
+        raise ModelError(f"{path}: cannot be read ({error.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "a folder" if stat.S_ISDIR(mode) else "not a file")
+        raise ModelError(f"{path}: {kind}, not a regular file; give the model's file itself")
+    return path
 
 
 class TensorFile:
     """Named tensors of one file, read lazily (safetensors) or once (an allowed pickle)."""
 
     def __init__(self, path: Path, *, pickled: bool) -> None:
-        self.path = path
+        self.path = regular_file(path)
         self.pickled = pickled
         self._state: dict | None = None
         if pickled:
             self._state = load_pickle(path)
             self.metadata: dict[str, str] = {}
             self.shapes = {k: tuple(v.shape) for k, v in self._state.items()}
+            self.dtypes = _stored_dtypes(self._state)
         else:
             try:  # safetensors validates the whole header (offsets tile the data, sizes match)
                 with safe_open(str(path), framework="pt") as handle:
@@ -51,6 +75,7 @@ class TensorFile:
                 (length,) = struct.unpack("<Q", stream.read(8))
                 self._entries = json.loads(stream.read(length))
             self._data_start = 8 + length
+            self.dtypes = {k: v["dtype"] for k, v in self._entries.items() if k != "__metadata__"}
 
     def tensors(self, names: Sequence[str]) -> dict[str, object]:
         """The named tensors, each read with one seek and read: no mmap, so pages read once do not
@@ -108,13 +133,24 @@ class LazyWeights(Mapping):
         return len(self._names)
 
 
+def _stored_dtypes(state: Mapping[str, object]) -> dict[str, str]:
+    """name → safetensors dtype code (``F16``…) of each tensor of a loaded state dict."""
+    import torch
+
+    codes = {getattr(torch, name): code for code, name in TORCH_DTYPES.items()}
+    return {key: codes.get(tensor.dtype, str(tensor.dtype)) for key, tensor in state.items()}
+
+
 def load_pickle(path: Path) -> dict:
+    """The state dict of a ``torch.save`` file, zip (torch ≥ 1.6, memory-mapped) or legacy (read
+    whole: ``mmap`` needs the zip layout), never running code from it (``weights_only``)."""
     import pickle
+    import zipfile
 
     import torch
 
     try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as error:
         raise ModelError(
             f"{path}: cannot load this pickle with weights_only=True ({first_line(error)}); "

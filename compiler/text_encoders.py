@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 from . import layout as layouts
 from .builtin import TEXT_CONFIG_METADATA
 from .errors import ModelError
-from .tensor_files import TensorFile
+from .tensor_files import TensorFile, first_line
 
 _CLIP_HEAD_WIDTH = 64
 
@@ -52,6 +53,21 @@ def clip_config_overrides(config: Mapping[str, object], shapes: Mapping[str, tup
     return {key: config[key] for key in compared if key in config and config[key] != inferred[key]}
 
 
+def header_overrides(weights: TensorFile, component: str) -> dict:
+    """``component``'s fields of the file's ``erasec.text_encoders`` header ({} without one)."""
+    text = weights.metadata.get(TEXT_CONFIG_METADATA)
+    if not text:
+        return {}
+    where = f"{weights.path}: its {TEXT_CONFIG_METADATA} header"
+    try:
+        overrides = json.loads(text)
+    except ValueError as error:
+        raise ModelError(f"{where} is not JSON ({first_line(error)}); re-export the file") from None
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise ModelError(f"{where} is not a JSON object of component → config fields; re-export the file")
+    return overrides.get(component, {})
+
+
 # --- tensor sources ---------------------------------------------------------------------------------
 
 
@@ -69,13 +85,20 @@ def assemble_clip(component: str, config: dict, state: dict, where, *, fp32_comp
     cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
     if cls is CLIPTextModel:
         state.pop("text_projection.weight", None)
-    with torch.device("meta"):
+    with torch.device("meta"), config_errors(where):
         model = cls(CLIPTextConfig(**config))
     if any(k.startswith("text_model.") for k in model.state_dict()):
         state = {k if k == "text_projection.weight" else f"text_model.{k}": v for k, v in state.items()}
     storage = {v.dtype for v in state.values()}
     dtype = storage.pop() if len(storage) == 1 else torch.float32
-    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+    try:
+        missing, unexpected = model.load_state_dict(
+            {k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True
+        )
+    except RuntimeError as error:  # torch lists every size mismatch under a generic first line
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if line.startswith("size mismatch")), lines[0] if lines else "")
+        raise ModelError(f"{where}: the text encoder's tensors do not fit its config ({detail})") from None
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise ModelError(
@@ -90,6 +113,20 @@ def assemble_clip(component: str, config: dict, state: dict, where, *, fp32_comp
     if left:
         raise ModelError(f"{where}: the text encoder has no value for {left[0]}")
     return computing_in_fp32(model) if fp32_compute else model
+
+
+@contextmanager
+def config_errors(where):
+    """A CLIP config that transformers refuses (a wrong type, heads not dividing the width) as a
+    one-line ``ModelError`` naming ``where``: what a damaged or contradictory header or config.json gives."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    try:
+        yield
+    except (TypeError, ValueError, StrictDataclassError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        detail = lines[-1] if isinstance(error, StrictDataclassError) else lines[0]  # the cause is the last line
+        raise ModelError(f"{where}: not a usable CLIP text config ({detail})") from None
 
 
 def computing_in_fp32(model):
@@ -147,7 +184,6 @@ def computing_in_fp32(model):
 def load_single_file_encoder(weights: TensorFile, family: str, component: str, *, fp32_compute: bool = True):
     """The ``component`` text encoder of a single-file checkpoint of ``family`` (research/ecosystem.md §3.1);
     ``fp32_compute`` as in ``assemble_clip``."""
-    family = family
     open_clip = family == "sd2" or component == "text_encoder_2"
     if open_clip:
         prefix = layouts.OPEN_CLIP_PREFIXES[family]
@@ -167,7 +203,7 @@ def load_single_file_encoder(weights: TensorFile, family: str, component: str, *
         config = infer_clip_config({k: tuple(v.shape) for k, v in state.items()}, open_clip=open_clip)
     except (KeyError, ValueError) as error:
         raise ModelError(f"{weights.path}: the text encoder under {prefix} is incomplete ({error})") from None
-    overrides = weights.metadata.get(TEXT_CONFIG_METADATA)
-    if overrides:
-        config.update(json.loads(overrides).get(component, {}))
-    return assemble_clip(component, config, state, f"{weights.path} ({prefix})", fp32_compute=fp32_compute)
+    overrides = header_overrides(weights, component)
+    config.update(overrides)
+    where = f"{weights.path} ({prefix}{', as its ' + TEXT_CONFIG_METADATA + ' header sets' if overrides else ''})"
+    return assemble_clip(component, config, state, where, fp32_compute=fp32_compute)

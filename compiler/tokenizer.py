@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 
 from .errors import ModelError
+from .tensor_files import first_line, regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def load_clip_tokenizer(folder: Path):
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
+    check_tokenizer_files(folder)
     has_pair = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     if not has_pair and not (folder / "tokenizer.json").is_file():
         raise ModelError(
@@ -125,12 +127,39 @@ def load_clip_tokenizer(folder: Path):
         tokenizer = CLIPTokenizer.from_pretrained(
             str(folder), local_files_only=True, model_max_length=MODEL_MAX_LENGTH
         )
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelError(f"{folder}: cannot load the CLIP tokenizer ({first_line})") from error
+    except Exception as error:  # the Rust tokenizers raise a bare Exception: add where, keep the text
+        raise ModelError(f"{folder}: cannot load the CLIP tokenizer ({first_line(error)})") from error
     tokenizer.model_max_length = MODEL_MAX_LENGTH
     logger.debug("loaded CLIP tokenizer from %s (vocab %d)", folder, len(tokenizer))
     return tokenizer
+
+
+_JSON_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    """Refuse, naming the file, a tokenizer file that is not a regular file (a FIFO would block the
+    load), a JSON file that is not a JSON object, or a ``merges.txt`` line that is not one merge (the
+    Rust tokenizer's own errors name neither the file nor, for JSON, the problem)."""
+    for name in (*_JSON_FILES, "merges.txt"):
+        path = folder / name
+        if not path.exists() and not path.is_symlink():
+            continue
+        try:
+            text = regular_file(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ModelError(f"{path}: unreadable ({first_line(error)}); re-download the tokenizer") from None
+        if name == "merges.txt":
+            for number, line in enumerate(text.split("\n"), 1):
+                if line and not line.startswith("#version") and len(line.split(" ")) != 2:
+                    raise ModelError(f"{path}:{number}: {line[:40]!r} is not a merge of two tokens; re-download the tokenizer")
+            continue
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise ModelError(f"{path}: not valid JSON ({first_line(error)}); re-download the tokenizer") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{path}: not a JSON object; re-download the tokenizer")
 
 
 class FastTokenizer:

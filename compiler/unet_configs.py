@@ -67,7 +67,7 @@ def _meta_unet(config: Mapping, location: str, source: str):
     try:
         with torch.device("meta"):
             return UNet2DConditionModel.from_config(dict(config))
-    except (TypeError, ValueError, KeyError) as error:
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError) as error:  # a zero head or width divides
         raise ModelError(f"{location}: {source} is not a UNet2DConditionModel config ({first_line(error)})") from None
 
 
@@ -86,6 +86,8 @@ def _misfits(shapes: Mapping[str, tuple], unet) -> list[str]:
         converted = _convert(ldm, unet)
     except KeyError as error:  # the converter indexes the tensors a config implies (label_emb for SDXL)
         return [f"no tensor {LDM_UNET_PREFIX}{error.args[0]}"]
+    except (ZeroDivisionError, IndexError, TypeError, ValueError) as error:  # a config it cannot lay out
+        return [f"its layout cannot be converted ({first_line(error)})"]
     expected = {name: tuple(tensor.shape) for name, tensor in unet.state_dict().items()}
     misfits = []
     for name in sorted(set(expected) | set(converted)):
