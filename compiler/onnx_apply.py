@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from erasec.backends.onnx import MODES, OnnxOptions, deltas_from_solution, load_graph, patch_graph, write_graph
+from erasec.backends.onnx.checks import check_external_data, check_graph
 from erasec.backends.onnx.files import external_data_files, output_files
 from erasec.patches.outputs import check_output
 from erasec.patches.read import read_patch
@@ -26,6 +27,17 @@ def _carried_metadata(metadata: dict[str, str]) -> dict[str, str]:
     """The patch's identity in the graph's ``metadata_props``: name, version, base, spec, pipeline."""
     keys = ("erasec.format", "erasec.name", "erasec.version", "erasec.compiler", "erasec.base", "erasec.pipeline")
     return {key: metadata[key] for key in keys if key in metadata}
+
+
+def _checked_graph(path):
+    """The graph at ``path``, refused before any tensor is read when it is no readable graph, the ONNX
+    checker finds it invalid (a crafted external-data path included) or its external data lies outside
+    its folder or is truncated (backends/onnx/checks.py)."""
+    if Path(path).is_file():  # before onnx_ir parses it: that logs about an invalid graph, then goes on
+        check_graph(path)
+    model = load_graph(path)
+    check_external_data(model, path)
+    return model
 
 
 def apply_onnx(
@@ -65,7 +77,7 @@ def apply_onnx(
         base_pin=patch.base,
         metadata=_carried_metadata(patch.metadata),
     )
-    model = load_graph(onnx_path)
+    model = _checked_graph(onnx_path)
     result = patch_graph(
         model, deltas, OnnxOptions(mode=mode, erase_scale=erase_scale, verify_base=verify_base), where=str(onnx_path)
     )
@@ -96,7 +108,7 @@ def build_onnx(program, base_weights, output: Path, *, graph: str | None, mode: 
     with tempfile.TemporaryDirectory(prefix="erasec-onnx-") as scratch:
         if graph is None:
             graph = str(export_onnx(program.target.name, scratch, ExportOptions(components=("unet",))).files["unet"])
-        model = load_graph(graph)
+        model = _checked_graph(graph)
         result = patch_graph(model, deltas, OnnxOptions(mode=mode), base_weights=base_weights, where=graph)
         files = write_graph(result.model, output, adapter=result.adapter)
     return sum(path.stat().st_size for path in files)

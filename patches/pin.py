@@ -29,8 +29,9 @@ def _digests(weights: Mapping[str, np.ndarray], per_tensor: dict | None = None) 
     for name in sorted(weights):
         array = np.asarray(weights[name])
         header = f"{name}|{'x'.join(map(str, array.shape))}\n".encode()
-        wide = np.ascontiguousarray(array.astype("<f4", copy=False))
-        rounded = wide if array.dtype == np.float16 else np.ascontiguousarray(array.astype(np.float16).astype("<f4"))
+        with np.errstate(over="ignore"):  # beyond fp16's range rounds to ±inf: that is the digest's meaning
+            wide = np.ascontiguousarray(array.astype("<f4", copy=False))
+            rounded = wide if array.dtype == np.float16 else np.ascontiguousarray(array.astype(np.float16).astype("<f4"))
         for digest, data in ((exact, wide), (half, rounded)):
             digest.update(header)
             digest.update(data)

@@ -17,6 +17,7 @@ import onnx_ir as ir
 from erasec.patches.atomic import write_files_atomically
 
 from ..errors import BackendError
+from .checks import check_graph
 
 EXTERNAL_DATA_BYTES = 1_800_000_000  # below protobuf's 2 GiB, leaving room for the graph itself
 _SIZE_THRESHOLD = 1024
@@ -114,6 +115,7 @@ def write_graph(
             external_data=data.name if data is not None else None,
             size_threshold_bytes=_SIZE_THRESHOLD,
         )
+        check_graph(folder / path.name, written=path)  # an unloadable graph never replaces anything (issue 16 item 13)
         if data is not None and not (folder / data.name).is_file():
             (folder / data.name).write_bytes(b"")  # no tensor was large enough: keep the promised layout
         if extra is not None:

@@ -151,7 +151,11 @@ def bake(graph: ir.Graph, matches: Mapping[str, SiteMatch], deltas: PatchDeltas)
         delta = deltas.site(match.module_path).delta()
         stored = match.weight.const_value.numpy().astype(np.float64)
         new = stored + (delta if match.transposed else delta.T)
-        tensor = ir.tensor(np.ascontiguousarray(new.astype(_FLOATS[dtype])), name=match.weight.name)
+        with np.errstate(over="ignore"):  # an fp16 overflow is refused just below, not warned about
+            cast = np.ascontiguousarray(new.astype(_FLOATS[dtype]))
+        if not np.isfinite(cast).all():
+            raise BackendError(f"onnx: site {match.module_path}: W0 + ΔW overflows the graph's {dtype.name} weights")
+        tensor = ir.tensor(cast, name=match.weight.name)
         users = {node for node, _ in match.weight.uses()}
         if users == {match.reader}:
             match.weight.const_value = tensor  # keeps the name: TensorRT refit matches by it (§4.6)
@@ -268,6 +272,11 @@ def patch_graph(
         for name in (deltas.base_pin.get("per_tensor") or {}):
             wanted.setdefault(name.removesuffix(".weight"), None)
     located = locate_sites(graph, wanted, where=where)
+    for match in located.values():  # before any arithmetic on them could warn or spread (issue 16 item 13)
+        if not np.isfinite(match.weight.const_value.numpy()).all():
+            raise BackendError(
+                f"{where}: {match.weight.name!r} (node {match.matmul.name!r}) holds NaN or infinity; the graph is damaged"
+            )
     confirmed_by = "not checked"
     if options.verify_base:
         columns = pinned_columns(graph, located, where=where)
