@@ -2,11 +2,27 @@
 prompts it has not seen (issue 8; research/perf-baseline.md §7: a build is text-encoder-bound, > 97 %
 of its time at N ≥ 100).
 
-An entry's key is the SHA-256 of: the text-encoder pin (``compiler.pins``: a digest of every
-encoder weight, so another checkpoint with the same encoder shares entries), the family's encoders
-(component, hidden state, pad token), what is encoded (``rows`` or ``pooled``), ``padded``, the
-prompt's token ids (so the tokenizer is part of the key) and the prompt. The value is the rows as
-``.npy``, in float32 when that is exact (the encoders compute in float32), else float64.
+An entry's key is the SHA-256 of everything that decides its rows (issue 16 item 10): the
+text-encoder pin (``compiler.pins``: a digest of every encoder weight, so another checkpoint with the
+same encoder shares entries), the encoders' other files (``config.json``: ``layer_norm_eps``,
+``hidden_act``…; the tokenizer's vocabulary, merges and special tokens) or a single file's header
+metadata, the family's encoders (component, hidden state, pad token), what is encoded (``rows`` or
+``pooled``), ``padded``, the truncation length, the prompt's token ids and the prompt, and the
+versions of the code that computes them (``CACHE_VERSION`` for erasec's, torch and transformers).
+Each entry holds its key and a SHA-256 of its bytes (``compiler.cache_entries``); anything that is
+not a whole entry for its key — empty, truncated, bit-flipped, swapped, a folder — is a miss: it is
+removed and encoded again (issue 16 item 5). Entries are written by ``patches.atomic.write_file``
+(fsync of file and folder, then rename). A cache folder that cannot be written (read-only, full)
+costs one warning and the build goes on without storing (issue 16 item 11).
+
+Rows do not depend on the cache's history or the thread count (issue 16 item 9): each prompt is
+encoded in a pass of its own on one torch thread, so its rows are computed by the same kernels on
+the same shapes whether it is encoded in a warm rebuild, among hundreds in a cold one, or by a
+``build-many`` worker. Batched fp32 passes round a row's last bits differently with the batch's
+size and padded width, and with the thread count (MKL's GEMMs under 12 rows, SDPA with small heads);
+passes of one token length and at least 16 rows agreed to the bit on CLIP-L's and MiniLM's shapes
+but not on tiny-sd1's, so only a pass per prompt is exact by construction. It costs encoding
+speed: docs/performance.md, "Determinism and its cost".
 
 The pin itself costs a read of the whole encoder (≈ 6 s for CLIP-L under load, measured in
 docs/performance.md); it is memoised under the files' (path, size, mtime) like git's index, so only
@@ -14,102 +30,28 @@ the first build against an encoder file pays it. Two other per-model costs are m
 under the K/V weights file's stamp: the site Gram Σ W0ᵀW0 (``grams/``; SDXL's 140 matrices) and the
 patch's base pin (``pins/``).
 
-``CachingModel`` wraps a model (as ``encodings.RecordingModel`` does) and passes its misses to the
-model's ``encode`` in one call, so a cold build encodes exactly as an uncached one. A warm rebuild
-encodes only the new prompts, in smaller batches; CLIP's rows do not depend on the other prompts of
-a batch in exact arithmetic, and in float32 they agreed to the bit in the tests
-(tests/compiler/test_embedding_cache.py), though that is the BLAS's behaviour, not a guarantee.
+``CachingModel`` wraps a model (as ``encodings.RecordingModel`` does); ``--no-cache`` builds go
+through it too (``cache=None``), so they encode exactly as cached ones do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
-from .builtin import cache_root
-from .errors import BuildError
+from .cache_entries import CacheInfo, EmbeddingCache  # noqa: F401  (the CLI's `erasec cache`)
 from .pins import model_base_pin, model_text_encoder_pin, text_encoder_tensors
 
-CACHE_VERSION = 1
-FOLDER = "embeddings"
-
-
-@dataclass(frozen=True, slots=True)
-class CacheInfo:
-    root: Path
-    entries: int
-    bytes: int
-
-    def as_dict(self) -> dict:
-        return {"root": str(self.root), "entries": self.entries, "bytes": self.bytes}
-
-
-class EmbeddingCache:
-    """``.npy`` files under ``<erasec cache dir>/embeddings``, named by their key."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    @classmethod
-    def at(cls, cache_dir: Path | None = None) -> EmbeddingCache:
-        return cls(cache_root(cache_dir) / FOLDER)
-
-    def _path(self, key: str, kind: str) -> Path:
-        return self.root / kind / key[:2] / f"{key}.npy"
-
-    def get(self, key: str, kind: str = "rows") -> np.ndarray | None:
-        """The array stored under ``key`` (``kind``: ``rows``, or ``grams`` for site Grams), or None."""
-        try:
-            array = np.load(self._path(key, kind), allow_pickle=False)
-        except (OSError, ValueError):  # absent, or a torn file from a killed writer: encode again
-            return None
-        array = array.astype(np.float64)
-        array.flags.writeable = False
-        return array
-
-    def put(self, key: str, array: np.ndarray, kind: str = "rows") -> None:
-        narrow = array.astype(np.float32)
-        value = narrow if np.array_equal(narrow.astype(np.float64), array) else np.asarray(array, np.float64)
-        self._atomic_write(self._path(key, kind), lambda stream: np.save(stream, value, allow_pickle=False))
-
-    def pin_memo(self, stamp: str) -> dict | None:
-        try:
-            return json.loads((self.root / "pins" / f"{stamp}.json").read_text())
-        except (OSError, ValueError):
-            return None
-
-    def put_pin_memo(self, stamp: str, pin: dict) -> None:
-        text = json.dumps(pin, sort_keys=True).encode()
-        self._atomic_write(self.root / "pins" / f"{stamp}.json", lambda stream: stream.write(text))
-
-    def _atomic_write(self, path: Path, write) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(handle, "wb") as stream:
-                write(stream)
-            os.replace(temporary, path)
-        except OSError as error:
-            raise BuildError(f"{self.root}: cannot write the embedding cache ({error}); pass --no-cache") from error
-
-    def info(self) -> CacheInfo:
-        files = list((self.root / "rows").glob("*/*.npy")) if self.root.is_dir() else []
-        return CacheInfo(root=self.root, entries=len(files), bytes=sum(f.stat().st_size for f in files))
-
-    def clear(self) -> CacheInfo:
-        """Remove every entry; returns what was there."""
-        before = self.info()
-        if self.root.is_dir():
-            shutil.rmtree(self.root)
-        return before
+# 2: entries with key and checksum (cache_entries); each prompt encoded alone on one torch thread
+CACHE_VERSION = 2
+_TRUNCATION = 77  # tokens: every family's tokenizers truncate to CLIP's context
 
 
 def _stamp(model) -> str | None:
@@ -127,8 +69,49 @@ def _files_stamp(paths) -> str:
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
 
 
+def _package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def encoder_files_digest(model) -> str:
+    """A SHA-256 of what besides the weights decides the rows: in a diffusers folder, every JSON and
+    text file of each encoder's folder (``config.json``) and of its tokenizer's (vocabulary, merges,
+    special tokens); for a single file, its header metadata (the text-encoder config it records)."""
+    from .model import TOKENIZER_OF
+
+    digest = hashlib.sha256()
+    root = Path(model.path)
+    if root.is_dir():
+        for component, _, _ in model.encoders:
+            for folder in (root / component, root / TOKENIZER_OF[component]):
+                files = sorted(folder.iterdir()) if folder.is_dir() else []
+                for path in (f for f in files if f.suffix in (".json", ".txt") and f.is_file()):
+                    digest.update(f"{folder.name}/{path.name}\0".encode())
+                    digest.update(hashlib.sha256(path.read_bytes()).digest())
+    else:
+        digest.update(json.dumps(model._file.metadata, sort_keys=True).encode())  # the opened file: a pickle too
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """torch's intra-op threads set to one, then back (module docstring: rows must not depend on it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class CachingModel:
-    """A model whose ``encode``/``encode_pooled`` answer from an ``EmbeddingCache`` where they can.
+    """A model whose ``encode``/``encode_pooled`` answer from an ``EmbeddingCache`` where they can,
+    and encode the rest one prompt per pass on one torch thread (module docstring).
 
     ``cache=None`` stores nothing but encodes the same way (``--no-cache``). ``hits`` and
     ``encoded`` count prompts per call kind, for the build summary and the tests.
@@ -139,6 +122,7 @@ class CachingModel:
         self._cache = cache
         self._pin: dict | None = None
         self._pin_known = False
+        self._context: str | None = None
         self.hits = 0
         self.encoded: list[str] = []
 
@@ -149,11 +133,11 @@ class CachingModel:
         """``model_text_encoder_pin`` of the wrapped model, computed once and memoised by file stamp."""
         if not self._pin_known:
             stamp = _stamp(self._model) if self._cache is not None else None
-            pin = self._cache.pin_memo(stamp) if stamp is not None else None
+            pin = self._cache.memo(stamp) if stamp is not None else None
             if pin is None:
                 pin = model_text_encoder_pin(self._model)
                 if stamp is not None and pin is not None:
-                    self._cache.put_pin_memo(stamp, pin)
+                    self._cache.put_memo(stamp, pin)
             self._pin, self._pin_known = pin, True
         return self._pin
 
@@ -169,7 +153,7 @@ class CachingModel:
         """The wrapped model's ``site_gram``, memoised under the K/V file's (path, size, mtime) and
         the sites: SDXL's 140 matrices take ≈ 10–40 s to read and multiply in float64 on 2 cores."""
         key = self._weights_key("site-gram", space.name, sorted(roles), [(s.module_path, s.role) for s in space.sites])
-        gram = None if key is None else self._cache.get(key, "grams")
+        gram = None if key is None else self._cache.get(key, "grams", (space.dim, space.dim))
         if gram is None:
             gram = self._model.site_gram(space, roles)
             if key is not None:
@@ -180,29 +164,42 @@ class CachingModel:
         """``model_base_pin`` of the wrapped model, memoised like ``site_gram`` (SDXL: ≈ 7 s of reading
         and hashing 140 matrices per build)."""
         key = self._weights_key("base-pin", sorted(module_paths))
-        pin = None if key is None else self._cache.pin_memo(key)
+        pin = None if key is None else self._cache.memo(key)
         if pin is None:
             pin = model_base_pin(self._model, module_paths)
             if key is not None:
-                self._cache.put_pin_memo(key, pin)
+                self._cache.put_memo(key, pin)
         return pin
 
-    def _keys(self, prompts: list[str], kind: str, padded: bool) -> dict[str, str]:
+    def _keys(self, prompts: list[str], kind: str, padded: bool) -> tuple[dict[str, str], dict[str, int]]:
+        """Per prompt, its entry key and its token count."""
         pin = self.text_encoder_pin() or {}
+        if self._context is None:
+            self._context = encoder_files_digest(self._model)
         ids = self._model.tokenize(prompts)
         context = {
             "v": CACHE_VERSION,
             "encoder": pin.get("sha256"),
+            "encoder_files": self._context,
             "family": self._model.family,
             "encoders": [list(map(str, e)) for e in self._model.encoders],
             "kind": kind,
             "padded": padded,
+            "truncation": _TRUNCATION,
+            "torch": _package_version("torch"),
+            "transformers": _package_version("transformers"),
         }
         head = json.dumps(context, sort_keys=True)
-        return {
+        keys = {
             prompt: hashlib.sha256(f"{head}\n{token_ids}\n{prompt}".encode()).hexdigest()
             for prompt, token_ids in zip(prompts, ids)
         }
+        return keys, {prompt: len(token_ids) for prompt, token_ids in zip(prompts, ids)}
+
+    def _shape(self, kind: str, padded: bool, tokens: int) -> tuple[int, ...] | None:
+        if kind == "pooled":
+            return None
+        return (_TRUNCATION if padded else tokens, self._model.target.spaces[0].dim)
 
     def encode(self, prompts: Sequence[str], *, padded: bool) -> list[np.ndarray]:
         return self._lookup(prompts, "rows", padded)
@@ -218,18 +215,19 @@ class CachingModel:
         rows: dict[str, np.ndarray] = {}
         keys: dict[str, str] = {}
         if self._cache is not None and self.text_encoder_pin() is not None:
-            keys = self._keys(distinct, kind, padded)
+            keys, tokens = self._keys(distinct, kind, padded)
             for prompt in distinct:
-                found = self._cache.get(keys[prompt])
+                found = self._cache.get(keys[prompt], kind, self._shape(kind, padded, tokens[prompt]))
                 if found is not None:
                     rows[prompt] = found
         missing = [prompt for prompt in distinct if prompt not in rows]
         self.hits += len(distinct) - len(missing)
         if missing:
-            fresh = self._model.encode_pooled(missing) if kind == "pooled" else self._model.encode(missing, padded=padded)
-            for prompt, array in zip(missing, fresh):
-                rows[prompt] = array
-                if keys:
-                    self._cache.put(keys[prompt], array)
+            with _one_torch_thread():
+                for prompt in missing:  # a pass of its own: its rows do not depend on the others
+                    array = (self._model.encode_pooled([prompt]) if kind == "pooled" else self._model.encode([prompt], padded=padded))[0]
+                    rows[prompt] = array
+                    if keys:
+                        self._cache.put(keys[prompt], array, kind)
         self.encoded.extend(missing)
         return [rows[prompt] for prompt in prompts]

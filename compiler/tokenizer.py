@@ -14,10 +14,12 @@ garbage), so loading always goes through a folder.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.resources
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from .errors import ModelError
@@ -193,15 +195,13 @@ def remembered_tokenizer(folder: Path, load, memo_folder: Path):
     import hashlib
     from importlib.metadata import version
 
-    digest = hashlib.sha256(f"fast-tokenizer-v1|{version('transformers')}|{version('tokenizers')}".encode())
+    digest = hashlib.sha256(f"fast-tokenizer-v2|{version('transformers')}|{version('tokenizers')}".encode())
     for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
         digest.update(f"|{path.name}|".encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
-    memo = Path(memo_folder) / f"fast-{digest.hexdigest()}.json"
-    try:
-        saved = json.loads(memo.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        saved = None
+    key = digest.hexdigest()
+    memo = Path(memo_folder) / f"fast-{key}.json"
+    saved = _read_memo(memo, key)
     if saved is not None:
         from tokenizers import Tokenizer
 
@@ -210,12 +210,38 @@ def remembered_tokenizer(folder: Path, load, memo_folder: Path):
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is None or tokenizer.pad_token_id is None:
         return tokenizer
-    text = json.dumps({"pad_token_id": tokenizer.pad_token_id, "tokenizer": backend.to_str()})
+    from .cache_entries import pack_json
+
+    blob = pack_json(key, {"pad_token_id": tokenizer.pad_token_id, "tokenizer": backend.to_str()})
     from erasec.patches.atomic import write_file
     from erasec.patches.errors import PatchError
 
     try:
-        write_file(memo, lambda stream: stream.write(text.encode("utf-8")))
+        write_file(memo, lambda stream: stream.write(blob))
     except PatchError:
         logger.debug("cannot write the tokenizer memo %s", memo)
     return tokenizer
+
+
+def _read_memo(memo: Path, key: str) -> dict | None:
+    """A tokenizer memo written by ``remembered_tokenizer``, or None when there is none intact: a
+    damaged one (empty, truncated, a flipped bit: it carries a SHA-256, ``cache_entries``) is removed
+    and the tokenizer is read again from its folder (issue 16 item 5)."""
+    from .cache_entries import DamagedEntry, unpack_json
+
+    try:
+        blob = memo.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError:  # a folder, unreadable
+        blob = b""
+    try:
+        saved = unpack_json(blob, key)
+        if not (isinstance(saved, dict) and isinstance(saved.get("tokenizer"), str) and type(saved.get("pad_token_id")) is int):
+            raise DamagedEntry("not a tokenizer memo")
+        return saved
+    except (DamagedEntry, RecursionError) as error:
+        logger.debug("tokenizer memo %s is damaged (%s); reading the tokenizer again", memo, error)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(memo) if memo.is_dir() and not memo.is_symlink() else memo.unlink()
+        return None

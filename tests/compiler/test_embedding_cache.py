@@ -59,7 +59,7 @@ def test_the_site_gram_and_base_pin_are_memoised_under_the_weights_file_stamp(tm
     spec = _spec(tmp_path, "a", ["Van Gogh"])
     options = BuildOptions(cache_dir=tmp_path / "cache", model=str(model))
     build(spec, tmp_path / "first.safetensors", options)
-    assert len(list((tmp_path / "cache" / "embeddings" / "grams").glob("*/*.npy"))) == 1
+    assert len(list((tmp_path / "cache" / "embeddings" / "grams").glob("*/*.entry"))) == 1
 
     computed, pinned = [], []
     original_gram, original_pin = SDModel.site_gram, embedding_cache.model_base_pin
@@ -161,3 +161,231 @@ def test_build_many_on_a_local_ray_cluster(tmp_path, tiny_sd1_path):
     result = CliRunner().invoke(cli, ["build-many", str(specs), "-o", str(tmp_path / "out"), "--ray", "local", "--json"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "one.safetensors").is_file()
+
+
+# --- issue 16: damaged entries are misses, keys cover the encoder's files, a cache that cannot be
+# written costs a warning (items 5, 10, 11) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clean_build(tmp_path_factory, tiny_sd1_path):
+    """A tiny-sd1 build into an empty cache: (spec, cache folder, the patch's bytes)."""
+    folder = tmp_path_factory.mktemp("clean")
+    spec = _spec(folder, "clean", ["Van Gogh", "Kelly McKernan"])
+    cache = folder / "cache"
+    build(spec, folder / "clean.safetensors", BuildOptions(cache_dir=cache))
+    return spec, cache, (folder / "clean.safetensors").read_bytes()
+
+
+def _entries(cache, kinds=("rows", "grams", "pins")):
+    return sorted(p for kind in kinds for p in (cache / "embeddings" / kind).glob("**/*") if p.is_file())
+
+
+def _zero(path):
+    path.write_bytes(b"")
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_last_byte(path):  # a bit of the last value (a row's, or the JSON's closing brace)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _folder(path):
+    path.unlink()
+    path.mkdir()
+    (path / "x").write_bytes(b"\0")
+
+
+def _wrong_shape(path):
+    """A well-formed entry with a valid checksum, for the right key, holding one row too many."""
+    import numpy as np
+
+    from erasec.compiler.cache_entries import pack_array, unpack_array
+
+    if path.suffix != ".entry":
+        return _zero(path)
+    key, kind = path.stem, path.parent.parent.name
+    array = unpack_array(path.read_bytes(), key, kind)
+    path.write_bytes(pack_array(key, kind, np.vstack([array, array[-1:]])))
+
+
+def _wrong_dtype(path):
+    if path.suffix != ".entry":
+        return _zero(path)
+    path.write_bytes(path.read_bytes().replace(b'"dtype": "<f4"', b'"dtype": "<f2"', 1))
+
+
+@pytest.mark.parametrize("damage", [_zero, _truncate, _flip_last_byte, _folder, _wrong_shape, _wrong_dtype])
+def test_a_damaged_entry_is_a_miss_that_is_removed_and_encoded_again(tmp_path, clean_build, damage):
+    """A zero-byte entry (what a power loss before fsync leaves) used to abort every later build with
+    EOFError; any damaged entry, memo or Gram is now encoded again, and the patch is the clean one."""
+    import shutil
+
+    from erasec.compiler.cache_entries import unpack_array
+
+    spec, clean_cache, clean = clean_build
+    cache = tmp_path / "cache"
+    shutil.copytree(clean_cache, cache)
+    damaged = _entries(cache)
+    assert len(damaged) > 4
+    for path in damaged:
+        damage(path)
+    result = build(spec, tmp_path / "again.safetensors", BuildOptions(cache_dir=cache))
+    assert result.prompts["cached"] == 0 and result.prompts["encoded"] > 0
+    assert (tmp_path / "again.safetensors").read_bytes() == clean
+    rows = _entries(cache, ("rows",))
+    assert all(path.is_file() for path in rows) and len(rows) == len(_entries(clean_cache, ("rows",)))
+    for path in rows:  # stored again, whole
+        unpack_array(path.read_bytes(), path.stem, "rows")
+    warm = build(spec, tmp_path / "warm.safetensors", BuildOptions(cache_dir=cache))
+    assert warm.prompts["encoded"] == 0 and (tmp_path / "warm.safetensors").read_bytes() == clean
+
+
+def _row_entries(cache):
+    return _entries(cache, ("rows",))
+
+
+def test_one_flipped_exponent_bit_is_a_miss(tmp_path, clean_build):
+    """Issue 16 item 10: one exponent bit flipped per row gave a patch 25 % off that still verified."""
+    import shutil
+
+    import numpy as np
+
+    from erasec.compiler.cache_entries import MAGIC
+
+    spec, clean_cache, clean = clean_build
+    cache = tmp_path / "cache"
+    shutil.copytree(clean_cache, cache)
+    entry = _row_entries(cache)[0]
+    data = bytearray(entry.read_bytes())
+    start = data.index(b"\n", len(MAGIC)) + 1
+    values = np.frombuffer(bytes(data[start:]), dtype="<f4").copy()
+    values.view("<u4")[0] ^= 1 << 23  # the lowest exponent bit of the first value: it doubles or halves
+    data[start:] = values.tobytes()
+    entry.write_bytes(bytes(data))
+    result = build(spec, tmp_path / "again.safetensors", BuildOptions(cache_dir=cache))
+    assert result.prompts["encoded"] == 1
+    assert (tmp_path / "again.safetensors").read_bytes() == clean
+
+
+def test_swapped_entries_are_misses(tmp_path, clean_build):
+    """Two entries swapped (their files renamed into each other's names) were read as each other's
+    rows (a patch 190 % off); each entry names its key, so both are encoded again."""
+    import shutil
+
+    spec, clean_cache, clean = clean_build
+    cache = tmp_path / "cache"
+    shutil.copytree(clean_cache, cache)
+    from erasec.compiler.cache_entries import unpack_array
+
+    shapes = {}  # entries of one shape: the swap is then caught by the key each entry names
+    for path in _row_entries(cache):
+        shapes.setdefault(unpack_array(path.read_bytes(), path.stem, "rows").shape, []).append(path)
+    first, second = next(paths for paths in shapes.values() if len(paths) >= 2)[:2]
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b)
+    second.write_bytes(a)
+    result = build(spec, tmp_path / "again.safetensors", BuildOptions(cache_dir=cache))
+    assert result.prompts["encoded"] == 2
+    assert (tmp_path / "again.safetensors").read_bytes() == clean
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("text_encoder/config.json", lambda config: {**config, "layer_norm_eps": 0.1}),
+        ("tokenizer/special_tokens_map.json", lambda tokens: {**tokens, "pad_token": "!"}),
+    ],
+    ids=["layer_norm_eps", "pad-token"],
+)
+def test_the_key_covers_the_encoders_config_and_tokenizer_files(tmp_path, tiny_sd1_path, edit):
+    """A changed ``layer_norm_eps`` reused the old rows (a patch 8.4× off): the encoder's and the
+    tokenizer's files are part of the key, so the edited model misses and gets its own rows."""
+    import shutil
+
+    name, change = edit
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd1_path, model)
+    spec = _spec(tmp_path, "a", ["Van Gogh"])
+    cache = tmp_path / "cache"
+    build(spec, tmp_path / "before.safetensors", BuildOptions(cache_dir=cache, model=str(model)))
+    path = model / name
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    after = build(spec, tmp_path / "after.safetensors", BuildOptions(cache_dir=cache, model=str(model)))
+    assert after.prompts["cached"] == 0
+    build(spec, tmp_path / "uncached.safetensors", BuildOptions(cache=False, model=str(model)))
+    assert (tmp_path / "after.safetensors").read_bytes() == (tmp_path / "uncached.safetensors").read_bytes()
+    if name.endswith("config.json"):  # the rows really change: reusing them would have been wrong
+        assert (tmp_path / "after.safetensors").read_bytes() != (tmp_path / "before.safetensors").read_bytes()
+
+
+def _unwritable(monkeypatch, cache, how):
+    """Writes under ``cache`` fail as on a read-only (EROFS) or full (ENOSPC) file system. Tests run as
+    root here, and chmod 0500 does not stop root, so the failure is injected into the one writer
+    (``patches.atomic``): the temporary file cannot be made, or every byte written to it fails."""
+    import errno
+    import os
+    import tempfile
+
+    from erasec.patches import atomic
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is None or not str(dir).startswith(str(cache)):
+            return real(*args, dir=dir, **kwargs)
+        if how == "read-only":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        handle, name = real(*args, dir=dir, **kwargs)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, handle)  # writes to /dev/full fail with ENOSPC
+        os.close(full)
+        return handle, name
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("how", ["read-only", "full"])
+def test_a_cache_that_cannot_be_written_costs_one_warning_not_the_build(tmp_path, clean_build, monkeypatch, caplog, how):
+    import os
+    import shutil
+
+    spec, clean_cache, clean = clean_build
+    cache = tmp_path / "cache"
+    shutil.copytree(clean_cache, cache)
+    for path in _row_entries(cache)[:2]:  # two misses, so the build tries to store
+        path.unlink()
+    os.chmod(cache, 0o500)  # stops a non-root user; for root, the writer fails as a read-only disk would
+    _unwritable(monkeypatch, cache, how)
+    try:
+        with caplog.at_level("WARNING", logger="erasec"):
+            result = build(spec, tmp_path / "out.safetensors", BuildOptions(cache_dir=cache))
+    finally:
+        os.chmod(cache, 0o700)
+    assert result.prompts["encoded"] == 2
+    assert (tmp_path / "out.safetensors").read_bytes() == clean
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "cannot write the embedding cache" in warnings[0], warnings
+    assert len(_row_entries(cache)) == len(_row_entries(clean_cache)) - 2
+    assert not [p for p in cache.glob("**/.*.tmp")]  # no temporary left behind
+
+
+def test_a_damaged_tokenizer_memo_is_read_again(tmp_path, tiny_sd1_path, monkeypatch):
+    """The memoised tokenizer carries a checksum too: a damaged memo is removed and rebuilt, not trusted."""
+    monkeypatch.setenv("ERASEC_CACHE_DIR", str(tmp_path / "cache"))
+    spec = _spec(tmp_path, "a", ["Van Gogh"])
+    options = BuildOptions(model=str(tiny_sd1_path), cache=False)
+    build(spec, tmp_path / "first.safetensors", options)
+    (memo,) = (tmp_path / "cache" / "tokenizers").glob("fast-*.json")
+    for damage in (_zero, _flip_last_byte, _truncate):
+        damage(memo)
+        build(spec, tmp_path / "again.safetensors", options)
+        assert (tmp_path / "again.safetensors").read_bytes() == (tmp_path / "first.safetensors").read_bytes()
+        from erasec.compiler.tokenizer import _read_memo
+
+        assert _read_memo(memo, memo.stem.removeprefix("fast-")) is not None  # written again, whole
