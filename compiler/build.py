@@ -18,6 +18,7 @@ from erasec.backends.kohya import KohyaOptions, build_kohya
 from erasec.backends.peft import PeftOptions, build_peft
 from erasec.ir import EditProgram
 from erasec.ir.printer import print_program
+from erasec.ir.threads import one_blas_thread
 from erasec.passes.base import EditPass
 from erasec.passes.check_conflicts import CheckConflictsPass
 from erasec.passes.pipeline import Pipeline
@@ -160,6 +161,7 @@ def build(
     return build_spec(spec, output, options, emit_ir=emit_ir, clock=clock, progress=progress, inputs=(spec_path,))
 
 
+@one_blas_thread()  # the same bytes at any thread count (issue 16 item 9)
 def build_spec(
     spec: Spec,
     output: str | os.PathLike,

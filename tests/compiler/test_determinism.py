@@ -1,0 +1,93 @@
+"""A patch's bytes do not depend on the thread count or on what the embedding cache held (issue 16
+item 9): ``build`` at 1 and 2 threads, ``build-many -j 2`` (one thread per worker) filling a cache
+concurrently, and a 2-thread build reading that cache all write the same file.
+
+Before the fix the quickstart's float64 ``erasec.shared`` factors differed at 1e-14 between 1 and 2
+threads (OpenBLAS splits a Cholesky solve's sums by thread), and rows encoded in other company or
+at another thread count differed at ~3e-7 (MKL's small GEMMs), so ``publish`` of a rebuild refused
+it as "different bytes". The builds run in subprocesses, as a user or a worker runs them, with
+``OMP_NUM_THREADS`` set before torch and OpenBLAS load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+_CLI = "import sys; from erasec.compiler.cli import main; sys.exit(main())"
+
+
+def _erasec(args: list[str], *, threads: int, cache: Path) -> subprocess.Popen:
+    """The CLI in a fresh process with ``threads`` threads and ``cache`` as the erasec cache folder."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), ERASEC_CACHE_DIR=str(cache))
+    return subprocess.Popen([sys.executable, "-c", _CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(*processes: subprocess.Popen) -> list[str]:
+    outputs = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+        outputs.append(out)
+    return outputs
+
+
+def test_the_bytes_do_not_depend_on_the_thread_count_or_the_cache_history(tmp_path, minilm_sd1_path):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    shutil.copy(EXAMPLES / "quickstart.yaml", specs / "quickstart.yaml")
+    shutil.copy(EXAMPLES / "preserve-artists.txt", specs / "preserve-artists.txt")
+    text = (EXAMPLES / "quickstart.yaml").read_text()  # a second spec sharing most prompts, for build-many
+    (specs / "monet.yaml").write_text(text.replace("name: no-van-gogh", "name: no-monet").replace("Van Gogh", "Claude Monet", 1))
+    spec = str(specs / "quickstart.yaml")
+    model = ["--model", str(minilm_sd1_path)]  # the built model, not rebuilt in each fresh cache folder
+
+    _wait(
+        _erasec(["build", spec, "-o", str(tmp_path / "one.safetensors"), *model, "--no-cache"], threads=1, cache=tmp_path / "c1"),
+        _erasec(["build", spec, "-o", str(tmp_path / "two.safetensors"), *model, "--no-cache"], threads=2, cache=tmp_path / "c2"),
+    )
+    reference = (tmp_path / "one.safetensors").read_bytes()
+    assert (tmp_path / "two.safetensors").read_bytes() == reference
+
+    # build-many -j 2: two workers of one thread fill one cache together; a 2-thread build reads it
+    cache = tmp_path / "cache"
+    _wait(_erasec(["build-many", str(specs), "-o", str(tmp_path / "many"), "-j", "2", *model], threads=2, cache=cache))
+    assert (tmp_path / "many" / "quickstart.safetensors").read_bytes() == reference
+    (summary,) = _wait(_erasec(["build", spec, "-o", str(tmp_path / "warm.safetensors"), *model, "--json"], threads=2, cache=cache))
+    assert json.loads(summary)["prompts"]["encoded"] == 0  # every row read from the workers' cache
+    assert (tmp_path / "warm.safetensors").read_bytes() == reference
+
+
+
+def test_a_prompts_rows_do_not_depend_on_its_company_or_the_thread_count(tiny_sd1_path):
+    """What a cache holds was encoded in some earlier build's company, at some thread count: a row must
+    be the same bits either way. Batched fp32 passes rounded a row differently with the batch's size
+    and padded width (35 of 40 COCO captions differed alone vs batched on tiny-sd1) and with the thread
+    count (17 of 40 alone at 1 vs 2 threads); a build now encodes each prompt in a pass of its own on
+    one torch thread."""
+    import numpy as np
+    import torch
+
+    from erasec.compiler.embedding_cache import CachingModel
+    from erasec.compiler.lowering import prior_prompts
+    from erasec.compiler.model_open import open_model
+
+    prompts = prior_prompts("coco")[:40]
+    model = CachingModel(open_model(str(tiny_sd1_path)), None)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        together = model.encode(prompts, padded=False)
+        torch.set_num_threads(1)
+        alone = [model.encode([prompt], padded=False)[0] for prompt in prompts]
+        halves = model.encode(prompts[::2], padded=False) + model.encode(prompts[1::2], padded=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    assert all(np.array_equal(a, b) for a, b in zip(together, alone))
+    assert all(np.array_equal(a, b) for a, b in zip(together[::2] + together[1::2], halves))
