@@ -27,7 +27,7 @@ from erasec.patches.link import encode_encodings, encode_shared
 from erasec.patches.manifest import Manifest, write_patch
 
 from .encodings import RecordingModel
-from .errors import BuildError, SpecError
+from .errors import SpecError
 from .evaluate import Scores, score
 from .lowering import Lowering
 from .outputs import check_build_output

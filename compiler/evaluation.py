@@ -37,7 +37,7 @@ from .evaluate import (
     specificity,
 )
 from .lowering import Lowering, erase_pairs, ordered_entries
-from .patch_compose import spec_from_dict
+from .patch_spec import spec_from_dict
 from .patch_verify import patch_target
 from .suites import Request, load_prompt_file, load_suite, sort_prompts
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
 
 from erasec.backends.kohya import KohyaOptions, build_kohya
 from erasec.backends.peft import PeftOptions, build_peft
@@ -39,22 +38,8 @@ from .lowering import Lowering
 from .outputs import model_inputs
 from .patch_verify import patch_target
 from .pins import model_base_pin, model_text_encoder_pin
-from .spec import Spec, parse_spec
+from .patch_spec import spec_from_dict
 from .version import erasec_version
-
-
-def spec_from_dict(data: dict, source: str) -> Spec:
-    """A ``Spec`` from canonical spec data (``erasec.spec``), checked like a spec file."""
-    data = dict(data)
-    options = {key: value for key, value in (data.get("options") or {}).items() if value is not None}
-    if options:
-        data["options"] = options
-    else:
-        data.pop("options", None)
-    if data.get("model") is None:
-        data.pop("model", None)
-    text = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
-    return parse_spec(text, source=source, base_dir=None, methods=tuple(PRESETS))  # a patch's spec reads no files
 
 
 def _derived_from(patches: list[PatchFile]) -> tuple[tuple[str, str], ...]:

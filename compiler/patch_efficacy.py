@@ -52,7 +52,7 @@ def efficacy_check(patch: PatchFile, model, tolerance_of: Callable) -> dict:
 
     from .evaluate import score
     from .lowering import Lowering
-    from .patch_compose import spec_from_dict
+    from .patch_spec import spec_from_dict
 
     claimed = patch.report.get("efficacy") or {}
     if not claimed:

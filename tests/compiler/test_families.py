@@ -128,8 +128,9 @@ erase:
   - {concept: Van Gogh, anchor: art}
 preserve: [Claude Monet]
 """
-# Keys that name where the base came from, or pins computed from a folder's files only.
-LOCATION_KEYS = {"erasec.spec", "erasec.base", "ss_sd_model_name"}
+# Keys that name where the base came from, or pins computed from a folder's files only; and
+# erasec.digest, which covers every other key.
+LOCATION_KEYS = {"erasec.spec", "erasec.base", "ss_sd_model_name", "erasec.digest"}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

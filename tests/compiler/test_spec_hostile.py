@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from erasec.compiler.errors import SpecError
-from erasec.compiler.patch_compose import spec_from_dict
+from erasec.compiler.patch_spec import spec_from_dict
 from erasec.compiler.spec import load_spec, parse_spec
 from erasec.ir.errors import ErasecError
 
