@@ -20,7 +20,7 @@ from erasec.backends.checkpoint import CheckpointSource, write_checkpoint
 from erasec.ir import LayerFactors, Solution, SolveReport, SpaceSolution
 from erasec.patches.pin import pin_difference
 from erasec.patches.read import PatchFile, read_patch
-from erasec.patches.validate import POOLED_LAYER
+from erasec.patches.manifest_checks import POOLED_LAYER
 
 from .errors import BuildError
 from .patch_verify import patch_target

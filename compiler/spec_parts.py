@@ -52,7 +52,7 @@ class SpecPartsReader(NodeReader):
         full = os.path.abspath(os.path.join(self.base_dir, os.path.expanduser(written)))
         if self.confine and not inside(full, self.base_dir):
             folder = os.path.realpath(self.base_dir)
-            what = f"{quote(written)} is outside the spec's folder {folder!r}"
+            what = f"{quote(written, 1024)} is outside the spec's folder {folder!r}"
             raise self.error(node, where, f"{what}; {_OUTSIDE_FIX}")
         return full
 

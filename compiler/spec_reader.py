@@ -159,7 +159,7 @@ class SpecReader(SpecPartsReader):
             key, value = fields["file"]
             written, listed = self.list_file(key, value, f"{path}.file")
             if not listed:
-                raise self.error(key, f"{path}.file", f"{quote(written)} lists no concepts")
+                raise self.error(key, f"{path}.file", f"{quote(written, 1024)} lists no concepts")
             return [(c, key, f"{path}.file", f" ({written} line {n})") for c, n in listed]
         if "concept" in fields:
             value = fields["concept"][1]

@@ -46,9 +46,10 @@ def spec_error(message: str) -> SpecError:
     return SpecError("".join(repr(ch)[1:-1] if ch in _LINE_BREAKS else ch for ch in message))
 
 
-def quote(text: str) -> str:
-    """Quote a value for a message, shortened and with control characters escaped."""
-    return repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
+def quote(text: str, limit: int = 60) -> str:
+    """Quote a value for a message, shortened past ``limit`` characters and with control characters
+    escaped (a path gets a longer limit: a shortened path does not say which file)."""
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3]) + "..."
 
 
 def node_kind(node: Node) -> str:

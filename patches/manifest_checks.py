@@ -1,0 +1,188 @@
+"""The manifest half of a patch's check (``validate.check_patch``): every ``erasec.*`` and ``ss_*``
+key has the type and values the commands read, names hold no control characters and every string
+is valid Unicode. A refusal is one line, ``<file>: <key>: <what is wrong>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Mapping
+
+from .errors import PatchError
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+POOLED_LAYER = "add_embedding.linear_1"
+DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}
+KV_LAYER = re.compile(
+    r"(?:(?:down|up)_blocks\.\d{1,3}\.attentions\.\d{1,3}|mid_block\.attentions\.0)"
+    r"\.transformer_blocks\.\d{1,3}\.attn2\.to_[kv]"
+)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+KINDS = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def fail(path: Path, key: str, what: str) -> PatchError:
+    return PatchError(f"{path}: {key}: {what}")
+
+
+def plain(path: Path, key: str, value: object) -> None:
+    """Every string in a parsed value is valid Unicode without NUL; numbers are not booleans' cousins."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise fail(path, key, "holds a NUL character; the file is damaged or crafted")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise fail(path, key, "holds a lone surrogate (not valid Unicode); the file is damaged") from None
+    elif isinstance(value, dict):
+        for inner_key, inner in value.items():
+            plain(path, key, inner_key)
+            plain(path, key, inner)
+    elif isinstance(value, list):
+        for inner in value:
+            plain(path, key, inner)
+
+
+def check_name(path: Path, key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or _CONTROL.search(value):
+        raise fail(path, key, f"{value!r} is not a name (a non-empty string without control characters)")
+    return value
+
+
+def json_value(path: Path, metadata: Mapping[str, str], key: str, kind: type, *, optional: bool = False):
+    if key not in metadata:
+        if optional:
+            return None
+        raise fail(path, key, "missing; not a complete erasec patch")
+    try:
+        value = json.loads(metadata[key])
+    except (json.JSONDecodeError, RecursionError):
+        raise fail(path, key, "is not valid JSON; the file is damaged") from None
+    if not isinstance(value, kind):
+        raise fail(path, key, f"is a JSON {KINDS.get(type(value), 'value')}, expected a JSON {KINDS[kind]}")
+    plain(path, key, value)
+    return value
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def strings(path: Path, key: str, value: object) -> None:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise fail(path, key, f"{value!r} is not a list of strings")
+
+
+def check_spec(path: Path, spec: dict, metadata: Mapping[str, str]) -> None:
+    key = "erasec.spec"
+    for field in ("name", "version", "method"):
+        if not isinstance(spec.get(field), str):
+            raise fail(path, f"{key}.{field}", f"{spec.get(field)!r} is not a string")
+    if spec["name"] != metadata["erasec.name"] or spec["version"] != metadata["erasec.version"]:
+        raise fail(path, key, "its name/version disagree with erasec.name/erasec.version; the file was edited")
+    if not isinstance(spec.get("model"), (str, type(None))):
+        raise fail(path, f"{key}.model", f"{spec.get('model')!r} is not a string")
+    if not isinstance(spec.get("erase"), list):
+        raise fail(path, f"{key}.erase", "is not a list")
+    for i, entry in enumerate(spec["erase"]):
+        where = f"{key}.erase[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("concept"), str) or not entry["concept"]:
+            raise fail(path, where, "is not an entry with a concept")
+        if not isinstance(entry.get("anchor", ""), (str, type(None))):
+            raise fail(path, f"{where}.anchor", f"{entry['anchor']!r} is not a string")
+        for field in ("synonyms", "templates"):
+            strings(path, f"{where}.{field}", entry.get(field, []))
+        if not is_number(entry.get("strength", 1.0)) or not math.isfinite(entry.get("strength", 1.0)):
+            raise fail(path, f"{where}.strength", f"{entry['strength']!r} is not a finite number")
+    strings(path, f"{key}.preserve", spec.get("preserve", []))
+    for field in ("options", "output"):
+        if not isinstance(spec.get(field, {}), dict):
+            raise fail(path, f"{key}.{field}", "is not a JSON object")
+    output = spec.get("output", {})
+    if output.get("format", "kohya") not in ("kohya", "peft") or output.get("dtype", "fp32") not in DTYPES.values():
+        raise fail(path, f"{key}.output", f"format {output.get('format')!r} / dtype {output.get('dtype')!r} is not a LoRA patch's")
+
+
+def check_base(path: Path, base: dict) -> None:
+    key = "erasec.base"
+    if base.get("family") not in FAMILIES:
+        raise fail(path, f"{key}.family", f"{base.get('family')!r} is not one of {', '.join(FAMILIES)}")
+    if not isinstance(base.get("model"), (str, type(None))) or not is_int(base.get("tensors")):
+        raise fail(path, key, "model must be a string and tensors an integer")
+    for field in ("sha256", "sha256_fp16"):
+        if not isinstance(base.get(field), str) or not _HEX64.fullmatch(base[field]):
+            raise fail(path, f"{key}.{field}", f"{base.get(field)!r} is not a sha256 (64 hex digits)")
+    per_tensor = base.get("per_tensor", {})
+    if not isinstance(per_tensor, dict) or not all(
+        isinstance(v, list) and len(v) == 2 and all(isinstance(h, str) for h in v) for v in per_tensor.values()
+    ):
+        raise fail(path, f"{key}.per_tensor", "is not a map of tensor name → [hex, hex]")
+    if base.get("dtype") not in (None, *DTYPES.values()):
+        raise fail(path, f"{key}.dtype", f"{base['dtype']!r} is not fp32, fp16, bf16 or null")
+    encoder = base.get("text_encoder")
+    if encoder is not None and (not isinstance(encoder, dict) or not isinstance(encoder.get("sha256"), str)):
+        raise fail(path, f"{key}.text_encoder", "is not a pin (an object with a sha256) or null")
+
+
+def check_spaces(path: Path, spaces: list, family: str, pooled: bool, rank: int) -> None:
+    if not spaces:
+        raise fail(path, "erasec.spaces", "is empty; the patch declares no layer")
+    seen_spaces, seen_layers = set(), set()
+    for i, space in enumerate(spaces):
+        where = f"erasec.spaces[{i}]"
+        if not isinstance(space, dict):
+            raise fail(path, where, f"is a JSON {KINDS.get(type(space), 'value')}, expected an object")
+        name = check_name(path, f"{where}.space", space.get("space"))
+        if name in seen_spaces:
+            raise fail(path, f"{where}.space", f"{name!r} is declared twice")
+        seen_spaces.add(name)
+        if space.get("form") not in ("shared", "per-layer"):
+            raise fail(path, f"{where}.form", f"{space.get('form')!r} is not shared or per-layer")
+        if not is_int(space.get("rank")) or not 1 <= space["rank"] <= rank:
+            raise fail(path, f"{where}.rank", f"{space.get('rank')!r} is not an integer in [1, ss_network_dim = {rank}]")
+        if not is_number(space.get("condition", 0.0)):
+            raise fail(path, f"{where}.condition", f"{space['condition']!r} is not a number")
+        layers = space.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise fail(path, f"{where}.layers", "is not a non-empty list of module paths")
+        for layer in layers:
+            allowed = isinstance(layer, str) and (
+                KV_LAYER.fullmatch(layer) or (layer == POOLED_LAYER and family == "sdxl" and pooled)
+            )
+            if not allowed:
+                raise fail(
+                    path, f"{where}.layers",
+                    f"{layer!r} is not a module erasec edits (attn2.to_k/to_v, or SDXL's {POOLED_LAYER} "
+                    "with options.pooled)",
+                )
+            if layer in seen_layers:
+                raise fail(path, f"{where}.layers", f"{layer} is declared twice")
+            seen_layers.add(layer)
+
+
+def check_report(path: Path, report: dict) -> None:
+    efficacy = report.get("efficacy", {})
+    if not isinstance(efficacy, dict) or not all(v is None or is_number(v) for v in efficacy.values()):
+        raise fail(path, "erasec.report.efficacy", "is not a map of concept → number")
+    if not (report.get("specificity") is None or is_number(report["specificity"])):
+        raise fail(path, "erasec.report.specificity", f"{report['specificity']!r} is not a number")
+
+
+def rank_of(path: Path, metadata: Mapping[str, str]) -> int:
+    dim = metadata.get("ss_network_dim", "")
+    if not dim.isascii() or not dim.isdigit() or not 1 <= int(dim) <= 1 << 20:
+        raise fail(path, "ss_network_dim", f"{dim!r} is not a rank (a positive integer)")
+    rank = int(dim)
+    expected = {"ss_network_alpha": str(rank), "ss_network_module": "networks.lora", "ss_network_args": "{}"}
+    for key, value in expected.items():
+        if metadata.get(key) != value:
+            raise fail(path, key, f"{metadata.get(key)!r}, expected {value!r}: loaders would scale or build the modules otherwise")
+    return rank
