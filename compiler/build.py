@@ -17,6 +17,7 @@ from erasec.backends.checkpoint import CheckpointSource, write_checkpoint
 from erasec.backends.kohya import KohyaOptions, build_kohya
 from erasec.backends.peft import PeftOptions, build_peft
 from erasec.ir import EditProgram
+from erasec.ir.errors import ErasecError
 from erasec.ir.printer import print_program
 from erasec.ir.threads import one_blas_thread
 from erasec.passes.base import EditPass
@@ -190,9 +191,14 @@ def build_spec(
     if model is None:
         from .embedding_cache import CachingModel, EmbeddingCache
 
-        model = open_model(
-            spec.model, allow_pickle=options.allow_pickle, pooled=spec.options.pooled, family=spec.family
-        )
+        try:
+            model = open_model(
+                spec.model, allow_pickle=options.allow_pickle, pooled=spec.options.pooled, family=spec.family
+            )
+        except ErasecError as error:  # the spec's line that named the model; --model needs none
+            if options.model is not None:
+                raise
+            raise type(error)(f"{spec.where('model')}: {error}") from None
         model = CachingModel(model, EmbeddingCache.at(options.cache_dir) if options.cache else None)
     if spec.output.link:
         model = RecordingModel(model)
@@ -210,7 +216,10 @@ def build_spec(
 
     progress("solve")
     mark = time.perf_counter()
-    program = pipeline.apply(lowered)
+    try:
+        program = pipeline.apply(lowered)
+    except ErasecError as error:  # a system this spec's rows make: name the spec (the pass is named)
+        raise type(error)(f"{spec.source}: {error}") from None
     seconds["solve"] = time.perf_counter() - mark
 
     progress("evaluate")

@@ -120,6 +120,20 @@ def test_unwritable_output_paths(spec, tmp_path):
     assert not (tmp_path / "file" / "sub").exists()
 
 
+def test_model_and_solve_errors_name_the_spec_file_and_line(tmp_path):
+    """A model the spec names, or a system its rows make, is refused with the spec's file (and the
+    model's line); a --model from the command line is named as given."""
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(SPEC.replace("model: builtin:tiny-sd1", "model: ./nomodel"))
+    line = 1 + SPEC.splitlines().index("model: builtin:tiny-sd1")
+    _fails(["build", missing, "-o", tmp_path / "p.safetensors"], f"{missing}:{line}: model: {tmp_path / 'nomodel'}: no such")
+    flag = _fails(["build", missing, "-o", tmp_path / "p.safetensors", "--model", tmp_path / "other"], "no such")
+    assert flag.startswith(f"erasec: error: {tmp_path / 'other'}: no such file or folder")
+    singular = tmp_path / "singular.yaml"
+    singular.write_text(SPEC + "options: {lambda: 0}\n")
+    _fails(["build", singular, "-o", tmp_path / "p.safetensors"], f"{singular}: solve: key space clip-l: the system")
+
+
 def test_missing_output_folders_are_made(spec, tmp_path):
     out = tmp_path / "new" / "dir" / "p.safetensors"
     assert _run("build", spec, "-o", out).exit_code == 0
