@@ -23,7 +23,7 @@ from erasec.patches.read import PatchFile, read_patch
 from erasec.patches.manifest_checks import POOLED_LAYER
 
 from .errors import BuildError
-from .patch_verify import patch_target
+from .patch_verify import open_patch_model, patch_target
 from .pins import model_base_pin
 
 
@@ -57,12 +57,10 @@ def apply_patch(
     patch_path: str, model_location: str, output: str, *, scale: float = 1.0, force: bool = False,
     allow_pickle: bool = False,
 ) -> dict:
-    from .model_open import open_model
-
     if not math.isfinite(scale) or scale == 0:
         raise BuildError(f"--scale: {scale} must be a finite, non-zero number")
     patch = read_patch(patch_path)
-    model = open_model(model_location, allow_pickle=allow_pickle)
+    model = open_patch_model(patch, model_location, allow_pickle=allow_pickle)
     if patch.base["family"] != model.target.family:
         raise BuildError(f"{patch.path}: the patch is for {patch.base['family']}, the model is {model.target.family}")
     target = patch_target(patch, model)

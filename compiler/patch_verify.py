@@ -31,6 +31,7 @@ import numpy as np
 from erasec.ir import ModelTarget
 from erasec.patches.pin import pin_difference
 from erasec.patches.errors import PatchError
+from erasec.patches.manifest_checks import POOLED_LAYER
 from erasec.patches.read import PatchFile, checked, read_raw
 
 from .errors import BuildError
@@ -39,6 +40,16 @@ from .pins import model_base_pin
 # relative Frobenius error a stored ΔW may have against the recorded factors, per storage dtype:
 # a few units of each format's rounding (fp32 2^-24, fp16 2^-11, bf16 2^-8) on products of two factors
 DELTA_TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 4e-2}
+
+
+def open_patch_model(patch: PatchFile, location: str, *, allow_pickle: bool = False):
+    """The model opened with the key spaces the patch edits: SDXL's pooled space when the patch
+    carries ``add_embedding.linear_1`` (built with ``options.pooled: true``), so its sites, pin and
+    ΔW are checked like the K/V ones."""
+    from .model_open import open_model
+
+    pooled = POOLED_LAYER in patch.layers()
+    return open_model(location, allow_pickle=allow_pickle, pooled=pooled)
 
 
 def patch_target(patch: PatchFile, model) -> ModelTarget:
@@ -70,11 +81,12 @@ def _site_check(patch: PatchFile, model, layers: list[str]) -> dict:
             up, down = patch.layer_factors(layer)
         except PatchError as error:
             return _check("sites", False, str(error).split(": ", 1)[1])
-        if up.shape[0] != site.out_features or down.shape[1] != site.in_features:
+        width = site.full_in_features or site.in_features  # the pooled site's LoRA spans the whole weight
+        if up.shape[0] != site.out_features or down.shape[1] != width:
             return _check(
                 "sites",
                 False,
-                f"{layer}: the patch is ({up.shape[0]}, {down.shape[1]}), the model ({site.out_features}, {site.in_features})",
+                f"{layer}: the patch is ({up.shape[0]}, {down.shape[1]}), the model ({site.out_features}, {width})",
             )
     return _check("sites", True, f"{len(layers)} modules present with matching shapes")
 
@@ -98,6 +110,8 @@ def _delta_check(patch: PatchFile, weights: dict, model_dtype: str | None) -> di
         for layer in space["layers"]:
             expected = factors.delta(layer, weights[layer])
             stored = patch.layer_delta(layer)
+            if stored.shape[1] > expected.shape[1]:  # the pooled site: its size/crop columns keep W0
+                expected = np.pad(expected, ((0, 0), (0, stored.shape[1] - expected.shape[1])))
             norm = max(np.linalg.norm(expected), np.finfo(float).tiny)
             error = float(np.linalg.norm(stored - expected) / norm)
             if math.isnan(error) or error > worst:  # NaN never compares greater: test it by name
@@ -128,7 +142,6 @@ def _layers_check(patch: PatchFile) -> dict:
 
 def verify_patch(patch_path: str, model_location: str, *, allow_pickle: bool = False) -> dict:
     """Every check's result and the overall answer, as JSON-able data."""
-    from .model_open import open_model
     from .patch_efficacy import efficacy_check
 
     raw = read_raw(patch_path)
@@ -145,7 +158,7 @@ def verify_patch(patch_path: str, model_location: str, *, allow_pickle: bool = F
         patch = checked(raw)
         checks += [_layers_check(patch), _finite_check(patch)]
     if all(check["ok"] for check in checks):
-        model = open_model(model_location, allow_pickle=allow_pickle)
+        model = open_patch_model(patch, model_location, allow_pickle=allow_pickle)
         checks += _model_checks(patch, model)
         if all(check["ok"] for check in checks):
             checks.append(efficacy_check(patch, model, _tolerance))

@@ -468,3 +468,34 @@ def test_a_speed_patch_declares_only_the_layers_it_edits(tmp_path):
     assert len(_ok("inspect", out)["modules"]) == 16
     assert _ok_or_one(out)["ok"]
     _ok("apply", out, "--model", "builtin:tiny-sd1", "-o", tmp_path / "merged")
+
+
+# --- SDXL's pooled path (issue 12 item 1) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["builtin:tiny-sdxl.safetensors", "builtin:tiny-sdxl"])
+def test_a_pooled_sdxl_patch_verifies_and_applies_against_its_own_model(tmp_path, model):
+    """examples/sdxl-single-file.yaml (``options.pooled: true``) through build, verify and apply, on
+    the single file it names and on the diffusers folder it was exported from."""
+    from erasec.compiler.model_open import open_model
+
+    example = Path(__file__).parents[2] / "examples" / "sdxl-single-file.yaml"
+    spec = tmp_path / "sdxl.yaml"
+    spec.write_text(example.read_text().replace("builtin:tiny-sdxl.safetensors", model))
+    patch = tmp_path / "patch.safetensors"
+    assert _run("build", spec, "-o", patch).exit_code == 0
+    verified = _ok("verify", patch, "--model", model)
+    assert verified["ok"], verified["reason"]
+    assert next(c for c in verified["checks"] if c["check"] == "sites")["detail"] == "141 modules present with matching shapes"
+    merged = tmp_path / ("merged.safetensors" if model.endswith(".safetensors") else "merged")
+    assert _ok("apply", patch, "--model", model, "-o", merged)["tensors_changed"] == 141
+    opened = open_model(model, pooled=True)
+    site = opened.target.spaces[1].sites[0]
+    name = opened.weight_name(site)
+    weights_file = opened.unet_weights_file
+    before = load_file(str(weights_file))[name].double().numpy()
+    after = load_file(str(merged if merged.suffix else merged / UNET))[name].double().numpy()
+    expected = before + read_patch(patch).layer_delta(site.module_path)
+    np.testing.assert_allclose(after, expected, rtol=0, atol=2e-3)  # fp16 file: one rounding of W0 + ΔW
+    np.testing.assert_array_equal(after[:, site.in_features:], before[:, site.in_features:])  # size/crop columns keep W0
+    assert not np.allclose(after[:, : site.in_features], before[:, : site.in_features])
