@@ -30,6 +30,7 @@ from erasec.patches.manifest import Manifest, write_patch
 from .encodings import RecordingModel
 from .errors import SpecError
 from .evaluate import Scores, score
+from .extras import require_extra
 from .lowering import Lowering
 from .outputs import check_build_output
 from .pins import model_base_pin, model_text_encoder_pin
@@ -184,6 +185,8 @@ def build_spec(
     seconds: dict[str, float] = {}
     # the output-path policy, before any work; ``inputs``: the spec file, the patches composed
     output = check_build_output(spec, output, inputs=inputs, force=options.force, cache_dir=options.cache_dir)
+    if spec.output.format == "onnx":
+        require_extra("onnx", spec.where("output.format"))
     preset = PRESETS[spec.method]
     pipeline = Pipeline.parse(pipeline_text(spec), _ir_callback(options, emit_ir))
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BuildError
+from .extras import require_extra
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 
@@ -118,10 +119,9 @@ def build_many(
 def _on_ray(tasks: list[tuple], address: str, force: bool = False, allow_outside_spec: bool = False) -> list[ManyResult]:
     """The same builds as Ray tasks (one CPU each by default); ``address`` as ``ray.init`` takes it
     (``auto``, ``ray://host:10001``, or ``local`` for a cluster started in this process)."""
-    try:
-        import ray
-    except ImportError:
-        raise BuildError("--ray: ray is not installed; pip install 'ray[default]' or drop --ray") from None
+    require_extra("cluster", "--ray")
+    import ray
+
     ray.init(address=None if address == "local" else address, ignore_reinit_error=True)
     remote = ray.remote(build_one)
     return ray.get([remote.remote(*task, 0, force, allow_outside_spec) for task in tasks])

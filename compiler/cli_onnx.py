@@ -24,9 +24,9 @@ def export_onnx(model, output, exporter, opset, static, components, as_json) -> 
     """Export MODEL's UNet and text encoder(s) to ONNX graphs that erasec can patch."""
     from pathlib import Path
 
-    from .onnx_export import ExportOptions, export_onnx as run_export
-
     def action():
+        from .onnx_export import ExportOptions, export_onnx as run_export  # a missing onnx extra: one line
+
         parts = tuple(part.strip() for part in components.split(",") if part.strip()) if components is not None else None
         options = ExportOptions(exporter=exporter, opset=opset, dynamic=not static, components=parts)
         return run_export(model, output, options)
@@ -59,12 +59,13 @@ def export_onnx(model, output, exporter, opset, static, components, as_json) -> 
 @json_option
 def run_onnx(graph, providers, erase_scale, adapter, seed, size, repeat, as_json) -> None:
     """Run one denoising step of a UNet GRAPH (or export folder) in ONNX Runtime; say which provider ran."""
-    from .onnx_runtime import run_onnx as run
+    def action():
+        from .onnx_runtime import run_onnx as run  # a missing onnx extra: one line
 
-    result = run_command(
-        lambda: run(graph, providers=providers or None, erase_scale=erase_scale, adapter=adapter, seed=seed,
-                    size=size, repeat=repeat)
-    )
+        return run(graph, providers=providers or None, erase_scale=erase_scale, adapter=adapter, seed=seed,
+                   size=size, repeat=repeat)
+
+    result = run_command(action)
     text = (
         f"ran {result['graph']} on {result['provider']} (session providers: {', '.join(result['providers'])})\n"
         f"  out_sample {result['output_shape']}  mean |x| {result['output_mean_abs']:.4g}  "

@@ -63,11 +63,12 @@ def apply(patch, model, onnx_graph, mode, output, scale, force, allow_pickle, as
     from .patch_apply import apply_patch
 
     if onnx_graph is not None:
-        from .onnx_apply import apply_onnx
+        def onnx_action():
+            from .onnx_apply import apply_onnx  # a missing onnx extra: one line
 
-        result = run_command(
-            lambda: apply_onnx(patch, onnx_graph, output, mode=mode, scale=scale, verify_base=not force, force=force)
-        )
+            return apply_onnx(patch, onnx_graph, output, mode=mode, scale=scale, verify_base=not force, force=force)
+
+        result = run_command(onnx_action)
         text = f"wrote {', '.join(result['files'])} ({mode}, {result['sites']} sites, confirmed by {result['confirmed_by']})"
         emit(result, as_json, text)
         return

@@ -13,6 +13,10 @@ import math
 import os
 from pathlib import Path
 
+from .extras import require_extra
+
+require_extra("onnx", "apply --onnx")  # before the imports that need it: one line, not a traceback
+
 from erasec.backends.onnx import MODES, OnnxOptions, deltas_from_solution, load_graph, patch_graph, write_graph
 from erasec.backends.onnx.checks import check_external_data, check_graph
 from erasec.backends.onnx.files import external_data_files, output_files

@@ -42,6 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .extras import require_extra
+
+require_extra("onnx", "export-onnx")  # before the imports that need it: one line, not a traceback
+
 from erasec.backends.onnx import load_graph, write_graph
 
 from .errors import BuildError

@@ -23,6 +23,9 @@ from typing import Sequence
 import numpy as np
 
 from .errors import BuildError
+from .extras import require_extra
+
+require_extra("onnx", "run-onnx")  # onnxruntime is imported where used; say what is missing first
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
