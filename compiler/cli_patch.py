@@ -113,12 +113,15 @@ def compose(patches, output, model, name, version_, force, as_json) -> None:
 @click.argument("new")
 @json_option
 def diff(old, new, as_json) -> None:
-    """What changed from patch OLD to patch NEW, and whether NEW's version bump says so."""
+    """What changed from patch OLD to patch NEW, and whether NEW's version bump says so (exit 1 when
+    it does not, so a hub's CI can gate on it)."""
     from erasec.patches.diff import diff_patches, render
     from erasec.patches.read import read_patch
 
     result = run_command(lambda: diff_patches(read_patch(old), read_patch(new)), loads_models=False)
     emit(result, as_json, None if as_json else render(result))
+    if not result["version"]["matches"]:
+        sys.exit(EXIT_CHECK_FAILED)
 
 
 @click.command()

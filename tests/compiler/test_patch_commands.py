@@ -288,7 +288,9 @@ def test_diff_reports_the_added_concepts_and_the_bump(built):
     assert result["preserve"]["added"] == ["Pablo Picasso"]
     assert result["version"]["bump"] == result["version"]["required"] == "minor" and result["version"]["matches"]
     assert result["version"]["reasons"][1:] == ["preserve list, options or pipeline changed"]
-    backwards = _ok("diff", built["union"], built["a"])
+    answered_no = _run("diff", built["union"], built["a"], "--json")
+    assert answered_no.exit_code == 1  # the version check answered no (issue 12 item 7)
+    backwards = json.loads(answered_no.output)
     assert sorted(backwards["concepts"]["removed"]) == ["Greg Rutkowski", "Kelly McKernan"]
     assert backwards["version"]["required"] == "major" and not backwards["version"]["matches"]
 

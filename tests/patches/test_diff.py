@@ -67,3 +67,35 @@ def test_new_weights_under_the_same_version_do_not_match(tmp_path):
     result = _diff(tmp_path, {}, {})
     assert result["weights_changed"] and result["version"]["required"] == "patch"
     assert result["version"]["bump"] == "none" and not result["version"]["matches"]
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from erasec.compiler.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_the_cli_exits_1_when_the_bump_does_not_match_and_0_when_it_does(tmp_path):
+    """A hub's CI gates on the exit code (issue 12 item 7): 1 is 'the check answered no'."""
+    a = write_fake_patch(tmp_path / "a.safetensors", concepts=("A", "B"))
+    short = write_fake_patch(tmp_path / "short.safetensors", seed=1, concepts=("A",), version="1.1.0")
+    major = write_fake_patch(tmp_path / "major.safetensors", seed=1, concepts=("A",), version="2.0.0")
+    refused = _cli("diff", a, short)
+    assert refused.exit_code == 1, refused.output
+    assert refused.output.rstrip().endswith("version bump minor; the changes need major: does NOT match")
+    assert _cli("diff", a, short, "--json").exit_code == 1
+    accepted = _cli("diff", a, major)
+    assert accepted.exit_code == 0 and accepted.output.rstrip().endswith("the changes need major: matches")
+
+
+@pytest.mark.parametrize("which", ["old", "new"])
+def test_a_folder_given_as_a_patch_is_named_a_folder(tmp_path, which):
+    patch = write_fake_patch(tmp_path / "a.safetensors")
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    args = (patch, folder) if which == "new" else (folder, patch)
+    result = _cli("diff", *args)
+    assert result.exit_code == 2
+    assert result.output.strip() == f"erasec: error: {folder}: is a folder; give a patch file (.safetensors)"
