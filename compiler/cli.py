@@ -42,7 +42,8 @@ def cli() -> None:
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="the patch file to write (.safetensors)")
-@click.option("--model", default=None, help="model folder or builtin:NAME; overrides the spec's model")
+@click.option("--model", default=None, help="a diffusers folder, a single-file .safetensors checkpoint, or "
+              "builtin:NAME[.safetensors] (erasec models lists them); overrides the spec's model")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option(
     "--print-ir-after", default=None, help="print the IR to stderr after these passes (comma list, or 'all')"
@@ -90,7 +91,8 @@ def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickl
 @cli.command("build-many")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="the folder for the patches")
-@click.option("--model", default=None, help="model folder or builtin:NAME; overrides every spec's model")
+@click.option("--model", default=None, help="a diffusers folder, a single-file .safetensors checkpoint, or "
+              "builtin:NAME[.safetensors]; overrides every spec's model")
 @click.option("-j", "--jobs", default=None, type=int, help="parallel processes (default: one per CPU)")
 @click.option("--ray", "ray_address", default=None, help="run on a Ray cluster at ADDRESS ('auto', ray://…, 'local')")
 @click.option("--no-cache", is_flag=True, help="do not use the embedding cache")
@@ -137,11 +139,18 @@ def cache() -> None:
 @cache.command("info")
 @json_option
 def cache_info(as_json) -> None:
-    """Where the cache is, and how many entries and bytes it holds."""
+    """Where the cache is, and how many entries and bytes it holds; and the built-in models' space."""
+    from .builtin_listing import builtin_cache_info
     from .embedding_cache import EmbeddingCache
 
     info = EmbeddingCache.at().info()
-    emit(info.as_dict(), as_json, f"{info.root}: {info.entries} entries, {human_size(info.bytes)}")
+    models = builtin_cache_info()
+    text = (
+        f"{info.root}: {info.entries} entries, {human_size(info.bytes)}\n"
+        f"built-in models ({models['root']}): {len(models['built'])} built, {human_size(models['bytes'])} "
+        "(erasec models lists them; cache clear keeps them)"
+    )
+    emit({**info.as_dict(), "builtin_models": models}, as_json, text)
 
 
 @cache.command("clear")
@@ -156,15 +165,37 @@ def cache_clear(as_json) -> None:
 
 @cli.command()
 def methods() -> None:
-    """List the methods (presets) a spec's ``method:`` can name."""
+    """List the methods (presets) a spec's ``method:`` can name; the default is marked."""
     from erasec.passes.presets import PRESETS
+
+    from .spec import DEFAULT_METHOD
 
     for preset in PRESETS.values():
         scale = "max(0.1, 1/|retain|)" if preset.preserve_scale == "legacy" else preset.preserve_scale
-        click.echo(f"{preset.name}\n  {preset.summary}")
+        default = "  (default: a spec without method: uses it)" if preset.name == DEFAULT_METHOD else ""
+        click.echo(f"{preset.name}{default}\n  {preset.summary}")
         click.echo(f"  pipeline: {preset.pipeline}")
         click.echo(f"  lambda={preset.lam} erase_scale={preset.erase_scale} preserve_scale={scale}")
         click.echo(f"  reference: {preset.reference}\n")
+
+
+@cli.command()
+@json_option
+def models(as_json) -> None:
+    """List the built-in models (builtin:NAME): family, what each is for, where it is cached."""
+    from .builtin import cache_root
+    from .builtin_listing import builtin_models
+
+    listed = builtin_models()
+    lines = [f"built-in models, built on first use under {cache_root(None)} ($ERASEC_CACHE_DIR, else ~/.cache/erasec);",
+             "builtin:NAME is a diffusers folder, builtin:NAME.safetensors the same model as one single file", ""]
+    for model in listed:
+        lines.append(f"builtin:{model.name:<11} {model.family:<5} {model.about}")
+        for form, copy in (("folder", model.folder), ("file", model.single_file)):
+            state = f"built, {human_size(copy.bytes)}" if copy.built else "not built"
+            lines.append(f"    {form:<7}{copy.path} ({state})")
+    lines.append("\nyour own model: --model FOLDER (diffusers) or --model FILE.safetensors (single file)")
+    emit({"cache": str(cache_root(None)), "models": [m.as_dict() for m in listed]}, as_json, "\n".join(lines))
 
 
 @cli.command()

@@ -64,3 +64,43 @@ def test_ray_without_ray_names_the_cluster_extra_as_docs_scaling_does(tmp_path, 
     assert result.output == f"erasec: error: --ray: needs the cluster extra (ray not installed); {hint}\n"
     scaling = (Path(__file__).resolve().parents[2] / "docs" / "scaling.md").read_text()
     assert '`pip install "erasec[cluster]"`, in a checkout\n  `pip install ".[cluster]"`' in scaling
+
+
+def _folder_bytes(path):
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_models_lists_the_builtin_models_with_family_and_cache_location(tiny_sd1_path, erasec_cache_dir):
+    import json
+
+    listed = {m["name"]: m for m in json.loads(_run("models", "--json").output)["models"]}
+    assert sorted(listed) == ["minilm-sd1", "tiny-sd1", "tiny-sd2", "tiny-sdxl"]
+    assert {name: m["family"] for name, m in listed.items()} == {
+        "minilm-sd1": "sd1", "tiny-sd1": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"
+    }
+    assert listed["tiny-sd1"]["folder"] == {"path": str(tiny_sd1_path), "built": True, "bytes": _folder_bytes(tiny_sd1_path)}
+    assert listed["tiny-sd1"]["single_file"]["path"].startswith(str(erasec_cache_dir / "single-file"))
+    text = _run("models").output
+    assert f"    folder {tiny_sd1_path} (built, " in text
+    assert "builtin:tiny-sdxl   sdxl  " in text
+
+
+def test_methods_marks_the_default_and_build_help_names_single_files():
+    from erasec.compiler.spec import DEFAULT_METHOD
+
+    lines = _run("methods").output.splitlines()
+    marked = [line for line in lines if "(default" in line]
+    assert marked == [f"{DEFAULT_METHOD}  (default: a spec without method: uses it)"]
+    help_text = " ".join(_run("build", "--help").output.split())
+    assert "--model TEXT a diffusers folder, a single-file .safetensors checkpoint, or builtin:NAME[.safetensors]" in help_text
+
+
+def test_cache_info_counts_the_builtin_models_apart_from_the_embeddings(tiny_sd1_path, erasec_cache_dir):
+    import json
+
+    info = json.loads(_run("cache", "info", "--json").output)
+    models = info["builtin_models"]
+    assert models["root"] == str(erasec_cache_dir) and str(tiny_sd1_path) in models["built"]
+    assert models["bytes"] >= _folder_bytes(tiny_sd1_path) > 0
+    assert info["root"] == str(erasec_cache_dir / "embeddings")  # the embedding cache's own count is unchanged
+    assert f"built-in models ({erasec_cache_dir}): {len(models['built'])} built, " in _run("cache", "info").output
