@@ -7,6 +7,7 @@ Nothing is written until every step has succeeded, and then atomically (``erasec
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,7 @@ from erasec.patches.link import encode_encodings, encode_shared
 from erasec.patches.manifest import Manifest, write_patch
 
 from .encodings import RecordingModel
-from .errors import SpecError
+from .errors import BuildError, SpecError
 from .evaluate import Scores, score
 from .extras import require_extra
 from .lowering import Lowering
@@ -131,6 +132,18 @@ def pipeline_text(spec: Spec) -> str:
     return text
 
 
+def _check_print_ir_after(names: tuple[str, ...]) -> None:
+    """``--print-ir-after`` names registered passes or ``all``; a misspelt one is refused as the
+    pipeline parser refuses it (did-you-mean), before any work, instead of printing nothing."""
+    from erasec.passes.registry import pass_names
+
+    for name in names:
+        if name != "all" and name not in pass_names():
+            close = difflib.get_close_matches(name, (*pass_names(), "all"), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; passes are: {', '.join(pass_names())}, or all"
+            raise BuildError(f"--print-ir-after: unknown pass {name!r}{hint}")
+
+
 def _ir_callback(options: BuildOptions, emit: Callable[[str], None]):
     wanted = set(options.print_ir_after)
 
@@ -157,6 +170,7 @@ def build(
     progress: Callable[[str], None] = lambda stage: None,
 ) -> BuildResult:
     clock = time.perf_counter()
+    _check_print_ir_after(options.print_ir_after)
     spec = load_spec(spec_path, methods=tuple(PRESETS), model=options.model, allow_outside=options.allow_outside_spec)
     if not spec.model:
         raise SpecError(f"{spec_path}: model: no model given; set 'model:' in the spec or pass --model")
