@@ -18,7 +18,11 @@ costs one warning and the build goes on without storing (issue 16 item 11).
 Rows do not depend on the cache's history or the thread count (issue 16 item 9): each prompt is
 encoded in a pass of its own on one torch thread, so its rows are computed by the same kernels on
 the same shapes whether it is encoded in a warm rebuild, among hundreds in a cold one, or by a
-``build-many`` worker. Batched fp32 passes round a row's last bits differently with the batch's
+``build-many`` worker. The passes run on as many Python threads as torch had intra-op threads
+(``use_all_cores``: the usable cores, or an explicit ``OMP_NUM_THREADS``; one in a ``build-many``
+worker of one thread), each a one-thread computation with its own encoder modules and fp32
+workspace (``text_encoders.replica``), and are collected in the prompts' order, so neither the
+scheduling nor the number of workers shows in the rows; torch releases the GIL in its ops. Batched fp32 passes round a row's last bits differently with the batch's
 size and padded width, and with the thread count (MKL's GEMMs under 12 rows, SDPA with small heads);
 passes of one token length and at least 16 rows agreed to the bit on CLIP-L's and MiniLM's shapes
 but not on tiny-sd1's, so only a pass per prompt is exact by construction. It costs encoding
@@ -40,7 +44,8 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -98,15 +103,32 @@ def encoder_files_digest(model) -> str:
 
 @contextlib.contextmanager
 def _one_torch_thread():
-    """torch's intra-op threads set to one, then back (module docstring: rows must not depend on it)."""
+    """torch's intra-op threads set to one, then back (module docstring: rows must not depend on it);
+    yields how many there were."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        yield threads
     finally:
         torch.set_num_threads(threads)
+
+
+def _passes(encode: Callable[[str], np.ndarray], prompts: list[str], workers: int) -> Iterator[np.ndarray]:
+    """``encode(prompt)`` for each prompt, in order, on ``workers`` threads of one torch thread each
+    (inside ``_one_torch_thread``); the first error is raised and the passes not begun are dropped."""
+    import torch
+
+    if workers <= 1:
+        yield from map(encode, prompts)
+        return
+    # set_num_threads in each worker too: OpenMP keeps a thread count per thread
+    pool = ThreadPoolExecutor(workers, "erasec-encode", initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        yield from pool.map(encode, prompts)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 class CachingModel:
@@ -223,9 +245,12 @@ class CachingModel:
         missing = [prompt for prompt in distinct if prompt not in rows]
         self.hits += len(distinct) - len(missing)
         if missing:
-            with _one_torch_thread():
-                for prompt in missing:  # a pass of its own: its rows do not depend on the others
-                    array = (self._model.encode_pooled([prompt]) if kind == "pooled" else self._model.encode([prompt], padded=padded))[0]
+
+            def encode(prompt: str) -> np.ndarray:  # a pass of its own: its rows do not depend on the others
+                return (self._model.encode_pooled([prompt]) if kind == "pooled" else self._model.encode([prompt], padded=padded))[0]
+
+            with _one_torch_thread() as threads:
+                for prompt, array in zip(missing, _passes(encode, missing, min(threads, len(missing)))):
                     rows[prompt] = array
                     if keys:
                         self._cache.put(keys[prompt], array, kind)

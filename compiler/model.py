@@ -18,6 +18,7 @@ never from a hub.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,8 @@ class SDModel:
     unet_weights_file: Path  # the file holding the K/V tensors (the single file itself for that layout)
     _file: TensorFile
     _cache: dict = field(default_factory=dict, init=False, repr=False)
+    # threads may encode at once (``embedding_cache``): loading into ``_cache`` and tokenizing hold it
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
     @property
     def family(self) -> str:
@@ -141,30 +144,40 @@ class SDModel:
 
     def _tokenizer(self, component: str = "text_encoder"):
         key = f"tokenizer:{component}"
-        if key not in self._cache:
-            if self.layout == "diffusers":
-                folder = self.path / TOKENIZER_OF[component]
-            else:
-                pad = dict((c, p) for c, _, p in self.encoders)[component]
-                folder = cached(
-                    "tokenizers",
-                    f"clip-pad-{_PAD_NAMES[pad]}-v1",
-                    lambda path: write_clip_tokenizer(path, pad_token=pad),
-                    self._cache.get("cache_dir"),
-                    folder=True,
-                )
-            load = semantic.load_bert_tokenizer if (folder / "vocab.txt").is_file() else load_clip_tokenizer
-            memo = cache_root(self._cache.get("cache_dir")) / "tokenizers"
-            self._cache[key] = remembered_tokenizer(folder, load, memo)
-        return self._cache[key]
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = self._load_tokenizer(component)
+            return self._cache[key]
+
+    def _load_tokenizer(self, component: str):
+        if self.layout == "diffusers":
+            folder = self.path / TOKENIZER_OF[component]
+        else:
+            pad = dict((c, p) for c, _, p in self.encoders)[component]
+            folder = cached(
+                "tokenizers",
+                f"clip-pad-{_PAD_NAMES[pad]}-v1",
+                lambda path: write_clip_tokenizer(path, pad_token=pad),
+                self._cache.get("cache_dir"),
+                folder=True,
+            )
+        load = semantic.load_bert_tokenizer if (folder / "vocab.txt").is_file() else load_clip_tokenizer
+        memo = cache_root(self._cache.get("cache_dir")) / "tokenizers"
+        return remembered_tokenizer(folder, load, memo)
 
     def _text_encoder(self, component: str):
+        """This thread's copy of the ``component`` encoder: a ``text_encoders.replica`` of the loaded
+        one (which itself never runs), so threads encoding at once share no module."""
         key = f"encoder:{component}"
-        if key not in self._cache:
-            self._cache[key] = (
-                self._folder_encoder(component) if self.layout == "diffusers" else self._file_encoder(component)
-            ).eval()
-        return self._cache[key]
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = (
+                    self._folder_encoder(component) if self.layout == "diffusers" else self._file_encoder(component)
+                ).eval()
+            own = self._cache.setdefault("encoder:threads", threading.local()).__dict__
+            if component not in own:
+                own[component] = text_encoders.replica(self._cache[key])
+            return own[component]
 
     def _folder_encoder(self, component: str):
         from transformers import CLIPTextConfig
@@ -201,7 +214,9 @@ class SDModel:
     def _tokenize(self, prompts: Sequence[str], component: str) -> list[list[int]]:
         if not prompts:
             return []
-        encoded = self._tokenizer(component)(list(prompts), truncation=True, max_length=MODEL_MAX_LENGTH)
+        tokenizer = self._tokenizer(component)
+        with self._lock:  # a fast tokenizer sets its truncation on each call: one call at a time
+            encoded = tokenizer(list(prompts), truncation=True, max_length=MODEL_MAX_LENGTH)
         return [list(ids) for ids in encoded["input_ids"]]
 
     def encode(self, prompts: Sequence[str], *, padded: bool) -> list[np.ndarray]:

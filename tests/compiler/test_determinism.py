@@ -91,3 +91,58 @@ def test_a_prompts_rows_do_not_depend_on_its_company_or_the_thread_count(tiny_sd
     assert torch.get_num_threads() == threads
     assert all(np.array_equal(a, b) for a, b in zip(together, alone))
     assert all(np.array_equal(a, b) for a, b in zip(together[::2] + together[1::2], halves))
+
+
+class _InPairs:
+    """A model whose ``encode`` calls wait for each other two by two: passes that run at once."""
+
+    def __init__(self, model) -> None:
+        import threading
+
+        self._model = model
+        self._pair = threading.Barrier(2, timeout=60)  # one worker alone would wait here and fail
+        self.threads: set[str] = set()
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def encode(self, prompts, *, padded: bool):
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        self._pair.wait()
+        return self._model.encode(prompts, padded=padded)
+
+
+def test_passes_on_worker_threads_give_the_rows_of_one_thread(tmp_path):
+    """Cold encoding runs its one-thread passes on as many Python threads as torch had threads, and
+    collects them in order. An fp16 encoder computes in fp32 through a workspace its hooks point each
+    running module at: two passes at once must run modules and workspaces of their own, or a pass
+    reads the other's weights (issue 16 item 9). Each pair of passes here runs at once."""
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from erasec.compiler.builtin import builtin_model_path
+    from erasec.compiler.embedding_cache import CachingModel
+    from erasec.compiler.lowering import prior_prompts
+    from erasec.compiler.model_open import open_model
+
+    source = builtin_model_path("tiny-sdxl.safetensors")
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = handle.metadata()
+    half = tmp_path / "half.safetensors"
+    save_file({k: v.to(torch.float16) for k, v in load_file(str(source)).items()}, str(half), metadata=metadata)
+    prompts = prior_prompts("coco")[:40]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = CachingModel(open_model(str(half)), None).encode(prompts, padded=False)
+        torch.set_num_threads(2)
+        paired = _InPairs(open_model(str(half)))
+        together = CachingModel(paired, None).encode(prompts, padded=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(paired.threads) == 2 and "MainThread" not in paired.threads
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
