@@ -26,7 +26,7 @@ them; a template's guide is the same template applied to the anchor (as the refe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -124,15 +124,18 @@ class Lowering:
 
     STREAM = 64  # prompts (erase pairs) encoded per batch
 
-    def __init__(self, model, *, fold_erase: bool = False, fold_preserve: bool = True) -> None:
+    def __init__(self, model, *, fold_erase: bool = False, fold_preserve: bool = True, attack_retain: str = "blank") -> None:
         self.model = model
         self.fold_erase = fold_erase
         self.fold_preserve = fold_preserve
+        self.attack_retain = attack_retain  # RECE's rounds: "blank" (' ' per erase prompt) or "spec" ('' + preserve)
 
     @classmethod
     def for_pipeline(cls, model, pipeline) -> "Lowering":
-        """The lowering whose rows ``pipeline`` will transform: erase rows fold unless a pass reads them."""
-        return cls(model, fold_erase=not pipeline.reads_erase_rows())
+        """The lowering whose rows ``pipeline`` will transform: erase rows fold unless a pass reads them;
+        the retain set of RECE's rounds is the ``rece`` pass's."""
+        retain = next((p.retain for p in pipeline.passes if p.name == "rece"), "blank")
+        return cls(model, fold_erase=not pipeline.reads_erase_rows(), attack_retain=retain)
 
     def _encode(self, prompts: list[str], padded: bool) -> dict[str, np.ndarray]:
         distinct = sorted(set(prompts))
@@ -208,6 +211,7 @@ class Lowering:
             invariant_rows=invariant_rows,
             site_gram=self.model.site_gram(space, preset.roles),
             roles=preset.roles,
+            **(self._attack_rows(spec, preset, pairs, settings.erase_scale, space.dim) if preset.attack_rows else {}),
         )
         pooled = [self._pooled(space, pairs, retain, settings, preserve_scale) for space in self.model.target.spaces[1:]]
         return EditProgram(
@@ -257,6 +261,31 @@ class Lowering:
             provenance=tuple(p for part in explicit for p in part[3]),
             folded=None if fold is None else fold.result(),
         )
+
+    def _attack_rows(self, spec: Spec, preset: Preset, pairs, scale: float, dim: int) -> dict:
+        """RECE's rounds (passes/rece.py): every erase prompt's 77 padded rows, row r paired with its
+        guide's row r (close_form_emb_regzero encodes the whole prompt; edit_model_adversarial pairs
+        position by position), and the retain rows at unit weight per listed prompt: ``' '`` once per
+        erase prompt (train.py) or ``''`` and the spec's preserve list (train_artists.py, train_object.py)."""
+        encoded = self._encode([p for _, p, _, _ in pairs] + [g for _, _, g, _ in pairs], True)
+        erase = EraseRows(
+            keys=np.concatenate([encoded[prompt] for _, prompt, _, _ in pairs]),
+            guides=np.concatenate([encoded[guide] for _, _, guide, _ in pairs]),
+            weights=np.concatenate([np.full(encoded[prompt].shape[0], scale * strength) for _, prompt, _, strength in pairs]),
+            provenance=tuple(
+                Provenance(request=request, prompt=prompt, token=t)
+                for request, prompt, _, _ in pairs
+                for t in range(encoded[prompt].shape[0])
+            ),
+        )
+        if self.attack_retain == "blank":
+            sources = [(" ", " ", float(len(pairs)), "all")]
+        else:
+            sources = [(p, p, 1.0, "all") for p in retain_prompts(spec, replace(preset, preserve_empty=True))]
+        ids = self._ids([source[0] for source in sources])
+        rule = _RowRule(preset.rows, ids, {prompt: len(tokens) - 2 for prompt, tokens in ids.items()})
+        retain = self._preserve_rows(sources, rule, None, dim, 77 * len(sources) > dim)
+        return {"attack_sources": erase, "attack_retain": retain}
 
     def _preserve_rows(self, sources, rows: "_RowRule", pattern, dim: int, many: bool) -> PreserveRows:
         """The preserve rows of ``sources`` — (prompt, label, weight per row, which rows count: "all" 77

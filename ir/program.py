@@ -48,6 +48,10 @@ class SpaceProgram:
     # each request solved on its own, its delta vanishing on the other requests' keys (SRS-ME),
     # so that its contribution can later be removed without touching the rest
     separable: bool = False
+    # RECE's attack stage (passes/rece.py): each erase prompt's 77 padded rows paired position by
+    # position with its guide's 77 rows, and the retain rows of that stage; None for other methods
+    attack_sources: EraseRows | None = None
+    attack_retain: PreserveRows | None = None
 
     def __post_init__(self) -> None:
         if self.site_gram is not None:
@@ -70,6 +74,7 @@ class SpaceProgram:
             ("preserve", self.preserve),
             ("hard", self.hard),
             ("invariant_rows", self.invariant_rows),
+            *((name, rows) for name, rows in (("attack_sources", self.attack_sources), ("attack_retain", self.attack_retain)) if rows is not None),
         ):
             if rows.keys.shape[1] != space.dim:
                 raise VerifyError(f"{where}.{name}.keys: width {rows.keys.shape[1]}, the space has {space.dim}")

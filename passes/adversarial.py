@@ -7,10 +7,11 @@ concept row ``c`` — a closed-form "soft prompt" attack. Each round solves the 
 stands, computes ``c'`` for every erase row present when the pass started, and adds
 ``(c' → the row's guide)`` as new erase rows with the row's weight × ``weight``.
 
-Difference from the reference: RECE re-aligns ``c'`` sequentially on top of the previous edit
-(``W ← W' …``); here every round re-solves the *joint* system from W0 with all rows so far, so the
-result does not depend on an epoch order and stays one shared map. The final ``solve`` in the
-pipeline produces the solution.
+This is the ``rece-joint`` preset's pass, erasec's variant and not the published method (that is
+``passes/rece.py``, preset ``rece``): RECE edits the *current* weights round after round; here every
+round re-solves the *joint* system from W0 with all rows so far (attacks on the rows present when
+the pass started, paired with their own guides), so the result does not depend on an epoch order.
+The final ``solve`` in the pipeline produces the solution.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ class Preset:
     # with total weight prior_scale spread evenly over their rows
     prior: str | None = None
     prior_scale: float = 0.0
+    # RECE: also lower each erase prompt's 77 padded rows with its guide's, and the rounds' retain rows
+    attack_rows: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -74,8 +76,23 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="rece",
-            summary="RECE: UCE (legacy rows) plus closed-form adversarial embeddings re-erased, 2 rounds, "
-            "solved jointly",
+            summary="RECE as its code runs: UCE (original script's rows and settings), then rounds that each "
+            "re-erase the closed-form attack on the current weights; recipe nudity (3 rounds, attack λ 0.1)",
+            pipeline="canonicalize,rece{recipe=nudity}",
+            rows="legacy_span",
+            lam=0.5,
+            erase_scale=1.0,
+            preserve_scale="legacy",
+            preserve_empty=True,
+            blank_guide=" ",
+            reference="Gong et al., ECCV 2024, arXiv 2407.12383; train.py, erase_methods/uce.py, "
+            "utils/embedding_calculation/close_form_emb.py @403a67f",
+            attack_rows=True,
+        ),
+        Preset(
+            name="rece-joint",
+            summary="erasec's joint variant of RECE (not the published method): legacy rows and 2 rounds of "
+            "closed-form attacks (from W0's map, last-token rows on), all solved together once from W0",
             pipeline="canonicalize,adversarial{rounds=2 lambda=0.1},solve",
             rows="legacy_span",
             lam=0.1,
@@ -83,7 +100,7 @@ PRESETS: dict[str, Preset] = {
             preserve_scale=0.1,
             preserve_empty=True,
             blank_guide=" ",
-            reference="Gong et al., ECCV 2024, arXiv 2407.12383; train.py @403a67f",
+            reference="this project, after Gong et al., ECCV 2024, arXiv 2407.12383 (docs/compiler.md lists the differences)",
         ),
         Preset(
             name="speed",

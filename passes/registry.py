@@ -13,6 +13,7 @@ _PASSES: dict[str, str] = {
     "filter-preserve": "erasec.passes.filter_preserve:FilterPreservePass",
     "mine-neighbors": "erasec.passes.mine_neighbors:MineNeighborsPass",
     "orthogonalize": "erasec.passes.orthogonalize:OrthogonalizePass",
+    "rece": "erasec.passes.rece:RecePass",
     "compress": "erasec.passes.compress:CompressPass",
     "invariants": "erasec.passes.invariants:InvariantsPass",
     "solve": "erasec.passes.solve:SolvePass",

@@ -89,9 +89,9 @@ def test_specificity_counts_the_folded_rows_exactly(model):
     assert part.specificity == pytest.approx(whole.specificity, rel=1e-9)
 
 
-def test_rece_keeps_every_erase_row_for_its_attacks(model):
-    spec = parse_spec(_text("rece"), source="s.yaml", base_dir=Path("."), methods=tuple(PRESETS))
-    lowered = Lowering.for_pipeline(model, Pipeline.parse(PRESETS["rece"].pipeline)).lower(spec, PRESETS["rece"])
+def test_rece_joint_keeps_every_erase_row_for_its_attacks(model):
+    spec = parse_spec(_text("rece-joint"), source="s.yaml", base_dir=Path("."), methods=tuple(PRESETS))
+    lowered = Lowering.for_pipeline(model, Pipeline.parse(PRESETS["rece-joint"].pipeline)).lower(spec, PRESETS["rece-joint"])
     assert lowered.spaces[0].erase.folded is None and lowered.spaces[0].preserve.folded is not None
 
 

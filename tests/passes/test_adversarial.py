@@ -64,3 +64,26 @@ def test_zero_rounds_is_a_no_op_and_options_are_checked():
 def test_round_trip_uses_the_lambda_spelling():
     text = "adversarial{rounds=2 lambda=0.001 weight=1}"
     assert str(Pipeline.parse(text)) == text
+
+
+def test_rece_recipes_by_name_and_their_text_form():
+    from erasec.passes.rece import RecePass
+
+    assert str(Pipeline.parse("rece").passes[0]) == (
+        "rece{recipe=nudity rounds=3 attack-lambda=0.1 lambda=0.1 preserve-scale=0.1 retain=blank max-condition=1e+12}"
+    )
+    artist = Pipeline.parse("rece{recipe=artist}").passes[0]
+    assert (artist.rounds, artist.attack_lambda, artist.retain) == (1, 1e-3, "spec")
+    assert Pipeline.parse("rece{recipe=unsafe rounds=5}").passes[0].rounds == 5
+    assert Pipeline.parse(str(artist)).passes[0] == artist
+    with pytest.raises(PassOptionError, match=r"^rece\{rounds\}: 21 is not in \[0, 20\]$"):
+        RecePass(rounds=21)
+
+
+def test_rece_refuses_a_program_without_attack_rows():
+    program, _ = _program()
+    with pytest.raises(PassError) as error:
+        Pipeline.parse("rece").apply(program)
+    assert str(error.value) == (
+        "rece: key space clip-l: no attack rows; RECE's rounds need method rece's lowering (not options.pooled)"
+    )

@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from erasec.ir import HardRows, PreserveRows, Provenance
+from erasec.ir import EraseRows, HardRows, PreserveRows, Provenance
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS
 from programs import base_weights, random_program
@@ -65,9 +65,10 @@ def test_ridge_presets(name):
     _compare(_run(name, program), weights, expected, program.target.sites)
 
 
-def test_rece_two_joint_rounds():
-    """Each round: c' = argmin Σ_l ‖W'_l c' − W0_l c‖² + λ_r‖c'‖² (stacked least squares), then re-solve."""
-    program, weights = _program(PRESETS["rece"])
+def test_rece_joint_two_rounds():
+    """rece-joint, erasec's variant: each round c' = argmin Σ_l ‖W'_l c' − W0_l c‖² + λ_r‖c'‖² (stacked
+    least squares), then everything re-solved from W0."""
+    program, weights = _program(PRESETS["rece-joint"])
     space = program.spaces[0]
     K, G, w = space.erase.keys.T, space.erase.guides.T, space.erase.weights
     Kp, p = space.preserve.keys.T, space.preserve.weights
@@ -84,6 +85,45 @@ def test_rece_two_joint_rounds():
         guides = np.concatenate([guides, G], axis=1)
         ws = np.concatenate([ws, w])
     expected = {path: _plain_ridge(w0, keys, guides, ws, Kp, p, space.lam) for path, w0 in weights.items()}
+    _compare(_run("rece-joint", program), weights, expected, program.target.sites)
+
+
+def _with_attack_rows(program, rng, sources=2, retain=3):
+    space = program.spaces[0]
+    attack = EraseRows(
+        keys=rng.standard_normal((sources, DIM)),
+        guides=rng.standard_normal((sources, DIM)),
+        weights=np.ones(sources),
+        provenance=tuple(Provenance(request=program.requests[0], prompt="c", token=t) for t in range(sources)),
+    )
+    kept = PreserveRows(
+        keys=rng.standard_normal((retain, DIM)),
+        weights=np.full(retain, 2.0),
+        provenance=tuple(Provenance(request="preserve", prompt=" ", token=t) for t in range(retain)),
+    )
+    return replace(program, spaces=(replace(space, attack_sources=attack, attack_retain=kept),))
+
+
+def test_rece_sequential_rounds_edit_the_current_weights():
+    """rece: UCE from W0, then per round c' from the current W_e and
+    W_{e+1} = (λ W_e + Σ W_e g c'ᵀ + ps Σ W_e p pᵀ)(λI + Σ c'c'ᵀ + ps Σ ppᵀ)⁻¹, per layer (explicit inverses);
+    the shared factored map the pass returns gives the same ΔW on every layer."""
+    program, weights = _program(PRESETS["rece"], seed=3)
+    program = _with_attack_rows(program, np.random.default_rng(9))
+    space = program.spaces[0]
+    K, G, w = space.erase.keys.T, space.erase.guides.T, space.erase.weights
+    Kp, p = space.preserve.keys.T, space.preserve.weights
+    C, Cg = space.attack_sources.keys.T, space.attack_sources.guides.T
+    R, r = space.attack_retain.keys.T, space.attack_retain.weights * 0.1
+    current = {path: w0 + _plain_ridge(w0, K, G, w, Kp, p, space.lam) for path, w0 in weights.items()}
+    for _ in range(3):
+        mat1 = 0.1 * np.eye(DIM) + sum(wc.T @ wc for wc in current.values())
+        mat2 = sum(current[path].T @ w0 for path, w0 in weights.items())
+        attack = np.linalg.inv(mat1) @ mat2 @ C
+        current = {
+            path: wc + _plain_ridge(wc, attack, Cg, np.ones(C.shape[1]), R, r, 0.1) for path, wc in current.items()
+        }
+    expected = {path: current[path] - w0 for path, w0 in weights.items()}
     _compare(_run("rece", program), weights, expected, program.target.sites)
 
 
