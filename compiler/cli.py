@@ -42,8 +42,9 @@ def cli() -> None:
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="the patch file to write (.safetensors)")
-@click.option("--model", default=None, help="a diffusers folder, a single-file .safetensors checkpoint, or "
-              "builtin:NAME[.safetensors] (erasec models lists them); overrides the spec's model")
+@click.option("--model", default=None, help="a diffusers folder, a single-file .safetensors checkpoint, "
+              "builtin:NAME[.safetensors] (erasec models lists them) or a hub id ORG/NAME[@REVISION] already in the "
+              "local Hugging Face cache; overrides the spec's model")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option(
     "--print-ir-after", default=None, help="print the IR to stderr after these passes (comma list, or 'all')"
@@ -91,8 +92,8 @@ def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickl
 @cli.command("build-many")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="the folder for the patches")
-@click.option("--model", default=None, help="a diffusers folder, a single-file .safetensors checkpoint, or "
-              "builtin:NAME[.safetensors]; overrides every spec's model")
+@click.option("--model", default=None, help="a diffusers folder, a single-file .safetensors checkpoint, "
+              "builtin:NAME[.safetensors] or a cached hub id ORG/NAME[@REVISION]; overrides every spec's model")
 @click.option("-j", "--jobs", default=None, type=int, help="parallel processes (default: one per CPU)")
 @click.option("--ray", "ray_address", default=None, help="run on a Ray cluster at ADDRESS ('auto', ray://…, 'local')")
 @click.option("--no-cache", is_flag=True, help="do not use the embedding cache")
@@ -194,7 +195,8 @@ def models(as_json) -> None:
         for form, copy in (("folder", model.folder), ("file", model.single_file)):
             state = f"built, {human_size(copy.bytes)}" if copy.built else "not built"
             lines.append(f"    {form:<7}{copy.path} ({state})")
-    lines.append("\nyour own model: --model FOLDER (diffusers) or --model FILE.safetensors (single file)")
+    lines.append("\nyour own model: --model FOLDER (diffusers), FILE.safetensors (single file) or ORG/NAME[@REVISION] "
+                 "(a hub id already in the local Hugging Face cache; docs/models.md)")
     emit({"cache": str(cache_root(None)), "models": [m.as_dict() for m in listed]}, as_json, "\n".join(lines))
 
 

@@ -30,6 +30,7 @@ from . import layout as layouts
 from . import semantic
 from .builtin import builtin_model_path
 from .errors import ModelError
+from .hub_cache import hub_id, snapshot_folder
 from .model import FAMILIES, TOKENIZER_OF, SDModel, read_json
 from .tensor_files import TensorFile, regular_file
 
@@ -143,7 +144,8 @@ def open_model(
     pooled: bool = False,
     family: str | None = None,
 ) -> SDModel:
-    """Open a diffusers folder, a single-file checkpoint or ``builtin:NAME[.safetensors]``.
+    """Open a diffusers folder, a single-file checkpoint, ``builtin:NAME[.safetensors]`` or a hub id
+    ``org/name[@revision]`` (or ``hf:org/name``) from the local Hugging Face cache (``hub_cache.py``).
 
     ``pooled``: add SDXL's pooled key space (``options.pooled``): the projected OpenCLIP-bigG pooled
     embedding and the first columns of ``add_embedding.linear_1`` that read it. ``family``: the
@@ -151,12 +153,14 @@ def open_model(
     """
     if location.startswith("builtin:"):
         path = builtin_model_path(location.removeprefix("builtin:"), cache_dir)
+    elif hub_id(location) is not None:  # org/name[@revision] from the local Hugging Face cache; a path wins
+        path = snapshot_folder(location)
     else:
         path = Path(location).expanduser()
     if not path.exists() and not path.is_symlink():
         raise ModelError(
             f"{location}: no such file or folder; give a diffusers folder, a single-file .safetensors "
-            "checkpoint or builtin:NAME"
+            "checkpoint or builtin:NAME (or a hub id ORG/NAME in the local Hugging Face cache)"
         )
     if path.is_dir():
         model = _open_folder(path, location, family)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from .hub_cache import HUB_PREFIX, hub_id
 from .text_files import decode_text, is_safetensors, read_regular
 from .yaml_nodes import quote, spec_error
 
@@ -242,7 +243,8 @@ def model_problem(model: str) -> str:
 
 
 def resolve_model(model: str, base_dir: Path) -> str:
-    """``builtin:NAME`` as is, a path made absolute from ``base_dir`` (``~`` expanded)."""
-    if model.startswith(BUILTIN_PREFIX):
+    """``builtin:NAME`` as is, a path made absolute from ``base_dir`` (``~`` expanded); a hub id
+    (``org/name``, ``hf:org/name``) as is when no such path exists (compiler/hub_cache.py)."""
+    if model.startswith((BUILTIN_PREFIX, HUB_PREFIX)):
         return model
-    return os.path.abspath(os.path.join(base_dir, os.path.expanduser(model)))
+    return model if hub_id(model, base_dir) is not None else os.path.abspath(os.path.join(base_dir, os.path.expanduser(model)))

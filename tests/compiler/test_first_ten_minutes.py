@@ -92,7 +92,7 @@ def test_methods_marks_the_default_and_build_help_names_single_files():
     marked = [line for line in lines if "(default" in line]
     assert marked == [f"{DEFAULT_METHOD}  (default: a spec without method: uses it)"]
     help_text = " ".join(_run("build", "--help").output.split())
-    assert "--model TEXT a diffusers folder, a single-file .safetensors checkpoint, or builtin:NAME[.safetensors]" in help_text
+    assert "--model TEXT a diffusers folder, a single-file .safetensors checkpoint, builtin:NAME[.safetensors]" in help_text
 
 
 def test_cache_info_counts_the_builtin_models_apart_from_the_embeddings(tiny_sd1_path, erasec_cache_dir):
@@ -104,3 +104,105 @@ def test_cache_info_counts_the_builtin_models_apart_from_the_embeddings(tiny_sd1
     assert models["bytes"] >= _folder_bytes(tiny_sd1_path) > 0
     assert info["root"] == str(erasec_cache_dir / "embeddings")  # the embedding cache's own count is unchanged
     assert f"built-in models ({erasec_cache_dir}): {len(models['built'])} built, " in _run("cache", "info").output
+
+
+# -- hub ids from the local Hugging Face cache (item 11) ---------------------------------------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+SPEC = "erasec: 1\nname: hub\nversion: 1.0.0\n{model}erase: [{{concept: Van Gogh, anchor: art}}]\npreserve: [Claude Monet]\n"
+
+
+def _hub_cache(root, source, repo="org/tiny-sd1", commit=COMMIT):
+    """A cache laid out as huggingface_hub lays it out: ``models--org--name/blobs/<sha256>``, the
+    snapshot's files as relative symbolic links to them, ``refs/main`` holding the commit."""
+    import hashlib
+    import os
+
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / commit
+    for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def _erasec(args, cwd, **env):
+    import os
+    import subprocess
+
+    environment = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
+    program = "import sys; from erasec.compiler.cli import main; sys.argv[0] = 'erasec'; main()"
+    return subprocess.run([sys.executable, "-c", program, *args], cwd=cwd, env={**environment, **env}, capture_output=True, text=True, timeout=600)
+
+
+def test_a_spec_naming_a_hub_id_builds_from_the_cache_that_HF_HUB_CACHE_names(tmp_path, tiny_sd1_path):
+    import json
+
+    from huggingface_hub import scan_cache_dir
+
+    cache = tmp_path / "hub"
+    _hub_cache(cache, tiny_sd1_path)
+    assert [r.repo_id for r in scan_cache_dir(cache).repos] == ["org/tiny-sd1"]  # huggingface_hub reads it as its own
+    (tmp_path / "spec.yaml").write_text(SPEC.format(model="model: org/tiny-sd1\n"))
+    done = _erasec(["build", "spec.yaml", "-o", "p.safetensors", "--json"], tmp_path, HF_HUB_CACHE=str(cache))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["model"], result["family"]) == ("org/tiny-sd1", "sd1")
+    assert result["scores"]["efficacy"]["Van Gogh"] > 0
+
+
+def test_a_missing_hub_id_says_so_in_one_line_with_the_download_command(tmp_path):
+    home = tmp_path / "hf-home"  # HF_HOME alone: huggingface_hub's cache is HF_HOME/hub
+    (tmp_path / "spec.yaml").write_text(SPEC.format(model=""))
+    done = _erasec(["build", "spec.yaml", "-o", "p.safetensors", "--model", "org/absent@v2"], tmp_path, HF_HOME=str(home))
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"erasec: error: org/absent@v2: no such file or folder, and not in the Hugging Face cache at revision v2 "
+        f"({home / 'hub'}); erasec never downloads: run hf download org/absent --revision v2; "
+        "for a folder of that name write ./org/absent@v2\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, tiny_sd1_path, monkeypatch):
+    """The cache above, named to huggingface_hub in this process (its constants are read at its import)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    _hub_cache(cache, tiny_sd1_path)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.yaml").write_text(SPEC.format(model=""))
+    return cache
+
+
+def test_hub_id_revision_and_hf_prefix_read_the_snapshot(hub_cache):
+    from erasec.compiler.model_open import open_model
+
+    snapshot = hub_cache / "models--org--tiny-sd1" / "snapshots" / COMMIT
+    for location in ("org/tiny-sd1", f"org/tiny-sd1@{COMMIT}", "org/tiny-sd1@main", "hf:org/tiny-sd1"):
+        model = open_model(location)
+        assert (model.path, model.family, model.location) == (snapshot, "sd1", location)
+
+
+def test_an_existing_path_wins_over_a_hub_id_and_hf_forces_the_hub(hub_cache, tmp_path):
+    import shutil
+
+    from erasec.compiler.errors import ModelError
+    from erasec.compiler.model_open import open_model
+
+    shutil.copytree(hub_cache / "models--org--tiny-sd1" / "snapshots" / COMMIT, tmp_path / "org" / "tiny-sd1")
+    assert open_model("org/tiny-sd1").path.resolve() == tmp_path / "org" / "tiny-sd1"  # the folder here, not the cache
+    assert open_model("hf:org/tiny-sd1").path.parent.name == "snapshots"
+    with pytest.raises(ModelError, match=r"^hf:org/other: no such file or folder, and not in the Hugging Face cache \("):
+        open_model("hf:org/other")
+    with pytest.raises(ModelError, match=r"^\./org/other: no such file or folder; give a diffusers folder"):
+        open_model("./org/other")  # ./ forces the path reading
