@@ -207,3 +207,19 @@ def test_rece_referee_two_concepts_and_the_artist_recipe(tmp_path, parts):
     (tmp_path / "b").mkdir()
     path = _build(tmp_path / "b", "rece", body)
     _compare(path, *_rece(parts, ["Kelly McKernan"], ["Claude Monet", "Thomas Kinkade"], rounds=1, attack_lambda=1e-3, retain="spec"))
+
+
+def test_compose_reruns_the_rece_recipe_on_the_union(tmp_path, parts):
+    """rece is sequential, so linked patches cannot be added; compose builds the union spec instead
+    (the recipe re-run on both concepts, ' ' retained once per erase prompt), which is the referee's
+    two-concept result."""
+    from erasec.compiler.patch_compose import compose_patches
+
+    paths = []
+    for name, concept in (("a", "Van Gogh"), ("b", "nudity")):
+        (tmp_path / name).mkdir()
+        body = f"erase: [{{concept: {concept}}}]\noutput: {{link: true}}\n"
+        paths.append(str(_build(tmp_path / name, "rece", body)))
+    composed = tmp_path / "composed.safetensors"
+    compose_patches(paths, str(composed))
+    _compare(composed, *_rece(parts, ["nudity", "Van Gogh"], [], rounds=3, attack_lambda=0.1, retain="blank"))
