@@ -23,6 +23,7 @@ from erasec.ir.printer import print_program
 from erasec.ir.threads import one_blas_thread
 from erasec.passes.base import EditPass
 from erasec.passes.check_conflicts import CheckConflictsPass
+from erasec.passes.filter_preserve import drop_named
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS
 from erasec.patches.link import encode_encodings, encode_shared
@@ -241,11 +242,14 @@ def build_spec(
 
     progress("evaluate")
     mark = time.perf_counter()
-    # the text-pathway K/V scores, and the pooled path's on their own (one space each)
-    scores = score(replace(lowered, spaces=lowered.spaces[:1]), program.solution, base_weights)
+    # the text-pathway K/V scores, and the pooled path's on their own (one space each), on what the
+    # patch was solved for: without the preserve prompts filter-preserve dropped (issue 12 item 6)
+    scored, dropped = drop_named(lowered) if "filter-preserve" in pipeline.names() else (lowered, {})
+    scores = score(replace(scored, spaces=scored.spaces[:1]), program.solution, base_weights)
+    scores = replace(scores, dropped_preserve=tuple(dropped))
     pooled_scores = None
-    if len(lowered.spaces) > 1:
-        pooled_scores = score(replace(lowered, spaces=lowered.spaces[1:]), program.solution, base_weights)
+    if len(scored.spaces) > 1:
+        pooled_scores = score(replace(scored, spaces=scored.spaces[1:]), program.solution, base_weights)
     seconds["evaluate"] = time.perf_counter() - mark
 
     progress("emit")

@@ -41,9 +41,12 @@ class Scores:
     preserve_rows: int
     specificity: float | None  # None when nothing is preserved
     worst_preserve: tuple[str, float] | None  # (prompt, its specificity)
+    # preserve prompts the spec lists that filter-preserve left out of the solve (they name an erased
+    # concept), so left out of these scores too; recorded in erasec.report for inspect and eval
+    dropped_preserve: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
-        return {
+        report = {
             "efficacy": {r.request: round(r.efficacy, 6) for r in self.requests},
             "preserve_rows": self.preserve_rows,
             "specificity": None if self.specificity is None else round(self.specificity, 6),
@@ -51,6 +54,9 @@ class Scores:
             if self.worst_preserve is None
             else {"prompt": self.worst_preserve[0], "specificity": round(self.worst_preserve[1], 6)},
         }
+        if self.dropped_preserve:  # absent otherwise: a patch without drops keeps its bytes
+            report["dropped_preserve"] = list(self.dropped_preserve)
+        return report
 
 
 def score(program: EditProgram, solution: Solution, base_weights: Mapping[str, np.ndarray]) -> Scores:

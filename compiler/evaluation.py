@@ -271,7 +271,11 @@ def evaluate_patch(
                 prompts=tuple(p for p, _ in request.own),
             )
         )
-    groups = ([("preserved", list(spec.preserve))] if spec.preserve else []) + list(sorted_prompts.unrelated.items())
+    # what the patch was solved to keep: not the preserve prompts filter-preserve dropped for naming an
+    # erased concept (erasec.report.dropped_preserve), which the patch is meant to move
+    dropped = set((patch.report or {}).get("dropped_preserve", []))
+    preserved = [prompt for prompt in spec.preserve if prompt not in dropped]
+    groups = ([("preserved", preserved)] if preserved else []) + list(sorted_prompts.unrelated.items())
     kept = tuple((group, specificity(encoder.all(prompts), weights, deltas)) for group, prompts in groups if prompts)
     per_prompt = {}
     for _, prompts in groups:

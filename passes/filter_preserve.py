@@ -42,39 +42,48 @@ def phrase_pattern(phrases: list[str]) -> re.Pattern | None:
     return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
 
 
+def drop_named(program: EditProgram) -> tuple[EditProgram, dict[str, str]]:
+    """``program`` without the preserve prompts that name an erased phrase, and each dropped prompt
+    with the phrase it names (sorted). The build scores the lowered program through this too, so
+    its reports describe what the patch was solved for, not the spec's full preserve list."""
+    pattern = phrase_pattern([p for r in program.requests for p in program.request_phrases(r)])
+    if pattern is None:
+        return program, {}
+    spaces, dropped = [], {}
+    for space in program.spaces:
+        rows = space.preserve
+        folded = [] if rows.folded is None else [p for p in rows.folded.prompts if pattern.search(preserve_text(p))]
+        if folded:  # the lowering keeps such prompts' rows explicit; a folded one cannot be taken out
+            raise PassError(
+                f"key space {space.space}: preserve prompt {folded[0]!r} names an erased concept but its "
+                "rows are folded into moments and cannot be dropped"
+            )
+        clean = {prompt: pattern.search(preserve_text(prompt)) is None for prompt in {p.prompt for p in rows.provenance}}
+        keep = np.array([clean[p.prompt] for p in rows.provenance], dtype=bool).reshape(-1)
+        if keep.all():
+            spaces.append(space)
+            continue
+        dropped.update((p.prompt, pattern.search(preserve_text(p.prompt)).group()) for p, k in zip(rows.provenance, keep) if not k)
+        spaces.append(replace(space, preserve=rows.select(keep)))
+    if not dropped:
+        return program, {}
+    return replace(program, spaces=tuple(spaces)), dict(sorted(dropped.items()))
+
+
 @dataclass(frozen=True, slots=True)
 class FilterPreservePass(EditPass):
     name: ClassVar[str] = "filter-preserve"
 
     def apply(self, program: EditProgram) -> EditProgram:
-        pattern = phrase_pattern([p for r in program.requests for p in program.request_phrases(r)])
-        if pattern is None:
-            return program
-        spaces, dropped = [], set()
-        for space in program.spaces:
-            rows = space.preserve
-            folded = [] if rows.folded is None else [p for p in rows.folded.prompts if pattern.search(preserve_text(p))]
-            if folded:  # the lowering keeps such prompts' rows explicit; a folded one cannot be taken out
-                raise PassError(
-                    f"key space {space.space}: preserve prompt {folded[0]!r} names an erased concept but its "
-                    "rows are folded into moments and cannot be dropped"
-                )
-            clean = {prompt: pattern.search(preserve_text(prompt)) is None for prompt in {p.prompt for p in rows.provenance}}
-            keep = np.array([clean[p.prompt] for p in rows.provenance], dtype=bool).reshape(-1)
-            if keep.all():
-                spaces.append(space)
-                continue
-            dropped.update(p.prompt for p, k in zip(rows.provenance, keep) if not k)
-            spaces.append(replace(space, preserve=rows.select(keep)))
+        filtered, dropped = drop_named(program)
         if not dropped:
             return program
         found = [
             Diagnostic(
                 origin=self.name,
                 severity="note",
-                message=f"preserve prompt {prompt!r} names an erased concept "
-                f"({pattern.search(preserve_text(prompt)).group()!r}) and was dropped",
+                message=f"preserve prompt {prompt!r} names an erased concept ({phrase!r}) and was dropped",
             )
-            for prompt in sorted(dropped)
+            for prompt, phrase in dropped.items()
         ]
-        return replace(program, spaces=tuple(spaces)).with_diagnostics(*found)
+        return filtered.with_diagnostics(*found)

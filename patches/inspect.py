@@ -14,6 +14,7 @@ def describe(patch: PatchFile) -> dict:
     """The patch's facts as plain JSON-able data (``--json`` prints exactly this)."""
     spec, base, spaces = patch.spec, patch.base, patch.spaces
     encoder = base.get("text_encoder")
+    dropped = list((patch.report or {}).get("dropped_preserve", []))
     return {
         "file": str(patch.path),
         "name": patch.name,
@@ -26,7 +27,9 @@ def describe(patch: PatchFile) -> dict:
             {key: entry.get(key) for key in ("concept", "anchor", "synonyms", "templates", "strength")}
             for entry in spec.get("erase", [])
         ],
-        "preserve": list(spec.get("preserve", [])),
+        # what the patch was solved to keep: filter-preserve's drops (they name an erased concept) apart
+        "preserve": [prompt for prompt in spec.get("preserve", []) if prompt not in dropped],
+        "dropped_preserve": dropped,
         "options": spec.get("options", {}),
         "base": {
             "family": base.get("family"),
@@ -88,6 +91,9 @@ def render(facts: dict) -> str:
     preserve = facts["preserve"]
     shown = ", ".join(preserve[:8]) + (f", … ({len(preserve)} in all)" if len(preserve) > 8 else "")
     lines.append(f"  keeps     {shown or '(nothing listed)'}")
+    if facts["dropped_preserve"]:
+        dropped = ", ".join(facts["dropped_preserve"])
+        lines.append(f"  dropped   {dropped} (names an erased concept; not solved for)")
     if report.get("specificity") is not None:
         lines.append(f"  specificity {report['specificity']:.4f} over {report.get('preserve_rows')} preserved rows")
     if facts["derived_from"]:

@@ -174,6 +174,9 @@ def check_report(path: Path, report: dict) -> None:
         raise fail(path, "erasec.report.efficacy", "is not a map of concept → number")
     if not (report.get("specificity") is None or is_number(report["specificity"])):
         raise fail(path, "erasec.report.specificity", f"{report['specificity']!r} is not a number")
+    dropped = report.get("dropped_preserve", [])
+    if not isinstance(dropped, list) or not all(isinstance(prompt, str) for prompt in dropped):
+        raise fail(path, "erasec.report.dropped_preserve", "is not a list of preserve prompts")
 
 
 def rank_of(path: Path, metadata: Mapping[str, str]) -> int:
