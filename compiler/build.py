@@ -364,5 +364,6 @@ def _write_lora(spec: Spec, pipeline, program: EditProgram, model, scores, base_
         shared=encode_shared(program.solution),
         link=encode_encodings(model.encodings) if spec.output.link else None,
         extra=extra_metadata,
+        layout=spec.output.format,
     )
     return write_patch(output, tensors, {**manifest.metadata(), **format_metadata}), rank

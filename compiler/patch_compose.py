@@ -169,7 +169,7 @@ def retarget_patch(path: str, model_location: str, output: str, *, force: bool =
     target = patch_target(patch, model)
     weights = model.kv_weights()
     spec = spec_from_dict({**patch.spec, "model": model_location}, source=f"{patch.path}:erasec.spec")
-    rank_option = int(patch.metadata["ss_network_dim"])  # the patch's padded rank, kept
+    rank_option = patch.rank  # the patch's padded rank, kept
     format_metadata: dict[str, str] = {}
     if spec.output.format == "peft":
         options = PeftOptions(dtype=spec.output.dtype, rank=rank_option)
@@ -203,6 +203,7 @@ def retarget_patch(path: str, model_location: str, output: str, *, force: bool =
         shared=patch.metadata["erasec.shared"],
         link=patch.metadata.get("erasec.link"),
         extra=_derived_from([patch]),
+        layout=spec.output.format,
     )
     size = write_patch(Path(output), tensors, {**manifest.metadata(), **format_metadata})
     return {

@@ -6,7 +6,7 @@ ends the run:
 1. integrity — the sha256 of the tensor bytes equals ``sshs_model_hash`` and the digest of the
    metadata, tensor index and tensor bytes equals ``erasec.digest`` (a checksum, not a signature);
 2. layers — re-derived from the tensors: exactly the declared layers of ``erasec.spaces``, each at
-   rank ``ss_network_dim`` with alpha = rank (``read_patch`` refuses any other file outright);
+   rank ``ss_network_dim`` (PEFT: the config's ``r``) with alpha = rank (``read_patch`` refuses any other file outright);
 3. finite — every stored factor is finite (a NaN or inf would poison every merged weight);
 4. sites — every module the patch edits exists in the model with the patch's shapes;
 5. base pin — the model's touched tensors hash to the recorded pin (``patches/pin.py``: exact, or
@@ -131,12 +131,16 @@ def _finite_check(patch: PatchFile) -> dict:
     return _check("finite", True, f"all {2 * len(patch.modules)} factors are finite")
 
 
+_RANK_SOURCE = {"kohya": "ss_network_dim", "peft": "the PEFT config's r"}
+
+
 def _layers_check(patch: PatchFile) -> dict:
     """What ``read_patch`` re-derived from the tensors (it refuses a patch where these disagree)."""
     spaces = ", ".join(f"{s['space']}: {len(s['layers'])}" for s in patch.spaces)
     return _check(
         "layers", True,
-        f"{len(patch.modules)} LoRA modules at rank {patch.rank} (ss_network_dim), exactly the declared layers ({spaces})",
+        f"{len(patch.modules)} LoRA modules at rank {patch.rank} ({_RANK_SOURCE[patch.declared.layout]}), "
+        f"exactly the declared layers ({spaces})",
     )
 
 

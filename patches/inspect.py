@@ -40,7 +40,7 @@ def describe(patch: PatchFile) -> dict:
             "sha256_fp16": base.get("sha256_fp16"),
             "text_encoder_sha256": None if not encoder else encoder.get("sha256"),
         },
-        "rank": int(patch.metadata.get("ss_network_dim", "0") or 0),
+        "rank": patch.rank,
         "spaces": [
             {"space": s.get("space"), "form": s.get("form"), "rank": s.get("rank"), "layers": len(s.get("layers", []))}
             for s in spaces

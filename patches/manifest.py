@@ -1,8 +1,9 @@
 """The patch manifest: every ``str → str`` header key a patch carries (DESIGN.md §7).
 
 ``erasec.*`` keys describe the build; ``ss_*`` (kohya's minimum set plus name keys,
-research/ecosystem.md §2.2) and ``modelspec.*`` (Stability ModelSpec 1.0.1, §2.3) let UIs and hubs
-recognise the file; ``sshs_model_hash`` and ``modelspec.hash_sha256`` are the sha256 of the
+research/ecosystem.md §2.2; kohya patches only: A1111 lists a file with them as a LoRA it can apply,
+and it applies nothing of a PEFT file, whose rank its ``lora_adapter_metadata`` config gives) and
+``modelspec.*`` (Stability ModelSpec 1.0.1, §2.3) let UIs and hubs recognise the file; ``sshs_model_hash`` and ``modelspec.hash_sha256`` are the sha256 of the
 tensor bytes, filled in by ``write_patch`` once those bytes exist, and ``erasec.digest`` covers
 everything else (``patch_digest``). No timestamps, unless ``SOURCE_DATE_EPOCH`` is set, so builds
 are byte-identical.
@@ -64,6 +65,7 @@ class Manifest:
     shared: str | None = None  # erasec.shared (patches/link.py): the factors of T − I
     link: str | None = None  # erasec.link (patches/link.py): the lowered rows, for compose
     extra: tuple[tuple[str, str], ...] = ()  # further erasec.* keys (e.g. erasec.derived_from)
+    layout: str = "kohya"  # output.format of the tensors: kohya (with ss_* keys) or peft (without)
 
     def metadata(self) -> dict[str, str]:
         ss_v2, base_version, architecture, implementation, resolution = _FAMILY_KEYS[self.family]
@@ -85,15 +87,21 @@ class Manifest:
             ),
             "erasec.spaces": _json(list(self.spaces)),
             "erasec.report": _json(self.report),
-            "ss_v2": ss_v2,
-            "ss_base_model_version": base_version,
-            "ss_network_module": "networks.lora",
-            "ss_network_dim": str(self.rank),
-            "ss_network_alpha": str(self.rank),
-            "ss_network_args": "{}",
-            "ss_output_name": self.name,
-            "ss_sd_model_name": model_name,
-            "ss_training_comment": "compiled by erasec (closed-form concept erasure; no training)",
+            **(
+                {
+                    "ss_v2": ss_v2,
+                    "ss_base_model_version": base_version,
+                    "ss_network_module": "networks.lora",
+                    "ss_network_dim": str(self.rank),
+                    "ss_network_alpha": str(self.rank),
+                    "ss_network_args": "{}",
+                    "ss_output_name": self.name,
+                    "ss_sd_model_name": model_name,
+                    "ss_training_comment": "compiled by erasec (closed-form concept erasure; no training)",
+                }
+                if self.layout == "kohya"
+                else {}
+            ),
             "modelspec.sai_model_spec": "1.0.1",
             "modelspec.architecture": architecture,
             "modelspec.implementation": implementation,

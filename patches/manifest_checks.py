@@ -179,7 +179,21 @@ def check_report(path: Path, report: dict) -> None:
         raise fail(path, "erasec.report.dropped_preserve", "is not a list of preserve prompts")
 
 
-def rank_of(path: Path, metadata: Mapping[str, str]) -> int:
+ADAPTER_KEY = "lora_adapter_metadata"  # a PEFT patch's LoraConfig (backends/peft.py)
+
+
+def rank_of(path: Path, metadata: Mapping[str, str], layout: str = "kohya") -> int:
+    """The patch's rank: kohya's ``ss_network_dim`` (with alpha, module and args as erasec writes
+    them), or a PEFT patch's config ``unet.r`` (``validate._check_adapter`` checks the rest of it).
+    erasec writes no ``ss_*`` keys into a PEFT patch (A1111 would list it as a LoRA it applies, then
+    apply nothing); one written before that still has them, and they must agree."""
+    if layout == "peft":
+        rank = json_value(path, metadata, ADAPTER_KEY, dict).get("unet.r")
+        if not is_int(rank) or not 1 <= rank <= 1 << 20:
+            raise fail(path, ADAPTER_KEY, f"unet.r {rank!r} is not a rank (a positive integer)")
+        if "ss_network_dim" in metadata and rank_of(path, metadata) != rank:
+            raise fail(path, "ss_network_dim", f"{metadata['ss_network_dim']!r}, but the PEFT config's r is {rank}")
+        return rank
     dim = metadata.get("ss_network_dim", "")
     if not dim.isascii() or not dim.isdigit() or not 1 <= int(dim) <= 1 << 20:
         raise fail(path, "ss_network_dim", f"{dim!r} is not a rank (a positive integer)")

@@ -49,7 +49,7 @@ def _entry(patch: PatchFile, file_name: str, file_sha256: str, list_concepts: bo
         **({"erase": concepts} if list_concepts else {}),
         "erase_count": len(concepts),
         "preserve_count": len(spec.get("preserve", [])),
-        "rank": int(patch.metadata.get("ss_network_dim", "0") or 0),
+        "rank": patch.rank,
         "dtype": patch.dtype,
         "base": {key: base.get(key) for key in ("family", "model", "tensors", "dtype", "sha256", "sha256_fp16")},
     }

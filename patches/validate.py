@@ -10,7 +10,7 @@ A patch is what its manifest says (docs/patch-format.md, "Reading a patch"):
   ``options.pooled``, ``add_embedding.linear_1``: the modules erasec edits; their names map to
   tensor names one to one;
 * every module has the rank ``ss_network_dim``, ``alpha`` = rank (kohya) or the PEFT config
-  ``r`` = ``lora_alpha`` = rank with exactly the declared target modules — so the scale a loader
+  ``r`` = ``lora_alpha`` = rank (a PEFT patch has no ``ss_*`` keys) with exactly the declared target modules — so the scale a loader
   applies is 1 — one float dtype, the spec's ``output.dtype``, and the tensors tile the data;
 * the JSON keys have the types the commands read (``erasec.spec``, ``erasec.base``,
   ``erasec.spaces``, ``erasec.report``, ``erasec.derived_from``), names hold no control characters
@@ -31,6 +31,7 @@ from erasec.ir.errors import VerifyError
 from erasec.ir.naming import kohya_module_name, peft_module_name
 
 from .manifest_checks import (
+    ADAPTER_KEY,
     DTYPES,
     check_base,
     check_name,
@@ -45,7 +46,6 @@ from .manifest_checks import (
 )
 
 _ITEM_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
-ADAPTER_KEY = "lora_adapter_metadata"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,7 +100,8 @@ def check_patch(
     derived = json_value(path, metadata, "erasec.derived_from", list, optional=True)
     check_spec(path, spec, metadata)
     check_base(path, base)
-    rank = rank_of(path, metadata)
+    layout = spec.get("output", {}).get("format", "kohya")
+    rank = rank_of(path, metadata, layout)
     pooled = (spec.get("options") or {}).get("pooled") is True
     check_spaces(path, spaces, base["family"], pooled, rank)
     check_report(path, report)
@@ -109,7 +110,6 @@ def check_patch(
     for key in ("erasec.shared", "erasec.link"):
         if key in metadata and not metadata[key].startswith("{"):
             raise fail(path, key, "is not a packed-array record; the file is damaged")
-    layout = spec.get("output", {}).get("format", "kohya")
     modules, dtype = _check_tensors(path, entries, spaces, base["family"], layout, rank, alphas)
     if dtype != spec.get("output", {}).get("dtype", "fp32"):
         raise fail(path, "erasec.spec.output.dtype", f"{spec['output'].get('dtype')!r}, but the tensors are {dtype}")
@@ -181,7 +181,8 @@ def _check_tensors(path, entries, spaces, family, layout, rank, alphas) -> tuple
                 raise fail(path, f"erasec.spaces: {layer}", f"declared, but the patch has no tensor {name!r}")
         up, down = entries[up_name]["shape"], entries[down_name]["shape"]
         if len(up) != 2 or len(down) != 2 or up[1] != down[0] or down[0] != rank or 0 in up or 0 in down:
-            raise fail(path, f"{layer}", f"up {up} and down {down} are not a rank-{rank} (ss_network_dim) LoRA")
+            source = "the PEFT config's r" if layout == "peft" else "ss_network_dim"
+            raise fail(path, f"{layer}", f"up {up} and down {down} are not a rank-{rank} ({source}) LoRA")
         if widths.setdefault(space, down[1]) != down[1]:
             raise fail(path, f"{layer}", f"reads {down[1]} features, other layers of space {space!r} {widths[space]}")
         if alpha_name is not None:

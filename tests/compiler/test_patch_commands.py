@@ -501,3 +501,40 @@ def test_a_pooled_sdxl_patch_verifies_and_applies_against_its_own_model(tmp_path
     np.testing.assert_allclose(after, expected, rtol=0, atol=2e-3)  # fp16 file: one rounding of W0 + ΔW
     np.testing.assert_array_equal(after[:, site.in_features:], before[:, site.in_features:])  # size/crop columns keep W0
     assert not np.allclose(after[:, : site.in_features], before[:, : site.in_features])
+
+
+# --- a PEFT patch carries no kohya ss_* keys (issue 12 item 15) -------------------------------------
+
+
+def _metadata(path: Path) -> dict:
+    with safe_open(str(path), "pt") as handle:
+        return dict(handle.metadata())
+
+
+def test_a_peft_patch_has_no_ss_keys_and_its_rank_comes_from_its_config(built, tmp_path):
+    """A1111 lists a file with ss_* keys as a LoRA it applies, and applies nothing of a PEFT one: a
+    PEFT patch has none (kohya keeps them), and every command reads its rank from the PEFT config."""
+    spec = tmp_path / "p.yaml"
+    spec.write_text(SPEC_A.replace("{link: true}", "{link: true, format: peft}"))
+    peft = tmp_path / "p.safetensors"
+    assert _run("build", spec, "-o", peft).exit_code == 0
+    metadata = _metadata(peft)
+    assert not [key for key in metadata if key.startswith("ss_")]
+    assert json.loads(metadata["lora_adapter_metadata"])["unet.r"] == 1
+    assert {"ss_network_dim", "ss_network_alpha", "ss_output_name"} <= set(_metadata(built["a"]))
+    assert _ok("inspect", peft)["rank"] == 1
+    layers = next(c for c in _ok("verify", peft, "--model", "builtin:tiny-sd1")["checks"] if c["check"] == "layers")
+    assert layers["detail"].startswith("32 LoRA modules at rank 1 (the PEFT config's r), exactly the declared layers")
+    assert _ok("apply", peft, "--model", "builtin:tiny-sd1", "-o", tmp_path / "merged")["tensors_changed"] == 32
+    moved = tmp_path / "moved.safetensors"
+    _ok("retarget", peft, "--model", built["other"], "-o", moved)
+    assert not [key for key in _metadata(moved) if key.startswith("ss_")]
+    # one written before, with ss_* keys, still reads when they agree with its config; not otherwise
+    older = recraft(peft, tmp_path / "older.safetensors", metadata={
+        "ss_network_dim": "1", "ss_network_alpha": "1", "ss_network_module": "networks.lora", "ss_network_args": "{}"})
+    assert _ok("inspect", older)["rank"] == 1
+    crafted = recraft(peft, tmp_path / "crafted.safetensors", metadata={
+        "ss_network_dim": "4", "ss_network_alpha": "4", "ss_network_module": "networks.lora", "ss_network_args": "{}"})
+    refused = _run("inspect", crafted)
+    assert refused.exit_code == 2
+    assert refused.output.strip() == f"erasec: error: {crafted}: ss_network_dim: '4', but the PEFT config's r is 1"
