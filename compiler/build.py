@@ -31,6 +31,7 @@ from erasec.patches.manifest import Manifest, write_patch
 
 from .encodings import RecordingModel
 from .errors import BuildError, SpecError
+from .efficacy_check import low_efficacy_warning
 from .evaluate import Scores, score
 from .extras import require_extra
 from .lowering import Lowering
@@ -291,7 +292,8 @@ def build_spec(
         paths=edited_paths(program),
         condition=max(s.report.condition for s in program.solution.spaces),
         format=spec.output.format,
-        diagnostics=tuple(f"{d.severity} [{d.origin}] {d.message}" for d in program.diagnostics),
+        diagnostics=tuple(f"{d.severity} [{d.origin}] {d.message}" for d in program.diagnostics)
+        + low_efficacy_warning(spec, scores),  # a concept erased far less than its method normally does
         prompts={"cached": getattr(model, "hits", 0), "encoded": len(getattr(model, "encoded", ()))},
     )
 
