@@ -131,7 +131,35 @@ def pipeline_text(spec: Spec) -> str:
             for p in passes
         )
         text = str(Pipeline(passes))
+    if spec.options.rece is not None:
+        text = _with_rece_schedule(spec, text)
     return text
+
+
+def _with_rece_schedule(spec: Spec, text: str) -> str:
+    """``options.rece`` applied to the pipeline's ``rece`` pass: the named recipe's settings, then
+    the spec's own rounds, attack_lambda, retain (the pass fills what is left from the recipe)."""
+    from erasec.passes.rece import RecePass
+
+    passes = Pipeline.parse(text).passes
+    if not any(p.name == "rece" for p in passes):
+        raise SpecError(f"{spec.where('options.rece')}: the pipeline has no rece pass; use method: rece")
+    schedule = dict(spec.options.rece)
+    passes = tuple(
+        RecePass(
+            recipe=schedule.get("recipe", p.recipe),
+            rounds=schedule.get("rounds", -1),
+            attack_lambda=schedule.get("attack_lambda", -1.0),
+            retain=schedule.get("retain", "recipe"),
+            lambda_=p.lambda_,
+            preserve_scale=p.preserve_scale,
+            max_condition=p.max_condition,
+        )
+        if p.name == "rece"
+        else p
+        for p in passes
+    )
+    return str(Pipeline(passes))
 
 
 def _check_print_ir_after(names: tuple[str, ...]) -> None:

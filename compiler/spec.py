@@ -55,6 +55,8 @@ class Options:
     on_conflict: str | None = None  # warn | error: what check-conflicts does (None: the method's)
     pipeline: str | None = None
     pooled: bool = False  # SDXL: also edit the pooled path, add_embedding.linear_1 (docs/models.md)
+    # method rece's schedule (docs/spec.md): (key, value) pairs of recipe, rounds, attack_lambda, retain
+    rece: tuple[tuple[str, object], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,6 +120,7 @@ class Spec:
                 **({"prior_scale": self.options.prior_scale} if self.options.prior_scale is not None else {}),
                 **({"on_conflict": self.options.on_conflict} if self.options.on_conflict is not None else {}),
                 **({"pooled": True} if self.options.pooled else {}),  # absent when off: older specs keep their JSON
+                **({"rece": dict(self.options.rece)} if self.options.rece is not None else {}),
             },
             "output": {
                 "format": self.output.format,

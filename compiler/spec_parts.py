@@ -20,7 +20,11 @@ from .spec import ON_CONFLICT, ONNX_MODES, OUTPUT_DTYPES, OUTPUT_FORMATS, Option
 from .text_files import inside, read_utf8
 from .yaml_nodes import MAX_SCALAR_CHARS, TAG, NodeReader, node_kind, quote
 
-OPTION_KEYS = ("lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled")
+OPTION_KEYS = ("lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled", "rece")
+RECE_KEYS = ("recipe", "rounds", "attack_lambda", "retain")  # the rece pass's schedule (passes/rece.py)
+RECE_RECIPES = ("nudity", "unsafe", "artist", "object")
+RECE_RETAIN = ("blank", "spec")
+MAX_RECE_ROUNDS = 20
 OPTIONS_NOT_YET = ("rows", "preserve", "adversarial")  # DESIGN.md §3
 OUTPUT_KEYS = ("format", "dtype", "rank", "link", "mode", "graph")
 
@@ -82,7 +86,34 @@ class SpecPartsReader(NodeReader):
             else None,
             pipeline=pipeline,
             pooled=self.flag(fields, "pooled", "options.pooled"),
+            rece=self.rece(fields["rece"][1]) if "rece" in fields else None,
         )
+
+    def rece(self, node: Node) -> tuple[tuple[str, object], ...]:
+        """``options.rece``: RECE's schedule — a recipe by name (the reference's per-type settings)
+        and any of rounds, attack_lambda, retain overriding it; in ``RECE_KEYS`` order."""
+        fields = self.mapping(node, "options.rece", RECE_KEYS)
+        values: dict[str, object] = {}
+        if "recipe" in fields:
+            values["recipe"] = self.choice(fields["recipe"][1], "options.rece.recipe", RECE_RECIPES)
+        if "rounds" in fields:
+            value = fields["rounds"][1]
+            rounds = self.integer(value, "options.rece.rounds")
+            if not 0 <= rounds <= MAX_RECE_ROUNDS:
+                raise self.error(value, "options.rece.rounds", f"{rounds} is not in [0, {MAX_RECE_ROUNDS}]")
+            values["rounds"] = rounds
+        if "attack_lambda" in fields:
+            value = fields["attack_lambda"][1]
+            number = self.number(value, "options.rece.attack_lambda")
+            if not MIN_POSITIVE_OPTION <= number <= MAX_OPTION:
+                what = f"{quote(value.value)} is not in [{MIN_POSITIVE_OPTION:g}, {MAX_OPTION:g}]"
+                raise self.error(value, "options.rece.attack_lambda", what)
+            values["attack_lambda"] = number
+        if "retain" in fields:
+            values["retain"] = self.choice(fields["retain"][1], "options.rece.retain", RECE_RETAIN)
+        if not values:
+            raise self.error(node, "options.rece", f"is empty; give any of {', '.join(RECE_KEYS)}, or remove it")
+        return tuple((key, values[key]) for key in RECE_KEYS if key in values)
 
     def flag(self, fields: dict, key: str, where: str) -> bool:
         if key not in fields:

@@ -203,10 +203,20 @@ def test_rece_referee_two_concepts_and_the_artist_recipe(tmp_path, parts):
     (tmp_path / "a").mkdir()
     path = _build(tmp_path / "a", "rece", "erase: [{concept: Van Gogh}, {concept: nudity}]\n")
     _compare(path, *_rece(parts, ["nudity", "Van Gogh"], [], rounds=3, attack_lambda=0.1, retain="blank"))
-    body = "erase: [{concept: Kelly McKernan}]\npreserve: [Claude Monet, Thomas Kinkade]\noptions: {pipeline: 'canonicalize,rece{recipe=artist}'}\n"
+    body = "erase: [{concept: Kelly McKernan}]\npreserve: [Claude Monet, Thomas Kinkade]\noptions: {rece: {recipe: artist}}\n"
     (tmp_path / "b").mkdir()
     path = _build(tmp_path / "b", "rece", body)
     _compare(path, *_rece(parts, ["Kelly McKernan"], ["Claude Monet", "Thomas Kinkade"], rounds=1, attack_lambda=1e-3, retain="spec"))
+
+
+def test_rece_schedule_from_the_spec_overrides_the_recipe(tmp_path, parts):
+    """options.rece: a recipe by name, then rounds, attack_lambda and retain of the spec's own."""
+    body = (
+        "erase: [{concept: Kelly McKernan}]\npreserve: [Claude Monet]\n"
+        "options: {rece: {recipe: artist, rounds: 2, attack_lambda: 0.05, retain: blank}}\n"
+    )
+    path = _build(tmp_path, "rece", body)
+    _compare(path, *_rece(parts, ["Kelly McKernan"], ["Claude Monet"], rounds=2, attack_lambda=0.05, retain="blank"))
 
 
 def test_compose_reruns_the_rece_recipe_on_the_union(tmp_path, parts):

@@ -591,3 +591,44 @@ def test_fuzz_seed_is_valid(tmp_path_factory: pytest.TempPathFactory) -> None:
     spec = parse_spec(yaml.safe_dump(_VALID), source="m.yaml", base_dir=_fuzz_dir(tmp_path_factory), methods=METHODS)
     assert [e.concept for e in spec.erase] == ["Van Gogh", "Dali", "Miro"]
     assert spec.preserve == ("Claude Monet", "Monet", "Picasso")
+
+
+def test_options_rece_is_checked_where_it_is_written(tmp_path):
+    """options.rece: a recipe of the rece pass's, bounded rounds and attack_lambda, a retain set;
+    its recipe names are the pass's own (spec reading does not import the pass and its scipy)."""
+    from erasec.compiler.spec_parts import RECE_RECIPES
+    from erasec.passes.rece import RECIPES
+
+    assert RECE_RECIPES == tuple(RECIPES)
+    head = "erasec: 1\nname: r\nversion: 1.0.0\nmodel: builtin:tiny-sd1\nmethod: rece\nerase: [{concept: Van Gogh}]\n"
+    cases = {
+        "options: {rece: {recipe: artsit}}": "spec.yaml:7: options.rece.recipe: 'artsit' is not one of",
+        "options: {rece: {rounds: 99}}": "spec.yaml:7: options.rece.rounds: 99 is not in [0, 20]",
+        "options: {rece: {attack_lambda: 0}}": "spec.yaml:7: options.rece.attack_lambda: '0' is not in",
+        "options: {rece: {retain: all}}": "spec.yaml:7: options.rece.retain: 'all' is not one of",
+        "options: {rece: {}}": "spec.yaml:7: options.rece: is empty",
+        "options: {rece: {epochs: 3}}": "spec.yaml:7: options.rece.epochs: unknown key",
+    }
+    for body, message in cases.items():
+        path = tmp_path / "spec.yaml"
+        path.write_text(head + body + "\n")
+        with pytest.raises(SpecError) as caught:
+            load_spec(path, methods=METHODS + ("rece-joint",))
+        assert str(caught.value).startswith(str(tmp_path / message)), str(caught.value)
+    path.write_text(head + "options: {rece: {recipe: artist, rounds: 2}}\n")
+    spec = load_spec(path, methods=METHODS + ("rece-joint",))
+    assert spec.canonical()["options"]["rece"] == {"recipe": "artist", "rounds": 2}
+
+
+def test_options_rece_needs_a_rece_pass(tmp_path):
+    from erasec.compiler.build import pipeline_text
+
+    path = tmp_path / "spec.yaml"
+    path.write_text("erasec: 1\nname: r\nversion: 1.0.0\nmodel: builtin:tiny-sd1\nmethod: uce\n"
+                    "erase: [{concept: Van Gogh}]\noptions: {rece: {recipe: artist}}\n")
+    spec = load_spec(path, methods=METHODS + ("rece-joint",))
+    with pytest.raises(SpecError, match=r"spec.yaml:7: options.rece: the pipeline has no rece pass; use method: rece"):
+        pipeline_text(spec)
+    import dataclasses
+
+    assert "rece{recipe=artist" in pipeline_text(dataclasses.replace(spec, method="rece"))
