@@ -203,28 +203,34 @@ def eval_command(patch, model, suites, prompts, output, images, steps, clip_mode
         interference_max=interference_max, max_unrelated=max_unrelated,
     ), loads_models=False)
     show = sys.stderr.isatty() and not as_json  # progress only on a terminal, never in --json mode
-    steps_total = len(STAGES) + (1 if images else 0)
 
     def action():
+        if images:
+            from .cli_common import use_all_cores
+            from .eval_images import ImageOptions, image_model
+
+            use_all_cores()  # torch's threads = the usable cores, set once, before torch loads
+            image_options = ImageOptions(count=images, steps=steps, clip_model=clip_model)
         if output is not None:  # before any work: an unwritable or input folder is one line now, not after
             from .eval_report import check_report_folder
             from .outputs import model_inputs
 
-            check_report_folder(Path(output), inputs=(patch, prompts, *model_inputs(model)))
-        with click.progressbar(length=steps_total, label="erasec eval", file=sys.stderr) if show else NoBar() as bar:
+            check_report_folder(Path(output), inputs=(patch, prompts, *model_inputs(model)), images=bool(images))
+        if images:
+            image_model(model)  # a single file or a family without a pipeline: refused now, not after
+        with click.progressbar(length=len(STAGES), label="erasec eval", file=sys.stderr) if show else NoBar() as bar:
             result = evaluate_patch(patch, model, options, progress=lambda stage: bar.update(1))
-            written = {}
-            if output is not None:
-                written = write_report(result, Path(output))
-            if images:
-                from .eval_images import ImageOptions, image_grids
-                from .model_open import open_model
+        grids = None
+        if images:
+            from .eval_images import image_count, image_grids
 
-                own = {c.concept: list(c.prompts) for c in result.concepts}
-                grids = image_grids(patch, open_model(model).path, own, Path(output) / "images",
-                                    ImageOptions(count=images, steps=steps, clip_model=clip_model))
-                bar.update(1)
-                written["images"] = grids
+            own = {c.concept: list(c.prompts) for c in result.concepts}
+            with click.progressbar(length=image_count(own, image_options), label="erasec eval: images",
+                                   file=sys.stderr) if show else NoBar() as bar:
+                grids = image_grids(patch, model, own, Path(output), image_options, progress=lambda: bar.update(1))
+        written = {} if output is None else write_report(result, Path(output), grids)
+        if grids is not None:
+            written["images"] = grids  # paths relative to the report folder, as in images/images.json
         return result, written
 
     result, written = run_command(action)
@@ -232,7 +238,8 @@ def eval_command(patch, model, suites, prompts, output, images, steps, clip_mode
     text = render_table(result)
     if written:
         text += "\n" + "\n".join(f"wrote {v}" for k, v in written.items() if k != "images")
-        text += "".join(f"\nwrote {g['file']}" for g in written.get("images", []))
+        text += "".join(f"\nwrote {Path(output) / g['file']} (and its {2 * len(g['seeds'])} images)"
+                        for g in written.get("images", []))
     emit(data, as_json, text)
 
 

@@ -248,7 +248,7 @@ def test_cli_eval_writes_json_and_html_and_stays_quiet_off_a_terminal(tiny):
     assert set(data["specificity"]) == {"preserved", "imagenette", str(tiny / "prompts.txt")}
     images = data["written"].pop("images")
     assert data["written"] == {"json": str(out / "report.json"), "html": str(out / "report.html")}
-    assert [g["file"] for g in images] == [str(out / "images" / f"{n}.png") for n in ("kelly-mckernan", "van-gogh")]
+    assert [g["file"] for g in images] == [f"images/{n}.png" for n in ("kelly-mckernan", "van-gogh")]  # report-relative
     assert json.loads((out / "images" / "images.json").read_text()) == images
     assert json.loads((out / "report.json").read_text())["concepts"] == data["concepts"]
     assert "erasec eval" not in result.stderr  # no progress bar when not a TTY
@@ -275,11 +275,11 @@ def test_image_grids_show_base_over_patched_at_the_same_seeds(tiny, tiny_sd1_pat
 
     clip = _tiny_clip(tiny / "clip")
     grids = image_grids(str(tiny / "patch.safetensors"), tiny_sd1_path, {"Van Gogh": ["Van Gogh", "art by Van Gogh"]},
-                        tiny / "images", ImageOptions(count=2, steps=1, clip_model=str(clip)))
+                        tiny / "grids", ImageOptions(count=2, steps=1, clip_model=str(clip)))
     (grid,) = grids
     assert grid["prompts"] == ["Van Gogh", "art by Van Gogh"] and grid["seeds"] == [0, 1]
-    width, height = Image.open(grid["file"]).size
-    assert width == height  # 2 square tiles a row: base above, patched below
+    width, height = Image.open(tiny / "grids" / grid["file"]).size
+    assert width == height  # a row per seed: base | patched
     assert grid["mean_pixel_difference"] > 0  # the patch changes the picture at the same seed
     assert set(grid["clip_score"]) == {"base", "patched"}
     assert all(-100 <= v <= 100 for v in grid["clip_score"].values())
