@@ -7,9 +7,12 @@ pretrained encoder) for 1 to 1,000 artists in docs/results.md; a concept below h
 Half, because no method came near it there at any N (each row is at or above its floor), while
 examples/quickstart.yaml (2026-12-05, efficacy of Van Gogh, builtin:tiny-sd1 → builtin:minilm-sd1)
 measured erasec 0.19 → 0.84 (floor/2 = 0.41: the random encoder warns, the semantic one does not),
-uce 0.90 → 0.97, speed 0.23 → 0.28 (neither warns), and rece −0.40 → −2.12 (warns on both: with
-that spec's preserve file rece moves the prompts away from the anchor). ``time`` and ``speed`` move
-K/V little by design (floors 0.061 and 0.021), so they warn only when they do not erase at all.
+uce 0.90 → 0.97, speed 0.23 → 0.28 (neither warns). ``time`` and ``speed`` move K/V little by
+design (floors 0.061 and 0.021), so they warn only when they do not erase at all. The floor 0.705
+in docs/results.md was measured with the joint variant, now ``rece-joint``; ``rece`` as published
+(issue 17) has no measured floor yet and never warns: its rounds re-erase attack embeddings from
+the current weights and move the concept's own rows away from the anchor (the quickstart's Van
+Gogh measured −0.40 on tiny-sd1 and −2.12 on minilm-sd1), which this score reads as "not erased".
 
 The reference holds for the method as published, so a spec that changes its balance
 (``lambda``, ``erase_scale``, ``preserve_scale``, ``prior_scale``, ``pipeline``) or erases at
@@ -19,7 +22,7 @@ The reference holds for the method as published, so a spec that changes its bala
 from __future__ import annotations
 
 # the lowest efficacy over N = 1, 10, 100, 1000 in docs/results.md (builtin:minilm-sd1)
-NORMAL_EFFICACY = {"erasec": 0.824, "uce": 0.667, "uce-legacy": 0.735, "rece": 0.705, "time": 0.061, "speed": 0.021}
+NORMAL_EFFICACY = {"erasec": 0.824, "uce": 0.667, "uce-legacy": 0.735, "rece-joint": 0.705, "time": 0.061, "speed": 0.021}
 FAR_BELOW = 0.5  # warn below this fraction of the method's normal efficacy
 
 _RANDOM_ENCODERS = ("builtin:tiny-sd1", "builtin:tiny-sd2", "builtin:tiny-sdxl")
