@@ -25,7 +25,10 @@ def quiet_libraries() -> None:
     """transformers and diffusers draw progress bars on stderr while loading; a compiler's output
     should be its own summary. Set through their environment variables, so neither is imported
     here (a spec error exits before torch loads; docs/performance.md, start-up); a library that is
-    already imported is told directly."""
+    already imported is told directly. diffusers reads no variable of its own for its bars
+    ("Loading pipeline components", a pipeline's steps), so tqdm's ``TQDM_DISABLE``, read when tqdm
+    is first imported, turns off every tqdm bar; erasec's own progress is click's, on a terminal."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -111,18 +114,30 @@ def human_size(n: int) -> str:
     return str(n)
 
 
+# docs/models.md, "Which runtimes load a LoRA module on that layer"
+POOLED_KOHYA_NOTE = (
+    "kohya sd-scripts skips the pooled module (lora_unet_label_emb_0_0): there only the K/V edit applies; "
+    "diffusers, ComfyUI and A1111/Forge load both (docs/models.md)"
+)
+
 _FORMAT_NAMES = {"kohya": "kohya LoRA", "peft": "PEFT/diffusers LoRA", "checkpoint": "merged checkpoint", "onnx": "ONNX UNet"}
 
 
 def build_summary(result) -> str:
-    """The text ``erasec build`` and ``erasec compose`` print for a ``BuildResult``."""
+    """The text ``erasec build`` and ``erasec compose`` print for a ``BuildResult``.
+
+    Two row counts, labelled apart: the ``rows`` line counts the system as solved (after the passes
+    merge duplicates, mine neighbours and add hard rows; SDXL's text and pooled key spaces together),
+    the scores below count the spec's own rows in one key space each."""
     seconds = result.seconds
+    pooled = getattr(result, "pooled_scores", None)
+    solved = "as solved" + (" (text and pooled key spaces together)" if pooled is not None else "")
     lines = [
         f"built {result.output} ({human_size(result.size_bytes)}, {_FORMAT_NAMES.get(result.format, result.format)}, "
         f"{result.dtype})",
         f"  model    {result.model} ({result.family})",
         f"  method   {result.method}   pipeline {result.pipeline}",
-        f"  rows     {result.erase_rows} erase, {result.preserve_rows} preserve, {result.hard_rows} hard"
+        f"  rows     {result.erase_rows} erase, {result.preserve_rows} preserve, {result.hard_rows} hard {solved}"
         f"   condition {result.condition:.3g}",
         f"  rank     {result.rank} in each of {result.layers} layers",
         *(
@@ -147,14 +162,15 @@ def build_summary(result) -> str:
         )
         prompt, value = scores.worst_preserve
         lines.append(f"  least preserved: {prompt!r} {value:.4f}")
-    lines.append("  (text pathway, all edited K/V layers; 1 = fully erased / fully kept)")
+    lines.append("  (text pathway, all edited K/V layers, on the spec's own rows; 1 = fully erased / fully kept)")
     for diagnostic in result.diagnostics:
         lines.append(f"  {diagnostic}")
-    pooled = getattr(result, "pooled_scores", None)
     if pooled is not None:
         lines.append("  pooled path (add_embedding.linear_1):")
         for request in pooled.requests:
             lines.append(f"  {request.request[:34]:<34} {request.rows:>6}   {request.efficacy:8.4f}")
         if pooled.specificity is not None:
             lines.append(f"  preserved prompts ({pooled.preserve_rows} rows)          specificity {pooled.specificity:.4f}")
+        if result.format == "kohya":
+            lines.append(f"  note: {POOLED_KOHYA_NOTE}")
     return "\n".join(lines)

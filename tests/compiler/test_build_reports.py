@@ -116,3 +116,73 @@ def test_eval_after_compose_does_not_score_a_dropped_prompt_as_preserved(tmp_pat
     measured = evaluate_patch(str(composed), "builtin:tiny-sd1", EvalOptions(suites=()))
     assert [group for group, _ in measured.specificity] == ["preserved"]
     assert {prompt for prompt, _ in measured.least_kept} == {"Claude Monet", "Pablo Picasso", "a photo of a cat"}
+
+
+# --- row counts labelled apart; the pooled path's kohya caveat (issue 12 item 15) --------------------
+
+POOLED = """\
+erasec: 1
+name: no-van-gogh-sdxl
+version: 1.0.0
+model: builtin:tiny-sdxl
+method: uce
+erase:
+  - {{concept: Van Gogh, anchor: art}}
+preserve: [Claude Monet, a photo of a cat]
+options: {{pooled: true}}
+output: {{format: {format}}}
+"""
+NOTE = ("  note: kohya sd-scripts skips the pooled module (lora_unet_label_emb_0_0): there only the K/V edit "
+        "applies; diffusers, ComfyUI and A1111/Forge load both (docs/models.md)")
+
+
+def test_the_rows_line_says_it_counts_the_solve_and_the_scores_the_spec_rows(tmp_path):
+    """SDXL with options.pooled: "rows … 4 preserve" is the two key spaces' solve together; each scores
+    block counts its own space's 2 rows, and the summary says which is which."""
+    spec = tmp_path / "sdxl.yaml"
+    spec.write_text(POOLED.format(format="kohya"))
+    out = tmp_path / "p.safetensors"
+    text = _run("build", spec, "-o", out).output
+    facts = json.loads(_run("build", spec, "-o", out, "--json").output)
+    spaces = facts["scores"]["preserve_rows"], facts["pooled_scores"]["preserve_rows"]
+    assert spaces == (2, 2) and facts["rows"]["preserve"] == sum(spaces)  # uce's passes neither add nor merge rows
+    assert "  rows     2 erase, 4 preserve, 0 hard as solved (text and pooled key spaces together)   condition" in text
+    assert "  (text pathway, all edited K/V layers, on the spec's own rows; 1 = fully erased / fully kept)" in text
+    assert text.count("preserved prompts (2 rows)") == 2
+    assert text.rstrip().endswith(NOTE)
+    one_space = _run("build", _spec(tmp_path), "-o", tmp_path / "sd1.safetensors").output
+    assert "  rows     1 erase, 2 preserve, 0 hard as solved   condition" in one_space and "note: kohya" not in one_space
+
+
+def test_the_kohya_caveat_is_not_shown_for_a_peft_pooled_patch(tmp_path):
+    spec = tmp_path / "sdxl.yaml"
+    spec.write_text(POOLED.format(format="peft"))
+    text = _run("build", spec, "-o", tmp_path / "p.safetensors").output
+    assert "pooled path (add_embedding.linear_1):" in text and "kohya sd-scripts" not in text
+
+
+# --- library progress bars stay off piped stderr (issue 12 item 15) ---------------------------------
+
+
+def test_quiet_libraries_silences_diffusers_and_transformers_bars_imported_after_it(tmp_path):
+    """Every command that loads models calls quiet_libraries before any library is imported (build,
+    build-many, and run_command's default: verify, apply, compose, retarget, eval with --images, the
+    ONNX commands); diffusers' bars ignore its own variables, so this runs the libraries' own tqdm
+    wrappers in a fresh process, stderr piped as a user's script pipes it."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from erasec.compiler.cli_common import quiet_libraries\n"
+        "quiet_libraries()\n"
+        "import diffusers.utils.logging as d, transformers.utils.logging as t\n"
+        "from tqdm.auto import tqdm\n"
+        "for bar in (d.tqdm, t.tqdm, tqdm):\n"
+        "    for _ in bar(range(3), desc='Loading pipeline components'):\n"
+        "        pass\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
