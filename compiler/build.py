@@ -7,7 +7,6 @@ Nothing is written until every step has succeeded, and then atomically (``erasec
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -165,13 +164,11 @@ def _with_rece_schedule(spec: Spec, text: str) -> str:
 def _check_print_ir_after(names: tuple[str, ...]) -> None:
     """``--print-ir-after`` names registered passes or ``all``; a misspelt one is refused as the
     pipeline parser refuses it (did-you-mean), before any work, instead of printing nothing."""
-    from erasec.passes.registry import pass_names
+    from erasec.passes.registry import pass_names, unknown_pass_hint
 
     for name in names:
         if name != "all" and name not in pass_names():
-            close = difflib.get_close_matches(name, (*pass_names(), "all"), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; passes are: {', '.join(pass_names())}, or all"
-            raise BuildError(f"--print-ir-after: unknown pass {name!r}{hint}")
+            raise BuildError(f"--print-ir-after: unknown pass {name!r}{unknown_pass_hint(name, ('all',))}")
 
 
 def _ir_callback(options: BuildOptions, emit: Callable[[str], None]):

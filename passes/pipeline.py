@@ -14,7 +14,6 @@ what a patch records as ``erasec.pipeline``. Errors give the 1-based column of t
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -23,7 +22,7 @@ from erasec.ir import EditProgram, ErasecError
 
 from .base import EditPass
 from .errors import PipelineSyntaxError
-from .registry import get_pass_class, pass_names
+from .registry import get_pass_class, unknown_pass_hint
 
 Callback = Callable[[EditPass | None, EditProgram, EditPass | None], None]
 
@@ -61,9 +60,7 @@ def _parse_pass(reader: _Reader) -> EditPass:
     name = reader.match(_NAME, "a pass name")
     cls = get_pass_class(name)
     if cls is None:
-        close = difflib.get_close_matches(name, pass_names(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; passes are: {', '.join(pass_names())}"
-        raise reader.error(f"unknown pass {name!r}{hint}", start)
+        raise reader.error(f"unknown pass {name!r}{unknown_pass_hint(name)}", start)
     options: dict[str, str] = {}
     if reader.peek() == "{":
         reader.pos += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 
 from .base import EditPass
@@ -22,6 +23,15 @@ _PASSES: dict[str, str] = {
 
 def pass_names() -> tuple[str, ...]:
     return tuple(sorted(_PASSES))
+
+
+def unknown_pass_hint(name: str, also: tuple[str, ...] = ()) -> str:
+    """The end of a message about an unknown pass ``name``: the closest name (of the passes and
+    ``also``, e.g. ``all``), or the list of them."""
+    close = difflib.get_close_matches(name, (*pass_names(), *also), n=1)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; passes are: {', '.join(pass_names())}" + (f", or {', '.join(also)}" if also else "")
 
 
 def get_pass_class(name: str) -> type[EditPass] | None:
