@@ -18,11 +18,13 @@ compiling the spec against OTHER gives — provided OTHER's text encoder is the 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 
 from erasec.backends.kohya import KohyaOptions, build_kohya
 from erasec.backends.peft import PeftOptions, build_peft
+from erasec.passes.filter_preserve import drop_named
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS
 from erasec.patches.manifest import Manifest, write_patch
@@ -180,7 +182,9 @@ def retarget_patch(path: str, model_location: str, output: str, *, force: bool =
         replay = ReplayModel(model, patch.encodings(), where="retarget")
         pipeline = Pipeline.parse(patch.metadata.get("erasec.pipeline") or PRESETS[spec.method].pipeline)
         lowered = Lowering.for_pipeline(replay, pipeline).lower(spec, PRESETS[spec.method])
-        report = score(lowered, solution, weights).as_dict()
+        # what the patch was solved for: without the preserve prompts filter-preserve dropped, as build
+        scored, dropped = drop_named(lowered) if "filter-preserve" in pipeline.names() else (lowered, {})
+        report = replace(score(scored, solution, weights), dropped_preserve=tuple(dropped)).as_dict()
     else:
         report = {"note": "not measured on this model: the patch records no encodings (output.link)"}
     spaces = tuple(

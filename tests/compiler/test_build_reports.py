@@ -118,6 +118,18 @@ def test_eval_after_compose_does_not_score_a_dropped_prompt_as_preserved(tmp_pat
     assert {prompt for prompt, _ in measured.least_kept} == {"Claude Monet", "Pablo Picasso", "a photo of a cat"}
 
 
+def test_retarget_does_not_score_a_dropped_prompt_as_preserved(tmp_path):
+    """retarget re-scores the patch on the new model from its recorded rows: what it was solved for."""
+    dropped, built = _build(tmp_path, "with-drop", "Van Gogh", [DROPPED, "Claude Monet", "a photo of a cat"])
+    moved = tmp_path / "moved.safetensors"
+    result = _run("retarget", dropped, "--model", "builtin:tiny-sd1.safetensors", "-o", moved)
+    assert result.exit_code == 0, result.output
+    report = read_patch(moved).report
+    assert report["dropped_preserve"] == [DROPPED]
+    assert report["worst_preserved"]["prompt"] == built["scores"]["worst_preserved"]["prompt"] != DROPPED
+    assert report["specificity"] == pytest.approx(built["scores"]["specificity"], abs=1e-9)
+
+
 # --- row counts labelled apart; the pooled path's kohya caveat (issue 12 item 15) --------------------
 
 POOLED = """\
