@@ -48,7 +48,9 @@ def test_the_override_equal_to_detection_changes_nothing_but_the_record(tmp_path
 def test_an_override_the_files_contradict_is_refused(tmp_path):
     with pytest.raises(ModelError) as error:
         build(_spec(tmp_path, "builtin:tiny-sd1", "sdxl"), tmp_path / "c.safetensors")
+    spec = tmp_path / "spec-sdxl.yaml"  # the model the spec names: its file and line come first
     assert str(error.value) == (
-        "builtin:tiny-sd1: family 'sdxl' does not fit the files, which have one text encoder; remove family:"
+        f"{spec}:4: model: builtin:tiny-sd1: family 'sdxl' does not fit the files, which have one text encoder; "
+        "remove family:"
     )
     assert not (tmp_path / "c.safetensors").exists()

@@ -239,7 +239,7 @@ def test_missing_folder(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     assert _open_error(missing) == (
         f"{missing}: no such file or folder; give a diffusers folder, a single-file .safetensors "
-        "checkpoint or builtin:NAME"
+        "checkpoint or builtin:NAME (or a hub id ORG/NAME in the local Hugging Face cache)"
     )
 
 
