@@ -17,3 +17,9 @@ class PipelineSyntaxError(PassError):
 
 class SolveError(PassError):
     """The least-squares system is singular or too ill-conditioned to trust; the message names the fix."""
+
+
+class PassCrash(RuntimeError):
+    """A pass raised something other than an ``ErasecError``: a bug, not bad input. The message names
+    the pass and those run before it; ``__cause__`` is the original exception with its traceback.
+    Deliberately not an ``ErasecError``, so the CLI does not turn it into a one-line user error."""

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from erasec.ir import EditProgram, ErasecError
+from erasec.ir.printer import print_program
 
 from .base import EditPass
-from .errors import PipelineSyntaxError
+from .errors import PassCrash, PipelineSyntaxError
 from .registry import get_pass_class, unknown_pass_hint
 
 Callback = Callable[[EditPass | None, EditProgram, EditPass | None], None]
@@ -84,12 +85,41 @@ def _parse_pass(reader: _Reader) -> EditPass:
         raise reader.error(str(error), start) from None
 
 
+def ir_callback(
+    emit: Callable[[str], None],
+    *,
+    print_after: tuple[str, ...] = (),
+    print_changed: bool = False,
+    verify_each: bool = False,
+) -> Callback:
+    """The driver's callback: ``--verify-each``, ``--print-ir-after=all|NAMES`` and
+    ``--print-ir-changed`` (print after a pass only when it changed the program; a pass returns the
+    very same object when nothing changed, so identity is the test, as LLVM's ``-print-changed``
+    compares printed IR). ``emit`` receives each banner and printed program as one string."""
+    wanted = set(print_after)
+    seen: list[EditProgram] = []  # the program the current pass started from
+
+    def callback(previous: EditPass | None, program: EditProgram, following: EditPass | None) -> None:
+        changed = not seen or program is not seen[0]
+        seen[:] = [program]
+        if previous is None:
+            return
+        if verify_each:
+            program.verify()
+        if "all" in wanted or previous.name in wanted or (print_changed and changed):
+            emit(f"// ----- IR after {previous} ----- //\n{print_program(program)}")
+
+    return callback
+
+
 @dataclass(frozen=True, slots=True)
 class Pipeline:
     """A frozen sequence of passes plus an optional callback(previous, program, next).
 
-    The driver's callback implements ``--verify-each`` and ``--print-ir-after``; ``verify()``
-    always runs before the first and after the last pass.
+    The driver's callback (``ir_callback``) implements ``--verify-each``, ``--print-ir-after`` and
+    ``--print-ir-changed``; ``verify()`` always runs before the first and after the last pass. An
+    exception inside a pass names the pass: an ``ErasecError`` keeps its type with the name
+    prefixed, anything else is a bug and becomes ``PassCrash`` naming the passes run before it.
     """
 
     passes: tuple[EditPass, ...]
@@ -130,9 +160,34 @@ class Pipeline:
             try:
                 program = edit_pass.apply(program)
             except ErasecError as error:
-                raise type(error)(f"{edit_pass.name}: {error}") from error
+                prefixed = _prefixed(error, edit_pass.name)
+                prefixed.add_note(f"after the passes {list(self.names()[:index])}")
+                raise prefixed from error
+            except Exception as error:  # a bug in the pass: name it and those before it, keep the cause
+                raise self._crash(index, error) from error
             if self.callback is not None:
                 following = self.passes[index + 1] if index + 1 < len(self.passes) else None
                 self.callback(edit_pass, program, following)
         program.verify()
         return program
+
+    def _crash(self, index: int, error: Exception) -> PassCrash:
+        """A non-erasec exception in pass ``index`` as a bug report naming the pass and those run
+        before it (as onnx-ir's pass runner does); the whole pipeline text goes in a note so that the
+        traceback says how to reproduce it."""
+        before = [p.name for p in self.passes[:index]]
+        crash = PassCrash(f"pass {self.passes[index].name!r} failed after {before}: {type(error).__name__}: {error}")
+        crash.add_note(f"pipeline: {self}")
+        return crash
+
+
+def _prefixed(error: ErasecError, prefix: str) -> ErasecError:
+    """``error`` with ``prefix: `` before its message, of the same type and attributes.
+
+    Built without calling the subclass's constructor, which may take other arguments than one
+    message; ``BaseException.__str__`` then reads the new ``args``."""
+    cls = type(error)
+    prefixed = cls.__new__(cls)
+    prefixed.__dict__.update(error.__dict__)
+    prefixed.args = (f"{prefix}: {error}",)
+    return prefixed
