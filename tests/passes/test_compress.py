@@ -16,11 +16,27 @@ def test_measures_the_rounding_of_each_dtype():
     assert 1e-9 < errors["fp32"] < 1e-6 < errors["fp16"] < 2e-3 < errors["bf16"] < 1.6e-2
 
 
-def test_bf16_rounding_matches_torch():
-    import torch
+def _nearest_bf16(value: np.float32) -> float:
+    """bfloat16 by its definition: of the two bfloat16 values around a float32 (the upper 16 bits,
+    truncated toward zero, and the next one away from zero), the nearer; on a tie, the one whose last
+    mantissa bit is 0. No torch: this is the rounding torch's ``.to(torch.bfloat16)`` implements."""
+    bits = int(np.float32(value).view(np.uint32))
+    low_bits = bits & 0xFFFF0000
+    candidates = [low_bits, low_bits + 0x10000]
+    as_float = [float(np.uint32(c).view(np.float32)) for c in candidates]
+    distances = [abs(float(value) - f) for f in as_float]
+    if distances[0] == distances[1]:
+        return as_float[0] if not candidates[0] & 0x10000 else as_float[1]
+    return as_float[int(distances[1] < distances[0])]
 
+
+def test_bf16_rounding_is_nearest_ties_to_even():
+    # values whose bfloat16 form follows from the format (8 mantissa bits): ties go to the even one
+    assert round_to(np.array([1 + 2**-8, 1 + 3 * 2**-8, np.pi, -1 / 3, 2.0**-130]), "bf16").tolist() == [
+        1.0, 1 + 2**-6, 3.140625, -0.333984375, 2.0**-130
+    ]
     values = np.random.default_rng(1).standard_normal(1000) * 10.0 ** np.random.default_rng(2).integers(-5, 5, 1000)
-    expected = torch.from_numpy(values.astype(np.float32)).to(torch.bfloat16).to(torch.float64).numpy()
+    expected = [_nearest_bf16(v) for v in values.astype(np.float32)]
     np.testing.assert_array_equal(round_to(values, "bf16"), expected)
 
 
