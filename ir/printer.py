@@ -55,9 +55,9 @@ def _folded(lines: list[str], folded: Moments | None) -> None:
         )
 
 
-def _erase(lines: list[str], rows: EraseRows) -> None:
+def _erase(lines: list[str], rows: EraseRows, label: str = "erase") -> None:
     form = "guide" if rows.shared else "per-layer"
-    lines.append(f"    erase rows={rows.count} target={form}")
+    lines.append(f"    {label} rows={rows.count} target={form}")
     _folded(lines, rows.folded)
 
     def render(i: int) -> str:
@@ -69,8 +69,8 @@ def _erase(lines: list[str], rows: EraseRows) -> None:
     _rows(lines, "      ", rows.count, render)
 
 
-def _preserve(lines: list[str], rows: PreserveRows) -> None:
-    lines.append(f"    preserve rows={rows.count}")
+def _preserve(lines: list[str], rows: PreserveRows, label: str = "preserve") -> None:
+    lines.append(f"    {label} rows={rows.count}")
     _folded(lines, rows.folded)
     _rows(
         lines,
@@ -88,11 +88,16 @@ def _hard(lines: list[str], label: str, rows: HardRows) -> None:
 def print_space(space: SpaceProgram, dim: int, sites: int) -> list[str]:
     roles = "" if space.roles == ("k", "v") else f" roles={','.join(space.roles)}"
     gram = "" if space.site_gram is None else " site-gram"
-    lines = [f"  space {space.space} dim={dim} sites={sites} lambda={fmt(space.lam)}{roles}{gram}"]
+    separable = " separable" if space.separable else ""
+    lines = [f"  space {space.space} dim={dim} sites={sites} lambda={fmt(space.lam)}{roles}{gram}{separable}"]
     _erase(lines, space.erase)
     _preserve(lines, space.preserve)
     _hard(lines, "hard", space.hard)
     _hard(lines, "invariant-rows", space.invariant_rows)
+    if space.attack_sources is not None:
+        _erase(lines, space.attack_sources, "attack-sources")
+    if space.attack_retain is not None:
+        _preserve(lines, space.attack_retain, "attack-retain")
     return lines
 
 

@@ -1,5 +1,3 @@
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -7,15 +5,12 @@ from erasec.ir.linalg import regeneration_embeddings, regeneration_gap
 from erasec.passes.adversarial import AdversarialPass
 from erasec.passes.errors import PassError, PassOptionError
 from erasec.passes.pipeline import Pipeline
-from programs import base_weights, random_program
+from programs import random_program, with_site_gram
 
 
 def _program(seed=0, dim=12, erase=3):
     rng = np.random.default_rng(seed)
-    program = random_program(rng, dim=dim, erase=erase, preserve=4, lam=0.5)
-    weights = base_weights(program.target, rng)
-    gram = sum(w.T @ w for w in weights.values())
-    return replace(program, spaces=(replace(program.spaces[0], site_gram=gram),)), weights
+    return with_site_gram(random_program(rng, dim=dim, erase=erase, preserve=4, lam=0.5), rng)
 
 
 def _shared(program):

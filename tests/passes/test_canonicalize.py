@@ -1,60 +1,15 @@
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
-from erasec.ir import EraseRows, PreserveRows, Provenance
-from erasec.ir.printer import print_program
 from erasec.passes.canonicalize import CanonicalizePass
 from erasec.passes.errors import PassOptionError
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.solve import SolvePass
-from programs import random_program
-
-
-def _with_duplicates(seed=0):
-    rng = np.random.default_rng(seed)
-    program = random_program(rng, dim=4, erase=2, preserve=2)
-    space = program.spaces[0]
-    e = space.erase
-    erase = EraseRows(
-        keys=np.vstack([e.keys, e.keys[0], np.zeros(4)]),
-        guides=np.vstack([e.guides, e.guides[0], e.guides[1]]),
-        weights=np.concatenate([e.weights, [1.5, 1.0]]),
-        provenance=e.provenance + (Provenance(request="x", prompt="x again", token=5), Provenance(request="x", prompt="zero", token=1)),
-    )
-    p = space.preserve
-    preserve = PreserveRows(
-        keys=np.vstack([p.keys, p.keys[1] * (1 + 1e-12), p.keys[0]]),
-        weights=np.concatenate([p.weights, [0.25, 0.0]]),
-        provenance=p.provenance + (Provenance(request="preserve", prompt="q", token=0),) * 2,
-    )
-    return replace(program, spaces=(replace(space, erase=erase, preserve=preserve),))
-
-
-GOLDEN = """\
-program family=sd1 model='test' requests=1
-  request 'x'
-  space clip-l dim=4 sites=3 lambda=0.5
-    erase rows=2 target=guide
-      [0] 'x' prompt='x' token=0 w=3.29 |k|=0.674 |g-k|=1.89
-      [1] 'x' prompt='x' token=1 w=1.31 |k|=1.74 |g-k|=3.59
-    preserve rows=2
-      [0] 'preserve' prompt='p' token=0 w=0.997 |k|=1.77
-      [1] 'preserve' prompt='p' token=1 w=1.23 |k|=1.18
-    hard rows=0
-    invariant-rows rows=0
-"""
-
-
-def test_golden():
-    """The duplicate of row 0 (w 1.5) merges into it (1.79 + 1.5), the zero key and the
-    zero-weight preserve row go, the preserve row equal to row 1 to 1e-12 merges (0.983 + 0.25)."""
-    assert print_program(CanonicalizePass().apply(_with_duplicates())) == GOLDEN
+from programs import duplicate_rows_program, random_program
 
 
 def test_merging_leaves_the_solution_unchanged():
-    program = _with_duplicates(3)
+    program = duplicate_rows_program(3)
     before = SolvePass().apply(program).solution.spaces[0]
     after = SolvePass().apply(CanonicalizePass().apply(program)).solution.spaces[0]
     d0 = before.left @ before.right.T

@@ -3,36 +3,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from erasec.ir import EraseRows, PreserveRows, Provenance
+from erasec.ir import PreserveRows, Provenance
 from erasec.ir.printer import print_program
 from erasec.passes.check_conflicts import CheckConflictsPass
 from erasec.passes.errors import PassError
 from erasec.passes.pipeline import Pipeline
-from programs import random_program
-
-
-def _program():
-    rng = np.random.default_rng(0)
-    program = random_program(rng, dim=8, erase=1, preserve=0, requests=("Bill Clinton", "Bill Murray", "Monet"))
-    a, b, c, u = rng.standard_normal((4, 8))
-    keys = np.stack([a, a + 0.01 * b, c + u])
-    guides = np.stack([b, c, b])
-    erase = EraseRows(
-        keys=keys,
-        guides=guides,
-        weights=np.ones(3),
-        provenance=tuple(Provenance(request=r, prompt=r, token=2) for r in ("Bill Clinton", "Bill Murray", "Monet")),
-    )
-    preserve = PreserveRows(
-        keys=np.stack([c, u]),  # Monet's row is their sum: in the span, close to neither
-        weights=np.ones(2),
-        provenance=(Provenance(request="preserve", prompt="Claude Monet", token=3), Provenance(request="preserve", prompt="a cat", token=3)),
-    )
-    return replace(program, spaces=(replace(program.spaces[0], erase=erase, preserve=preserve),))
+from programs import conflicting_program, random_program
 
 
 def test_reports_both_kinds_of_conflict_naming_both_sides():
-    out = CheckConflictsPass().apply(_program())
+    out = CheckConflictsPass().apply(conflicting_program())
     lines = [line for line in print_program(out).splitlines() if "[check-conflicts]" in line]
     assert len(lines) == 2
     assert "erase 'Monet' (prompt 'Monet') lies in the preserved span (cosine 1.000); closest preserve prompt" in lines[0]
@@ -41,7 +21,7 @@ def test_reports_both_kinds_of_conflict_naming_both_sides():
 
 def test_error_mode_stops_with_the_first_conflict():
     with pytest.raises(PassError) as error:
-        CheckConflictsPass(on_conflict="error").apply(_program())
+        CheckConflictsPass(on_conflict="error").apply(conflicting_program())
     assert str(error.value).endswith("(and 1 more); set options.on_conflict: warn to build anyway")
 
 
@@ -56,7 +36,7 @@ def test_round_trip():
 
 
 def test_a_preserve_row_equal_to_an_erase_row_is_named():
-    program = _program()
+    program = conflicting_program()
     space = program.spaces[0]
     twin = PreserveRows(
         keys=space.erase.keys[2:3] * 3.0,

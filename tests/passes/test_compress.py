@@ -5,7 +5,7 @@ from erasec.ir.dtypes import round_to
 from erasec.passes.compress import CompressPass
 from erasec.passes.errors import PassError
 from erasec.passes.pipeline import Pipeline
-from programs import random_program
+from programs import random_program, with_site_gram
 
 
 def test_measures_the_rounding_of_each_dtype():
@@ -50,15 +50,8 @@ def test_round_trip():
 
 
 def _gram_program(seed=0, dim=10, erase=6):
-    from dataclasses import replace
-
-    from programs import base_weights
-
     rng = np.random.default_rng(seed)
-    program = random_program(rng, dim=dim, erase=erase, preserve=3)
-    weights = base_weights(program.target, rng)
-    gram = sum(w.T @ w for w in weights.values())
-    return replace(program, spaces=(replace(program.spaces[0], site_gram=gram),)), weights
+    return with_site_gram(random_program(rng, dim=dim, erase=erase, preserve=3), rng)
 
 
 def test_rank_cap_is_optimal_in_the_output_metric_and_reports_its_error():

@@ -1,29 +1,12 @@
-from dataclasses import replace
-
 import numpy as np
 
-from erasec.ir import PreserveRows, Provenance
 from erasec.ir.printer import print_program
 from erasec.passes.filter_preserve import FilterPreservePass
 from erasec.passes.pipeline import Pipeline
-from programs import random_program
-
-PROMPTS = ["a painting by van gogh", "Van Goghish swirls", "Claude Monet", "VAN GOGH", "vincent's starry night"]
-
-
-def _program():
-    program = random_program(np.random.default_rng(0), dim=4, erase=2, preserve=0, requests=("Van Gogh",))
-    preserve = PreserveRows(
-        keys=np.random.default_rng(1).standard_normal((len(PROMPTS), 4)),
-        weights=np.ones(len(PROMPTS)),
-        provenance=tuple(Provenance(request="preserve", prompt=p, token=0) for p in PROMPTS),
-    )
-    program = replace(program, spaces=(replace(program.spaces[0], preserve=preserve),))
-    return replace(program, phrases=(("Van Gogh", "Vincent"),))
-
+from programs import named_preserve_program, random_program
 
 def test_drops_whole_word_matches_case_insensitively_and_reports_them():
-    out = FilterPreservePass().apply(_program())
+    out = FilterPreservePass().apply(named_preserve_program())
     kept = [p.prompt for p in out.spaces[0].preserve.provenance]
     assert kept == ["Van Goghish swirls", "Claude Monet"]
     text = print_program(out)
@@ -32,7 +15,7 @@ def test_drops_whole_word_matches_case_insensitively_and_reports_them():
 
 
 def test_synonyms_count_as_phrases():
-    out = FilterPreservePass().apply(_program())
+    out = FilterPreservePass().apply(named_preserve_program())
     # "vincent's": the apostrophe is a word boundary, so the synonym "Vincent" matches
     assert "vincent's starry night" not in [p.prompt for p in out.spaces[0].preserve.provenance]
 
