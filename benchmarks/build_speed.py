@@ -312,7 +312,7 @@ def encoder_gflop(model: Path, prompts: list[str], padded: bool) -> float:
 def build_prompts(n: int, preset: str) -> list[str]:
     """The prompts a build of ``spec_text(n, preset)`` encodes: the spec's, the blank guide and the
     empty prompt, and the preset's preserve prior."""
-    from erasec.compiler.lowering import prior_prompts
+    from erasec.compiler.lowering.prompts import prior_prompts
     from erasec.passes.presets import PRESETS
 
     prior = PRESETS[preset].prior

@@ -47,9 +47,9 @@ def main() -> None:
     import torch
 
     from erasec.compiler.build_many import cores
-    from erasec.compiler.embedding_cache import CachingModel
-    from erasec.compiler.lowering import prior_prompts
-    from erasec.compiler.model_open import open_model
+    from erasec.compiler.models.embedding_cache import CachingModel
+    from erasec.compiler.lowering.prompts import prior_prompts
+    from erasec.compiler.models.open import open_model
 
     prompts = prior_prompts("coco")[: args.prompts]
     workers = cores()

@@ -8,7 +8,7 @@ neighbours). Data: ../shared/data/artists1734_prompts.csv (1,734 artists × 5 st
 from rohitgandikota/unified-concept-editing) and coco_30k.csv. For N artists erased (anchor "art"),
 N other artists are preserved (534 at N = 1,000, where the list runs out). The spec names each artist bare; the five CSV prompts of an erased
 artist are never in the spec, so they measure generality. All metrics are exact text-pathway
-quantities over every edited K/V layer, computed by compiler/evaluate.py (docs/evaluation.md):
+quantities over every edited K/V layer, computed by compiler/eval/metrics.py (docs/evaluation.md):
 
 * efficacy     — the spec's own prompts: 1 − ‖W'k − W0 g‖ / ‖W0 k − W0 g‖ at the last subject token;
 * generality   — the same on the erased artists' five CSV prompts, against the prompt with the
@@ -93,11 +93,11 @@ def anchored(prompt: str, artist: str) -> str:
 
 
 def run(sizes, methods, seed=0):
-    from erasec.compiler.encodings import RecordingModel  # shares encodings between the presets
-    from erasec.compiler.evaluate import efficacy, specificity
-    from erasec.compiler.lowering import Lowering
-    from erasec.compiler.model_open import open_model
-    from erasec.compiler.spec import parse_spec
+    from erasec.compiler.models.recording import RecordingModel  # shares encodings between the presets
+    from erasec.compiler.eval.metrics import efficacy, specificity
+    from erasec.compiler.lowering.lower import Lowering
+    from erasec.compiler.models.open import open_model
+    from erasec.compiler.frontend.reader import parse_spec
     from erasec.passes.pipeline import Pipeline
     from erasec.passes.presets import PRESETS
 

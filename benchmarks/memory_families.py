@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from erasec.compiler.unet_configs import SD15_UNET, SDXL_UNET  # the real UNet configurations (one place)
+from erasec.compiler.models.unet_configs import SD15_UNET, SDXL_UNET  # the real UNet configurations (one place)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = [
@@ -90,8 +90,8 @@ def write_model(kind: str, folder: Path) -> dict[str, int]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from erasec.compiler.builtin import _model_index
-    from erasec.compiler.tokenizer import OPEN_CLIP_PAD_TOKEN, write_clip_tokenizer
+    from erasec.compiler.models.builtin.recipes import model_index as _model_index
+    from erasec.compiler.models.tokenizer import OPEN_CLIP_PAD_TOKEN, write_clip_tokenizer
 
     if (folder / "model_index.json").is_file():
         return json.loads((folder / "sizes.json").read_text())
@@ -132,7 +132,7 @@ def write_single_file(kind: str, path: Path) -> None:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from erasec.compiler import layout
+    from erasec.compiler.models import layout
 
     if path.is_file():
         return

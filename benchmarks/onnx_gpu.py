@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from erasec.compiler.unet_configs import SD15_UNET  # diffusers' SD1.5 UNet configuration
+from erasec.compiler.models.unet_configs import SD15_UNET  # diffusers' SD1.5 UNet configuration
 
 PARITY = 1e-4
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,9 +83,10 @@ def parity(work: Path, ort) -> list[dict]:
     from diffusers import StableDiffusionPipeline
 
     from erasec.compiler.build import BuildOptions, build
-    from erasec.compiler.builtin import builtin_model_path
-    from erasec.compiler.onnx_apply import apply_onnx
-    from erasec.compiler.onnx_export import ExportOptions, export_onnx
+    from erasec.compiler.models.builtin import builtin_model_path
+    from erasec.compiler.onnx_graphs.apply import apply_onnx
+    from erasec.compiler.onnx_graphs.export import ExportOptions
+    from erasec.compiler.onnx_graphs.export_model import export_onnx
 
     patch = work / "patch.safetensors"
     build(QUICKSTART, patch, BuildOptions(model="builtin:tiny-sd1"))
@@ -130,7 +131,7 @@ def timings(work: Path, ort, runs: int, warmup: int) -> list[dict]:
     from diffusers import UNet2DConditionModel
 
     from erasec.backends.onnx import OnnxOptions, PatchDeltas, SiteDelta, load_graph, patch_graph, write_graph
-    from erasec.compiler.onnx_export import ExportOptions, export_unet
+    from erasec.compiler.onnx_graphs.export import ExportOptions, export_unet
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**(SMOKE_UNET if CPU_SMOKE else SD15_UNET)).eval()

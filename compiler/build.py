@@ -6,38 +6,34 @@ Nothing is written until every step has succeeded, and then atomically (``erasec
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from erasec.backends.checkpoint import CheckpointSource, write_checkpoint
-from erasec.backends.kohya import KohyaOptions, build_kohya
-from erasec.backends.peft import PeftOptions, build_peft
 from erasec.ir import EditProgram
 from erasec.ir.errors import ErasecError
 from erasec.ir.printer import print_program
 from erasec.ir.threads import one_blas_thread
 from erasec.passes.base import EditPass
-from erasec.passes.check_conflicts import CheckConflictsPass
 from erasec.passes.filter_preserve import drop_named
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS
 from erasec.patches.link import encode_encodings, encode_shared
-from erasec.patches.manifest import Manifest, write_patch
 
-from .encodings import RecordingModel
+from .emit import BACKENDS, Emit, PatchRecord, check_rank, emit
 from .errors import BuildError, SpecError
-from .efficacy_check import low_efficacy_warning
-from .evaluate import Scores, score
+from .eval.efficacy_check import low_efficacy_warning
+from .eval.metrics import Scores, score
 from .extras import require_extra
-from .lowering import Lowering
+from .frontend.methods import pipeline_text
+from .frontend.reader import load_spec
+from .frontend.spec import Spec
+from .lowering.lower import Lowering
+from .models.pins import model_base_pin, model_text_encoder_pin
+from .models.recording import RecordingModel
 from .outputs import check_build_output
-from .pins import model_base_pin, model_text_encoder_pin
-from .spec import Spec, load_spec
-from .version import erasec_version
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,9 +42,9 @@ class BuildOptions:
     print_ir_after: tuple[str, ...] = ()  # pass names, or ("all",)
     verify_each: bool = False
     allow_pickle: bool = False  # open .ckpt/.pt models with torch.load(weights_only=True)
-    allow_outside_spec: bool = False  # let the spec name files outside its folder (compiler/spec_parts.py)
-    cache: bool = True  # reuse text-encoder rows from the embedding cache (compiler/embedding_cache.py)
-    cache_dir: Path | None = None  # the erasec cache dir (default: builtin.cache_root)
+    allow_outside_spec: bool = False  # let the spec name files outside its folder (compiler/frontend/parts.py)
+    cache: bool = True  # reuse text-encoder rows from the embedding cache (compiler/models/embedding_cache.py)
+    cache_dir: Path | None = None  # the erasec cache dir (default: models/cache_dir.cache_root)
     force: bool = False  # replace an existing output that is not this spec's patch (compiler/outputs.py)
 
 
@@ -100,65 +96,6 @@ class BuildResult:
             "paths": list(self.paths),
             "prompts": dict(self.prompts),
         }
-
-
-def check_rank(spec: Spec, target) -> None:
-    """``output.rank`` at most the full rank min(out, in) of every edited layer: past it, zero
-    padding only makes the patch bigger than the dense ΔW it encodes."""
-    if spec.output.rank == "auto" or spec.output.format not in ("kohya", "peft"):
-        return
-    site = min(target.sites, key=lambda s: (min(s.out_features, s.in_features), s.module_path))
-    full = min(site.out_features, site.in_features)
-    if spec.output.rank > full:
-        what = f"{spec.output.rank} is above the full rank {full} of {site.module_path} ({site.out_features}×{site.in_features})"
-        raise SpecError(f"{spec.where('output.rank')}: {what}; use 'auto' or at most {full}")
-
-
-def pipeline_text(spec: Spec) -> str:
-    """The method's pipeline (or the spec's), with ``compress{dtype=…}`` appended when it has none and
-    ``options.on_conflict`` applied to its ``check-conflicts`` (added in front when it has none)."""
-    text = spec.options.pipeline or PRESETS[spec.method].pipeline
-    names = [part.split("{")[0].strip() for part in text.split(",")]
-    if "compress" not in names:
-        text = f"{text},compress{{dtype={spec.output.dtype}}}"
-    if spec.options.on_conflict is not None:
-        passes = Pipeline.parse(text).passes
-        if not any(p.name == "check-conflicts" for p in passes):
-            passes = (CheckConflictsPass(),) + passes
-        passes = tuple(
-            dataclasses.replace(p, on_conflict=spec.options.on_conflict) if p.name == "check-conflicts" else p
-            for p in passes
-        )
-        text = str(Pipeline(passes))
-    if spec.options.rece is not None:
-        text = _with_rece_schedule(spec, text)
-    return text
-
-
-def _with_rece_schedule(spec: Spec, text: str) -> str:
-    """``options.rece`` applied to the pipeline's ``rece`` pass: the named recipe's settings, then
-    the spec's own rounds, attack_lambda, retain (the pass fills what is left from the recipe)."""
-    from erasec.passes.rece import RecePass
-
-    passes = Pipeline.parse(text).passes
-    if not any(p.name == "rece" for p in passes):
-        raise SpecError(f"{spec.where('options.rece')}: the pipeline has no rece pass; use method: rece")
-    schedule = dict(spec.options.rece)
-    passes = tuple(
-        RecePass(
-            recipe=schedule.get("recipe", p.recipe),
-            rounds=schedule.get("rounds", -1),
-            attack_lambda=schedule.get("attack_lambda", -1.0),
-            retain=schedule.get("retain", "recipe"),
-            lambda_=p.lambda_,
-            preserve_scale=p.preserve_scale,
-            max_condition=p.max_condition,
-        )
-        if p.name == "rece"
-        else p
-        for p in passes
-    )
-    return str(Pipeline(passes))
 
 
 def _check_print_ir_after(names: tuple[str, ...]) -> None:
@@ -220,7 +157,7 @@ def build_spec(
     """Build a checked spec; ``model`` replaces opening ``spec.model`` (compose passes a model that
     replays recorded encodings), ``extra_metadata`` adds ``erasec.*`` keys to the manifest;
     ``progress(stage)`` is called as each of ``BUILD_STAGES`` begins (the CLI's progress bar)."""
-    from .model_open import open_model  # torch and transformers load here, not at CLI start-up
+    from .models.open import open_model  # torch and transformers load here, not at CLI start-up
 
     clock = time.perf_counter() if clock is None else clock
     seconds: dict[str, float] = {}
@@ -233,7 +170,7 @@ def build_spec(
 
     progress("load")
     if model is None:
-        from .embedding_cache import CachingModel, EmbeddingCache
+        from .models.embedding_cache import CachingModel, EmbeddingCache
 
         try:
             model = open_model(
@@ -280,18 +217,7 @@ def build_spec(
 
     progress("emit")
     mark = time.perf_counter()
-    if spec.output.format == "checkpoint":
-        size = _write_merged(program, model, base_weights, output)
-        rank = max(s.rank for s in program.solution.spaces)
-    elif spec.output.format == "onnx":
-        from .onnx_apply import build_onnx
-
-        identity = {"erasec.name": spec.name, "erasec.version": spec.version, "erasec.compiler": erasec_version()}
-        metadata = {**identity, "erasec.spec": spec.canonical_json(), "erasec.pipeline": str(pipeline)}
-        size = build_onnx(program, base_weights, output, graph=spec.output.graph, mode=spec.output.mode, metadata=metadata)
-        rank = max(s.rank for s in program.solution.spaces)
-    else:
-        size, rank = _write_lora(spec, pipeline, program, model, scores, base_weights, output, extra_metadata)
+    size, rank = emit(_emit_job(spec, pipeline, program, model, scores, base_weights, output, extra_metadata))
     seconds["emit"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - clock
 
@@ -339,42 +265,15 @@ def edited_paths(program: EditProgram) -> tuple[str, ...]:
     return tuple(paths)
 
 
-def _write_merged(program: EditProgram, model, base_weights, output: Path) -> int:
-    """``output.format: checkpoint``: the base model in its own layout with W0 + ΔW (backends/checkpoint.py)."""
-    source = CheckpointSource(
-        layout=model.layout, root=model.path, weights_file=model.unet_weights_file, weight_name=model.weight_name
-    )
-    return write_checkpoint(program.solution, program.target, base_weights, source, output)
-
-
-def _write_lora(spec: Spec, pipeline, program: EditProgram, model, scores, base_weights, output, extra_metadata):
-    """kohya or PEFT LoRA tensors plus the manifest, written atomically; (size, rank)."""
-    rank_option = None if spec.output.rank == "auto" else int(spec.output.rank)
-    solved = max(s.rank for s in program.solution.spaces)
-    if rank_option is not None and rank_option < solved:
-        what = f"{rank_option} is below the solved rank {solved}; use 'auto' or a rank of at least {solved}"
-        raise SpecError(f"{spec.where('output.rank')}: {what}")
-    format_metadata: dict[str, str] = {}
-    if spec.output.format == "peft":
-        tensors, rank, format_metadata = build_peft(
-            program.solution, program.target, base_weights, PeftOptions(dtype=spec.output.dtype, rank=rank_option)
-        )
-    else:
-        tensors, rank = build_kohya(
-            program.solution, program.target, base_weights, KohyaOptions(dtype=spec.output.dtype, rank=rank_option)
-        )
+def _emit_job(spec: Spec, pipeline, program: EditProgram, model, scores, base_weights, output, extra_metadata) -> Emit:
+    """What ``emit`` writes for this build; a LoRA format's manifest records the edited layers, the
+    scores, the pins of the touched tensors and text encoder, and the shared and linked forms."""
     touched = [  # the sites the LoRA edits (SPEED: to_v only), as erasec.spaces lists them
         site.module_path for s in program.solution.spaces for site in program.target.space(s.space).sites if s.edits(site.role)
     ]
-    manifest = Manifest(
-        name=spec.name,
-        version=spec.version,
-        compiler=erasec_version(),
-        family=program.target.family,
-        model=spec.model,
-        spec_json=spec.canonical_json(),
+    lora = BACKENDS[spec.output.format].lora
+    record = PatchRecord(
         pipeline=str(pipeline),
-        rank=rank,
         spaces=tuple(
             {
                 "space": s.space,
@@ -386,11 +285,14 @@ def _write_lora(spec: Spec, pipeline, program: EditProgram, model, scores, base_
             for s in program.solution.spaces
         ),
         report=scores.as_dict(),
-        base_pin=model.base_pin(touched) if hasattr(model, "base_pin") else model_base_pin(model, touched),
-        text_encoder=model.text_encoder_pin() if hasattr(model, "text_encoder_pin") else model_text_encoder_pin(model),
-        shared=encode_shared(program.solution),
-        link=encode_encodings(model.encodings) if spec.output.link else None,
+        base_pin=(model.base_pin(touched) if hasattr(model, "base_pin") else model_base_pin(model, touched)) if lora else {},
+        text_encoder=(model.text_encoder_pin() if hasattr(model, "text_encoder_pin") else model_text_encoder_pin(model))
+        if lora else None,
+        shared=encode_shared(program.solution) if lora else None,
+        link=encode_encodings(model.encodings) if lora and spec.output.link else None,
         extra=extra_metadata,
-        layout=spec.output.format,
     )
-    return write_patch(output, tensors, {**manifest.metadata(), **format_metadata}), rank
+    return Emit(
+        spec=spec, solution=program.solution, target=program.target, weights=base_weights, output=output,
+        rank=None if spec.output.rank == "auto" else int(spec.output.rank), record=record, model=model,
+    )

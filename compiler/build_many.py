@@ -2,7 +2,7 @@
 
 Each spec is one independent ``build`` (docs/scaling.md): a worker process opens its model, lowers,
 solves and writes ``<out>/<spec stem>.safetensors``. Workers share the embedding cache on disk
-(compiler/embedding_cache.py), so specs over one text encoder encode each prompt once between them
+(compiler/models/embedding_cache.py), so specs over one text encoder encode each prompt once between them
 (its writes are atomic renames). A failing spec is reported and does not stop the others.
 """
 

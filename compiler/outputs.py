@@ -14,7 +14,7 @@ from typing import Iterable
 from erasec.backends.errors import BackendError
 from erasec.patches.outputs import check_output, check_output_folder, erasec_patch_named
 
-from .builtin import builtin_location
+from .models.builtin import builtin_location
 
 
 def model_inputs(location: str | None, cache_dir: Path | None = None) -> tuple[Path, ...]:

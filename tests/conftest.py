@@ -27,7 +27,7 @@ def erasec_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd1_path(erasec_cache_dir: Path) -> Path:
     """The ``builtin:tiny-sd1`` diffusers folder, built once per session."""
-    from erasec.compiler.builtin import builtin_model_path
+    from erasec.compiler.models.builtin import builtin_model_path
 
     return builtin_model_path("tiny-sd1")
 
@@ -35,6 +35,6 @@ def tiny_sd1_path(erasec_cache_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def minilm_sd1_path(erasec_cache_dir: Path) -> Path:
     """The ``builtin:minilm-sd1`` folder (pretrained MiniLM encoder), built once per session."""
-    from erasec.compiler.builtin import builtin_model_path
+    from erasec.compiler.models.builtin import builtin_model_path
 
     return builtin_model_path("minilm-sd1")

@@ -25,7 +25,7 @@ def test_wheel_installs_a_working_command(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "erasec 0.1.0"
     listing = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import erasec.ir, erasec.compiler.tokenizer as t, importlib.resources as r;"
+        [str(venv / "bin" / "python"), "-c", "import erasec.ir, erasec.compiler.models.tokenizer as t, importlib.resources as r;"
          "d = r.files('erasec.compiler') / 'data';"
          "print((d / 'bpe_simple_vocab_16e6.txt.gz').is_file() and (d / 'suites' / 'coco.csv').is_file(), erasec.ir.__file__)"],
         capture_output=True, text=True, cwd=tmp_path,

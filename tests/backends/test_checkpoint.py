@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from erasec.compiler.build import BuildOptions, build
-from erasec.compiler.builtin import builtin_model_path
-from erasec.compiler.model_open import open_model
+from erasec.compiler.models.builtin import builtin_model_path
+from erasec.compiler.models.open import open_model
 
 from test_kohya_diffusers import REL_TOL, SPEC, expected_deltas
 

@@ -15,11 +15,11 @@ import torch
 from safetensors import safe_open
 
 from erasec.compiler.build import build
-from erasec.compiler.builtin import builtin_model_path
-from erasec.compiler.embedding_cache import CachingModel
-from erasec.compiler.lowering import Lowering
-from erasec.compiler.model_open import open_model
-from erasec.compiler.spec import load_spec
+from erasec.compiler.models.builtin import builtin_model_path
+from erasec.compiler.models.embedding_cache import CachingModel
+from erasec.compiler.lowering.lower import Lowering
+from erasec.compiler.models.open import open_model
+from erasec.compiler.frontend.reader import load_spec
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS
 

@@ -105,7 +105,7 @@ def test_a_dropped_preserve_prompt_is_not_reported_as_kept(tmp_path):
 def test_eval_after_compose_does_not_score_a_dropped_prompt_as_preserved(tmp_path):
     """B preserves 'a painting by Van Gogh'; composed with A, which erases Van Gogh, the union's solve
     drops it, and eval's preserved group is what the union was solved to keep."""
-    from erasec.compiler.evaluation import EvalOptions, evaluate_patch
+    from erasec.compiler.eval.run import EvalOptions, evaluate_patch
 
     a, _ = _build(tmp_path, "a", "Van Gogh", ["Claude Monet", "a photo of a cat"])
     b, _ = _build(tmp_path, "b", "Kelly McKernan", [DROPPED, "Pablo Picasso"])
@@ -186,7 +186,7 @@ def test_quiet_libraries_silences_diffusers_and_transformers_bars_imported_after
     import sys
 
     script = (
-        "from erasec.compiler.cli_common import quiet_libraries\n"
+        "from erasec.compiler.cli.common import quiet_libraries\n"
         "quiet_libraries()\n"
         "import diffusers.utils.logging as d, transformers.utils.logging as t\n"
         "from tqdm.auto import tqdm\n"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from erasec.compiler.builtin import BUILTIN_MODELS, builtin_model_path
+from erasec.compiler.models.builtin import BUILTIN_MODELS, builtin_model_path
 from erasec.compiler.errors import ModelError
 
 

@@ -73,9 +73,9 @@ def test_a_prompts_rows_do_not_depend_on_its_company_or_the_thread_count(tiny_sd
     import numpy as np
     import torch
 
-    from erasec.compiler.embedding_cache import CachingModel
-    from erasec.compiler.lowering import prior_prompts
-    from erasec.compiler.model_open import open_model
+    from erasec.compiler.models.embedding_cache import CachingModel
+    from erasec.compiler.lowering.prompts import prior_prompts
+    from erasec.compiler.models.open import open_model
 
     prompts = prior_prompts("coco")[:40]
     model = CachingModel(open_model(str(tiny_sd1_path)), None)
@@ -124,10 +124,10 @@ def test_passes_on_worker_threads_give_the_rows_of_one_thread(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from erasec.compiler.builtin import builtin_model_path
-    from erasec.compiler.embedding_cache import CachingModel
-    from erasec.compiler.lowering import prior_prompts
-    from erasec.compiler.model_open import open_model
+    from erasec.compiler.models.builtin import builtin_model_path
+    from erasec.compiler.models.embedding_cache import CachingModel
+    from erasec.compiler.lowering.prompts import prior_prompts
+    from erasec.compiler.models.open import open_model
 
     source = builtin_model_path("tiny-sdxl.safetensors")
     with safe_open(str(source), framework="pt") as handle:

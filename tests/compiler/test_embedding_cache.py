@@ -51,8 +51,8 @@ def test_the_site_gram_and_base_pin_are_memoised_under_the_weights_file_stamp(tm
     import os
     import shutil
 
-    from erasec.compiler import embedding_cache
-    from erasec.compiler.model import SDModel
+    from erasec.compiler.models import embedding_cache
+    from erasec.compiler.models.sd import SDModel
 
     model = tmp_path / "model"
     shutil.copytree(tiny_sd1_path, model)
@@ -205,7 +205,7 @@ def _wrong_shape(path):
     """A well-formed entry with a valid checksum, for the right key, holding one row too many."""
     import numpy as np
 
-    from erasec.compiler.cache_entries import pack_array, unpack_array
+    from erasec.compiler.models.cache_entries import pack_array, unpack_array
 
     if path.suffix != ".entry":
         return _zero(path)
@@ -226,7 +226,7 @@ def test_a_damaged_entry_is_a_miss_that_is_removed_and_encoded_again(tmp_path, c
     EOFError; any damaged entry, memo or Gram is now encoded again, and the patch is the clean one."""
     import shutil
 
-    from erasec.compiler.cache_entries import unpack_array
+    from erasec.compiler.models.cache_entries import unpack_array
 
     spec, clean_cache, clean = clean_build
     cache = tmp_path / "cache"
@@ -256,7 +256,7 @@ def test_one_flipped_exponent_bit_is_a_miss(tmp_path, clean_build):
 
     import numpy as np
 
-    from erasec.compiler.cache_entries import MAGIC
+    from erasec.compiler.models.cache_entries import MAGIC
 
     spec, clean_cache, clean = clean_build
     cache = tmp_path / "cache"
@@ -281,7 +281,7 @@ def test_swapped_entries_are_misses(tmp_path, clean_build):
     spec, clean_cache, clean = clean_build
     cache = tmp_path / "cache"
     shutil.copytree(clean_cache, cache)
-    from erasec.compiler.cache_entries import unpack_array
+    from erasec.compiler.models.cache_entries import unpack_array
 
     shapes = {}  # entries of one shape: the swap is then caught by the key each entry names
     for path in _row_entries(cache):
@@ -386,6 +386,6 @@ def test_a_damaged_tokenizer_memo_is_read_again(tmp_path, tiny_sd1_path, monkeyp
         damage(memo)
         build(spec, tmp_path / "again.safetensors", options)
         assert (tmp_path / "again.safetensors").read_bytes() == (tmp_path / "first.safetensors").read_bytes()
-        from erasec.compiler.tokenizer import _read_memo
+        from erasec.compiler.models.tokenizer import _read_memo
 
         assert _read_memo(memo, memo.stem.removeprefix("fast-")) is not None  # written again, whole

@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from erasec.compiler.cli import cli
-from erasec.compiler.eval_html import ONE_CONCEPT, figures, render_html
-from erasec.compiler.eval_report import render_table
-from erasec.compiler.evaluation import EvalOptions, evaluate_patch
+from erasec.compiler.eval.html import ONE_CONCEPT, figures, render_html
+from erasec.compiler.eval.report import render_table
+from erasec.compiler.eval.run import EvalOptions, evaluate_patch
 
 SPEC = """\
 erasec: 1
@@ -199,7 +199,7 @@ def test_eval_images_on_sdxl_are_labelled_side_by_side_inside_the_report(tmp_pat
     patch = _build(tmp_path / "xl", "xl", "tiny-sdxl", VAN_GOGH)
     out = tmp_path / "moved-report"
     terminal = _Terminal()
-    monkeypatch.setattr("erasec.compiler.cli_patch.sys", types.SimpleNamespace(stderr=terminal))
+    monkeypatch.setattr("erasec.compiler.cli.patch.sys", types.SimpleNamespace(stderr=terminal))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what use_all_cores() reads first: the usable cores
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -231,11 +231,11 @@ def test_eval_images_on_sdxl_are_labelled_side_by_side_inside_the_report(tmp_pat
 
 
 def test_each_family_generates_with_its_own_pipeline(tiny_sd1_path):
-    from erasec.compiler.eval_images import PIPELINES, image_model
+    from erasec.compiler.eval.images import PIPELINES, image_model
 
     assert image_model("builtin:tiny-sdxl").pipeline == "StableDiffusionXLPipeline"
     assert image_model("builtin:tiny-sd2").pipeline == image_model(str(tiny_sd1_path)).pipeline == "StableDiffusionPipeline"
-    from erasec.compiler.model import FAMILIES
+    from erasec.compiler.models.sd import FAMILIES
 
     assert set(PIPELINES) == set(FAMILIES)  # a new family needs its line
 
@@ -244,7 +244,7 @@ def test_images_of_a_single_file_are_refused_before_any_work(tmp_path, patches, 
     def no_work(*args, **kwargs):
         raise AssertionError("evaluated before refusing")
 
-    monkeypatch.setattr("erasec.compiler.evaluation.evaluate_patch", no_work)
+    monkeypatch.setattr("erasec.compiler.eval.run.evaluate_patch", no_work)
     out = tmp_path / "report"
     result = _run("eval", patches["one"], "--model", "builtin:tiny-sd1.safetensors", "-o", out, "--images", "1")
     assert result.exit_code == 2
@@ -254,7 +254,7 @@ def test_images_of_a_single_file_are_refused_before_any_work(tmp_path, patches, 
 
 
 def test_image_progress_counts_every_image(tmp_path, patches, tiny_sd1_path):
-    from erasec.compiler.eval_images import ImageOptions, image_count, image_grids
+    from erasec.compiler.eval.images import ImageOptions, image_count, image_grids
 
     prompts = {"Van Gogh": ["Van Gogh"], "Kelly McKernan": ["Kelly McKernan"]}
     options = ImageOptions(count=2, steps=1)
@@ -270,7 +270,7 @@ def test_image_progress_counts_every_image(tmp_path, patches, tiny_sd1_path):
 
 def test_image_options_are_checked(tmp_path):
     from erasec.compiler.errors import EvalError
-    from erasec.compiler.eval_images import ImageOptions
+    from erasec.compiler.eval.images import ImageOptions
 
     with pytest.raises(EvalError, match=r"^--images 0: give at least 1$"):
         ImageOptions(count=0)

@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from erasec.compiler.cli import cli
-from erasec.compiler.eval_report import render_html, render_table
-from erasec.compiler.evaluate import displacement, efficacy, recoverability, specificity
-from erasec.compiler.evaluation import EvalOptions, evaluate_patch
-from erasec.compiler.suites import SUITES, Request, SuiteRow, load_suite, sort_prompts, templates
+from erasec.compiler.eval.report import render_html, render_table
+from erasec.compiler.eval.metrics import displacement, efficacy, recoverability, specificity
+from erasec.compiler.eval.run import EvalOptions, evaluate_patch
+from erasec.compiler.eval.suites import SUITES, Request, SuiteRow, load_suite, sort_prompts, templates
 from erasec.patches.read import PatchFile
 
 SPEC = """\
@@ -78,7 +78,7 @@ def test_recoverability_by_hand():
 def test_the_build_scores_a_shared_solution_as_it_would_site_by_site(roles, site_gram):
     from dataclasses import replace
 
-    from erasec.compiler.evaluate import score
+    from erasec.compiler.eval.metrics import score
     from erasec.ir import LayerFactors, SpaceSolution
     from erasec.passes.solve import SolvePass
     from programs import base_weights, random_program
@@ -181,7 +181,7 @@ def test_a_patch_that_does_nothing_erases_nothing_and_keeps_everything(tiny, mon
 
 
 def test_a_patch_that_zeroes_k_and_v_keeps_nothing(tiny, monkeypatch, tiny_sd1_path):
-    from erasec.compiler.model_open import open_model
+    from erasec.compiler.models.open import open_model
 
     base = open_model(str(tiny_sd1_path)).kv_weights()
     monkeypatch.setattr(PatchFile, "layer_delta", lambda self, layer: -np.asarray(base[layer], dtype=np.float64))
@@ -271,7 +271,7 @@ def test_cli_eval_refuses_with_the_reason(tiny, flags, message):
 def test_image_grids_show_base_over_patched_at_the_same_seeds(tiny, tiny_sd1_path):
     from PIL import Image
 
-    from erasec.compiler.eval_images import ImageOptions, image_grids
+    from erasec.compiler.eval.images import ImageOptions, image_grids
 
     clip = _tiny_clip(tiny / "clip")
     grids = image_grids(str(tiny / "patch.safetensors"), tiny_sd1_path, {"Van Gogh": ["Van Gogh", "art by Van Gogh"]},
@@ -287,7 +287,7 @@ def test_image_grids_show_base_over_patched_at_the_same_seeds(tiny, tiny_sd1_pat
 
 def test_a_clip_folder_that_is_not_one_is_refused(tmp_path):
     from erasec.compiler.errors import EvalError
-    from erasec.compiler.eval_images import _clip_scorer
+    from erasec.compiler.eval.images import _clip_scorer
 
     with pytest.raises(EvalError, match=f"--clip-model {tmp_path}: cannot load a CLIP model there"):
         _clip_scorer(str(tmp_path))
@@ -297,7 +297,7 @@ def _tiny_clip(folder):
     """A random 1-layer CLIP with the real tokenizer: enough to exercise the score, offline."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from erasec.compiler.tokenizer import write_clip_tokenizer
+    from erasec.compiler.models.tokenizer import write_clip_tokenizer
 
     tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
     config = CLIPConfig(text_config=dict(tower, vocab_size=49408),

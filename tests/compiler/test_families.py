@@ -1,6 +1,6 @@
 """SD1, SD2 and SDXL, as diffusers folders and single files: targets, rows, loading rules and refusals.
 
-The tiny built-ins stand in for the real families (compiler/builtin.py); their single-file copies
+The tiny built-ins stand in for the real families (compiler/models/builtin/__init__.py); their single-file copies
 (``builtin:NAME.safetensors``) use the LDM/SGM names of research/ecosystem.md §3.
 """
 
@@ -18,10 +18,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from erasec.compiler.build import build
-from erasec.compiler.builtin import builtin_model_path
+from erasec.compiler.models.builtin import builtin_model_path
 from erasec.compiler.cli import cli
 from erasec.compiler.errors import ModelError
-from erasec.compiler.model_open import open_model
+from erasec.compiler.models.open import open_model
 from erasec.ir.naming import ldm_module_path
 
 FAMILIES = {"tiny-sd1": ("sd1", "clip-l", 32), "tiny-sd2": ("sd2", "open-clip-h", 64), "tiny-sdxl": ("sdxl", "clip-l+bigg", 192)}

@@ -9,7 +9,7 @@ import pytest
 from safetensors import safe_open
 
 from erasec.compiler.build import build
-from erasec.compiler.builtin import builtin_model_path
+from erasec.compiler.models.builtin import builtin_model_path
 from erasec.compiler.errors import ModelError
 
 SPEC = "erasec: 1\nname: f\nversion: 1.0.0\nmodel: {model}\n{family}method: uce\nerase: [{{concept: Van Gogh}}]\n"

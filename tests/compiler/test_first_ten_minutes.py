@@ -86,7 +86,7 @@ def test_models_lists_the_builtin_models_with_family_and_cache_location(tiny_sd1
 
 
 def test_methods_marks_the_default_and_build_help_names_single_files():
-    from erasec.compiler.spec import DEFAULT_METHOD
+    from erasec.compiler.frontend.spec import DEFAULT_METHOD
 
     lines = _run("methods").output.splitlines()
     marked = [line for line in lines if "(default" in line]
@@ -185,7 +185,7 @@ def hub_cache(tmp_path, tiny_sd1_path, monkeypatch):
 
 
 def test_hub_id_revision_and_hf_prefix_read_the_snapshot(hub_cache):
-    from erasec.compiler.model_open import open_model
+    from erasec.compiler.models.open import open_model
 
     snapshot = hub_cache / "models--org--tiny-sd1" / "snapshots" / COMMIT
     for location in ("org/tiny-sd1", f"org/tiny-sd1@{COMMIT}", "org/tiny-sd1@main", "hf:org/tiny-sd1"):
@@ -197,7 +197,7 @@ def test_an_existing_path_wins_over_a_hub_id_and_hf_forces_the_hub(hub_cache, tm
     import shutil
 
     from erasec.compiler.errors import ModelError
-    from erasec.compiler.model_open import open_model
+    from erasec.compiler.models.open import open_model
 
     shutil.copytree(hub_cache / "models--org--tiny-sd1" / "snapshots" / COMMIT, tmp_path / "org" / "tiny-sd1")
     assert open_model("org/tiny-sd1").path.resolve() == tmp_path / "org" / "tiny-sd1"  # the folder here, not the cache

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from erasec.compiler.errors import ModelError
-from erasec.compiler.model import SDModel
-from erasec.compiler.model_open import open_model
+from erasec.compiler.models.sd import SDModel
+from erasec.compiler.models.open import open_model
 
 ASTRONAUT = "a photo of an astronaut riding a horse on mars"
 ASTRONAUT_IDS = [49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 525, 7496, 49407]
@@ -92,7 +92,7 @@ def test_kv_weights_equal_diffusers_unet(model: SDModel, tiny_sd1_path: Path) ->
 
 
 def test_large_kv_weights_are_read_on_demand(model: SDModel, monkeypatch) -> None:
-    import erasec.compiler.model as frontend
+    import erasec.compiler.models.sd as frontend
 
     cached = model.kv_weights()
     monkeypatch.setattr(frontend, "KV_CACHE_BYTES", 0)
@@ -134,7 +134,7 @@ def test_site_order_is_numeric_and_down_mid_up(tiny_sd1_path: Path, tmp_path: Pa
 
 @pytest.mark.parametrize("roles", [("k", "v"), ("v",)])
 def test_site_gram_is_the_sum_of_the_edited_sites_grams(model: SDModel, roles, monkeypatch) -> None:
-    monkeypatch.setattr("erasec.compiler.model._GRAM_BLOCK", 5)  # several row blocks per matrix
+    monkeypatch.setattr("erasec.compiler.models.sd._GRAM_BLOCK", 5)  # several row blocks per matrix
     space = model.target.spaces[0]
     weights = model.kv_weights()
     expected = sum(
@@ -159,7 +159,7 @@ def test_half_precision_unet_is_upcast(dtype: torch.dtype, model: SDModel, tmp_p
 
 
 def test_open_and_kv_weights_do_not_load_the_text_encoder(tiny_sd1_path: Path, monkeypatch) -> None:
-    import erasec.compiler.text_encoders as text_encoders
+    import erasec.compiler.models.text_encoders as text_encoders
 
     calls = []
     original = text_encoders.assemble_clip
@@ -309,7 +309,7 @@ def test_corrupt_unet_file(damage: str, detail: str, tiny_sd1_path: Path, tmp_pa
 
 
 def test_unknown_builtin() -> None:
-    from erasec.compiler.builtin import BUILTIN_MODELS
+    from erasec.compiler.models.builtin import BUILTIN_MODELS
 
     assert _open_error("builtin:nope") == (
         f"builtin:nope: unknown built-in model; available: {', '.join(BUILTIN_MODELS)} "

@@ -23,7 +23,8 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from erasec.compiler.builtin import TEXT_CONFIG_METADATA, UNET_CONFIG_METADATA, builtin_model_path, write_single_file
+from erasec.compiler.models.builtin import builtin_model_path, write_single_file
+from erasec.compiler.models.layout import TEXT_CONFIG_METADATA, UNET_CONFIG_METADATA
 from erasec.compiler.cli import cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

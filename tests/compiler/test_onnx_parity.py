@@ -7,7 +7,7 @@ shapes, which exports faster). The SDXL patch uses ``options.pooled``, so its 14
 ``add_embedding.linear_1`` (a ``Gemm`` in the graph) beside the 140 K/V MatMuls, and its graphs
 take ``text_embeds`` and ``time_ids``. Measured here: about 1e-6 in every case. Each graph is
 exported once per session, on first use; ``unet_graphs("tiny-sd1.safetensors", …)`` exports the
-single-file copy (UNet config from its header, compiler/unet_configs.py).
+single-file copy (UNet config from its header, compiler/models/unet_configs.py).
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from erasec.backends.onnx import load_graph
 from erasec.compiler.build import BuildOptions, build
 from erasec.compiler.cli import cli
 from erasec.compiler.errors import BuildError
-from erasec.compiler.onnx_apply import apply_onnx
-from erasec.compiler.onnx_export import ExportOptions, export_onnx
-from erasec.compiler.onnx_runtime import (
+from erasec.compiler.onnx_graphs.apply import apply_onnx
+from erasec.compiler.onnx_graphs.export import ExportOptions
+from erasec.compiler.onnx_graphs.export_model import export_onnx
+from erasec.compiler.onnx_graphs.runtime import (
     choose_providers, open_session, run_onnx, run_step, sdxl_time_ids, unet_inputs,
 )
 
@@ -101,7 +102,7 @@ def reference(onnx_patch):
     32×32 image) and the PyTorch UNet's output before and after diffusers fuses the patch at 1.0."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from erasec.compiler.builtin import builtin_model_path
+    from erasec.compiler.models.builtin import builtin_model_path
 
     references = {}
 
@@ -302,7 +303,7 @@ ENCODER_OUTPUTS = {
 def test_cli_export_onnx_text_encoders(erasec_cache_dir, tmp_path, model):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from erasec.compiler.builtin import builtin_model_path
+    from erasec.compiler.models.builtin import builtin_model_path
 
     out = tmp_path / "export"
     folder_model = model.removesuffix(".safetensors")
@@ -350,7 +351,7 @@ def test_single_file_exports_the_folders_unet(unet_graphs, model):
     diffusers' converter) gives the graph of the folder's UNet. Measured: about 1e-6."""
     from diffusers import UNet2DConditionModel
 
-    from erasec.compiler.builtin import builtin_model_path
+    from erasec.compiler.models.builtin import builtin_model_path
 
     session = open_session(unet_graphs(f"{model}.safetensors", "legacy"), ["CPUExecutionProvider"])
     feeds = unet_inputs(session, batch=2, size=16)

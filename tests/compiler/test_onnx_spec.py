@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from erasec.compiler.errors import SpecError
-from erasec.compiler.spec import dump_spec, parse_spec
+from erasec.compiler.frontend.reader import parse_spec
+from erasec.compiler.frontend.spec import dump_spec
 
 HEAD = "erasec: 1\nname: n\nversion: 1.0.0\nerase: [{concept: Van Gogh}]\n"
 

@@ -75,8 +75,8 @@ def no_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the command started its work before refusing the output path")
 
-    import erasec.compiler.evaluation as evaluation
-    import erasec.compiler.model_open as model_open
+    import erasec.compiler.eval.run as evaluation
+    import erasec.compiler.models.open as model_open
 
     monkeypatch.setattr(model_open, "open_model", forbidden)
     monkeypatch.setattr(evaluation, "evaluate_patch", forbidden)

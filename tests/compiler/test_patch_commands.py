@@ -413,8 +413,8 @@ def test_flipped_metadata_bits_fail_inspect_verify_and_apply(built, tmp_path):
 
 def test_verify_fails_a_nan_delta_error(built, tmp_path, monkeypatch):
     """Issue 16 item 7: `error > worst` is False for NaN, so a NaN ΔW error used to pass."""
-    from erasec.compiler import patch_verify
-    from erasec.compiler.model_open import open_model
+    from erasec.compiler.tools import verify as patch_verify
+    from erasec.compiler.models.open import open_model
 
     patch = read_patch(built["a"])
     layer = patch.layers()[5]
@@ -479,7 +479,7 @@ def test_a_speed_patch_declares_only_the_layers_it_edits(tmp_path):
 def test_a_pooled_sdxl_patch_verifies_and_applies_against_its_own_model(tmp_path, model):
     """examples/sdxl-single-file.yaml (``options.pooled: true``) through build, verify and apply, on
     the single file it names and on the diffusers folder it was exported from."""
-    from erasec.compiler.model_open import open_model
+    from erasec.compiler.models.open import open_model
 
     example = Path(__file__).parents[2] / "examples" / "sdxl-single-file.yaml"
     spec = tmp_path / "sdxl.yaml"

@@ -1,8 +1,8 @@
 """A model's pins: the text-encoder pin is the same for a diffusers folder and its single-file export."""
 
-from erasec.compiler.builtin import write_single_file
-from erasec.compiler.model_open import open_model
-from erasec.compiler.pins import model_base_pin, model_text_encoder_pin, storage_dtype, text_encoder_tensors
+from erasec.compiler.models.builtin import write_single_file
+from erasec.compiler.models.open import open_model
+from erasec.compiler.models.pins import model_base_pin, model_text_encoder_pin, storage_dtype, text_encoder_tensors
 
 
 def test_folder_and_single_file_pin_the_same_encoder_and_base(tiny_sd1_path, tmp_path):

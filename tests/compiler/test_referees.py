@@ -223,7 +223,7 @@ def test_compose_reruns_the_rece_recipe_on_the_union(tmp_path, parts):
     """rece is sequential, so linked patches cannot be added; compose builds the union spec instead
     (the recipe re-run on both concepts, ' ' retained once per erase prompt), which is the referee's
     two-concept result."""
-    from erasec.compiler.patch_compose import compose_patches
+    from erasec.compiler.tools.compose import compose_patches
 
     paths = []
     for name, concept in (("a", "Van Gogh"), ("b", "nudity")):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from erasec.compiler.model_open import open_model
+from erasec.compiler.models.open import open_model
 
 
 @pytest.fixture(scope="module")

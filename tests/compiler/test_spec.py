@@ -12,15 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from erasec.compiler.errors import SpecError
-from erasec.compiler.spec import (
+from erasec.compiler.frontend.spec import (
     EraseEntry,
     Options,
     OutputSpec,
     Spec,
     dump_spec,
-    load_spec,
-    parse_spec,
 )
+from erasec.compiler.frontend.reader import load_spec, parse_spec
 
 METHODS = ("erasec", "uce", "uce-legacy", "time", "rece", "speed")
 
@@ -596,7 +595,7 @@ def test_fuzz_seed_is_valid(tmp_path_factory: pytest.TempPathFactory) -> None:
 def test_options_rece_is_checked_where_it_is_written(tmp_path):
     """options.rece: a recipe of the rece pass's, bounded rounds and attack_lambda, a retain set;
     its recipe names are the pass's own (spec reading does not import the pass and its scipy)."""
-    from erasec.compiler.spec_parts import RECE_RECIPES
+    from erasec.compiler.frontend.parts import RECE_RECIPES
     from erasec.passes.rece import RECIPES
 
     assert RECE_RECIPES == tuple(RECIPES)
@@ -621,7 +620,7 @@ def test_options_rece_is_checked_where_it_is_written(tmp_path):
 
 
 def test_options_rece_needs_a_rece_pass(tmp_path):
-    from erasec.compiler.build import pipeline_text
+    from erasec.compiler.frontend.methods import pipeline_text
 
     path = tmp_path / "spec.yaml"
     path.write_text("erasec: 1\nname: r\nversion: 1.0.0\nmodel: builtin:tiny-sd1\nmethod: uce\n"

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from erasec.compiler.errors import SpecError
-from erasec.compiler.patch_spec import spec_from_dict
-from erasec.compiler.spec import load_spec, parse_spec
+from erasec.compiler.frontend.from_patch import spec_from_dict
+from erasec.compiler.frontend.reader import load_spec, parse_spec
 from erasec.ir.errors import ErasecError
 
 METHODS = ("erasec", "uce", "uce-legacy", "time", "rece", "speed")
@@ -150,7 +150,7 @@ def test_bounds(extra, message):
 
 
 def test_a_lone_surrogate_in_a_concept_is_refused_by_the_python_loader_too(monkeypatch):
-    import erasec.compiler.yaml_nodes as yaml_nodes
+    import erasec.compiler.frontend.yaml_nodes as yaml_nodes
 
     monkeypatch.setattr(yaml_nodes, "_C_LOADER", None)  # PyYAML's own loader reads "\udc80" as U+DC80
     with pytest.raises(SpecError) as info:

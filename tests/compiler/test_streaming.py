@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from erasec.compiler.build import BuildOptions, build
-from erasec.compiler.evaluate import score
-from erasec.compiler.lowering import Lowering
-from erasec.compiler.model_open import open_model
-from erasec.compiler.spec import parse_spec
+from erasec.compiler.eval.metrics import score
+from erasec.compiler.lowering.lower import Lowering
+from erasec.compiler.models.open import open_model
+from erasec.compiler.frontend.reader import parse_spec
 from erasec.passes.pipeline import Pipeline
 from erasec.passes.presets import PRESETS
 

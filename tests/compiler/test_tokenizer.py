@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from erasec.compiler.errors import ModelError
-from erasec.compiler.tokenizer import load_clip_tokenizer, write_clip_tokenizer
+from erasec.compiler.models.tokenizer import load_clip_tokenizer, write_clip_tokenizer
 
 ASTRONAUT = "a photo of an astronaut riding a horse on mars"
 # Real CLIP ids of ASTRONAUT (the same from open_clip's SimpleTokenizer and SD1.5's tokenizer/).
@@ -91,9 +91,9 @@ def test_folder_without_tokenizer_files(tmp_path: Path) -> None:
 def test_fast_tokenizer_gives_transformers_ids(kind, tmp_path, minilm_sd1_path) -> None:
     """The memoised Rust tokenizer gives the transformers tokenizer's ids on every shipped suite
     prompt (and the pad id), so a warm rebuild that never imports transformers keys the same rows."""
-    from erasec.compiler.semantic import load_bert_tokenizer
-    from erasec.compiler.suites import SUITES, load_suite
-    from erasec.compiler.tokenizer import OPEN_CLIP_PAD_TOKEN, FastTokenizer, remembered_tokenizer
+    from erasec.compiler.models.builtin.minilm import load_bert_tokenizer
+    from erasec.compiler.eval.suites import SUITES, load_suite
+    from erasec.compiler.models.tokenizer import OPEN_CLIP_PAD_TOKEN, FastTokenizer, remembered_tokenizer
 
     if kind == "bert":
         folder, load = minilm_sd1_path / "tokenizer", load_bert_tokenizer

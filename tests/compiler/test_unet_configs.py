@@ -1,4 +1,4 @@
-"""Single-file UNet configs: the family tables, the header record, and refusals (compiler/unet_configs.py)."""
+"""Single-file UNet configs: the family tables, the header record, and refusals (compiler/models/unet_configs.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import json
 import pytest
 from safetensors.torch import load_file, save_file
 
-from erasec.compiler import layout
-from erasec.compiler.builtin import UNET_CONFIG_METADATA, builtin_model_path
+from erasec.compiler.models import layout
+from erasec.compiler.models.builtin import builtin_model_path
+from erasec.compiler.models.layout import UNET_CONFIG_METADATA
 from erasec.compiler.errors import ModelError
-from erasec.compiler.onnx_export import ExportOptions, export_onnx
-from erasec.compiler.tensor_files import TensorFile
-from erasec.compiler.unet_configs import FAMILY_UNETS, load_single_file_unet, single_file_unet
+from erasec.compiler.onnx_graphs.export import ExportOptions
+from erasec.compiler.onnx_graphs.export_model import export_onnx
+from erasec.compiler.models.tensor_files import TensorFile
+from erasec.compiler.models.unet_configs import FAMILY_UNETS, load_single_file_unet, single_file_unet
 
 # research/ecosystem.md §3.3–§3.4: UNet parameters of SD1.5, SD2.x and SDXL base
 PARAMETERS = {"sd1": 859_520_964, "sd2": 865_910_724, "sdxl": 2_567_463_684}
@@ -60,7 +62,7 @@ def test_single_file_unet_is_the_folders_bit_for_bit(erasec_cache_dir, model):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from erasec.compiler.model_open import open_model
+    from erasec.compiler.models.open import open_model
 
     opened = open_model(f"builtin:{model}.safetensors")
     ours = load_single_file_unet(opened._file, opened.family, opened.location)

@@ -1,0 +1,51 @@
+"""Which rows of an encoded prompt and its guide pair up (a preset's row rule, ``lower.py``'s
+docstring), and the order prompts are encoded in."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .prompts import time_alignment
+
+
+def length_batches(items: list, width, size: int) -> list[list[int]]:
+    """Indices of ``items`` in batches of ``size``, ordered by ``width(item)`` (the token length a batch
+    pads to), then by position: short prompts are encoded together, as ``SDModel.encode`` orders
+    them, and the order depends only on the items."""
+    order = sorted(range(len(items)), key=lambda i: (width(items[i]), i))
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+class RowRule:
+    """A preset's row rule (module docstring): which rows of a prompt and its guide pair up."""
+
+    def __init__(self, rule: str, ids: dict[str, list[int]], last: dict[str, int]) -> None:
+        self.rule, self.ids, self.last = rule, ids, last
+
+    def count(self, prompt: str, guide: str) -> int:
+        if self.rule == "legacy_span":
+            return 77 - max(self.last[prompt], self.last[guide])
+        return 77 if self.rule == "time_aligned" else 1
+
+    def select(self, prompt: str, guide: str, old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(prompt rows, their guide rows, their token positions) from the two encodings."""
+        if self.rule == "legacy_span":
+            i, j = self.last[prompt], self.last[guide]
+            f = max(i, j)
+            old, new = old[i : 77 - (f - i)], new[j : 77 - (f - j)]
+            return old, new, np.arange(i, i + old.shape[0])
+        if self.rule == "time_aligned":
+            return old, new[time_alignment(self.ids[prompt], self.ids[guide], old.shape[0])], np.arange(old.shape[0])
+        i, j = self.last[prompt], self.last[guide]
+        return old[i][None], new[j][None], np.arange(i, i + 1)
+
+    def width(self, *prompts: str) -> int:
+        """The unpadded token length the longest of ``prompts`` encodes at."""
+        return max(len(self.ids[prompt]) for prompt in prompts)
+
+    def subject(self, prompt: str, tokens: np.ndarray) -> np.ndarray:
+        """A mask over ``tokens``: the prompt's subject (last-token) row, or the first row if it has none."""
+        mask = tokens == self.last[prompt]
+        if not mask.any():
+            mask[0] = True
+        return mask

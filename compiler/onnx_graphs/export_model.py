@@ -1,0 +1,138 @@
+"""``erasec export-onnx``'s model side: open the model at a location, load each component as the
+builds read it (a single file's UNet and text encoders included) and write its graphs
+(``export.py``) and tokenizers into one folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from erasec.backends.onnx import load_graph, write_graph
+
+from ..errors import BuildError
+from .export import COMPONENTS, ExportOptions, ExportResult, export_text_encoder, export_unet
+
+logger = logging.getLogger(__name__)
+
+
+def export_onnx(location: str, folder: str | Path, options: ExportOptions = ExportOptions()) -> ExportResult:
+    """Export the components of the model at ``location`` (a diffusers folder, a single-file
+    checkpoint or ``builtin:NAME[.safetensors]``) to ``folder``.
+
+    A single file's UNet config is its family's, or the one its header records, confirmed against
+    its tensors (``compiler/models/unet_configs.py``); its text encoders are read as builds read them, and
+    its tokenizers are erasec's CLIP vocabulary with each encoder's pad token.
+    """
+    from ..models.open import open_model
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise BuildError(f"{folder}: is a file; give a folder to export into")
+    from erasec.patches.outputs import check_output_folder
+
+    from ..outputs import model_inputs
+
+    check_output_folder(folder, inputs=model_inputs(location))  # before any work (compiler/outputs.py)
+    model = open_model(location)
+    single = model.layout != "diffusers"
+    if single:
+        present = ("unet", *(component for component, _, _ in model.encoders))
+    else:
+        present = tuple(c for c in COMPONENTS if c == "unet" or (model.path / c).is_dir())
+    components = options.components or present
+    absent = [component for component in components if component not in present]
+    if absent:
+        raise BuildError(f"{location}: a {model.family} model has no {absent[0]}; components are {', '.join(present)}")
+    text_embeds_dim = _text_embeds_dim(model) if "text_encoder_2" in present else None
+    sdxl = model.family == "sdxl"
+    seconds: dict[str, float] = {}
+    files: dict[str, Path] = {}
+    for component in components:
+        clock = time.perf_counter()
+        module = _load_single_file_component(model, component) if single else _load_component(model.path, component)
+        target = folder / component / "model.onnx"
+        with tempfile.TemporaryDirectory(prefix="erasec-export-") as scratch:
+            scratch_file = Path(scratch) / "model.onnx"
+            if component == "unet":
+                export_unet(module, scratch_file, options, text_embeds_dim=text_embeds_dim)
+            else:
+                export_text_encoder(module, scratch_file, options, hidden_states=sdxl)
+            graph = load_graph(scratch_file)
+            graph.producer_name = f"erasec export-onnx ({options.exporter} exporter)"
+            write_graph(graph, target)
+        files[component] = target
+        seconds[component] = time.perf_counter() - clock
+        logger.info("exported %s in %.1fs", component, seconds[component])
+    _write_tokenizers(model, folder, components)
+    return ExportResult(
+        folder=folder, files=files, exporter=options.exporter, opset=options.opset_version, seconds=seconds
+    )
+
+
+def _write_tokenizers(model, folder: Path, components) -> None:
+    """Beside each exported encoder its tokenizer: the folder's copy, or for a single file erasec's
+    CLIP vocabulary padding as the family's encoder does (what builds tokenize with)."""
+    from ..models.sd import TOKENIZER_OF
+    from ..models.tokenizer import write_clip_tokenizer
+
+    pads = {component: pad for component, _, pad in model.encoders}
+    for component, tokenizer in TOKENIZER_OF.items():
+        if component not in components:
+            continue
+        if model.layout != "diffusers":
+            write_clip_tokenizer(folder / tokenizer, pad_token=pads[component])
+        elif (model.path / tokenizer).is_dir():
+            shutil.copytree(model.path / tokenizer, folder / tokenizer, dirs_exist_ok=True)
+
+
+def _text_embeds_dim(model) -> int | None:
+    """text_encoder_2's ``projection_dim``: the width of SDXL's ``text_embeds``."""
+    if model.layout == "diffusers":
+        return _read_config(model.path / "text_encoder_2").get("projection_dim")
+    from ..models.layout import OPEN_CLIP_PREFIXES
+
+    shape = model._file.shapes.get(OPEN_CLIP_PREFIXES["sdxl"] + "text_projection")
+    return shape[1] if shape else None
+
+
+def _load_single_file_component(model, component: str):
+    """A component of a single-file checkpoint, float32 and without hooks, ready to trace."""
+    import torch
+
+    from ..models.text_encoders import load_single_file_encoder
+    from ..models.unet_configs import load_single_file_unet
+
+    if component == "unet":
+        return load_single_file_unet(model._file, model.family, model.location)
+    encoder = load_single_file_encoder(model._file, model.family, component, fp32_compute=False)
+    return encoder.to(torch.float32).eval()
+
+
+def _read_config(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise BuildError(f"{path / 'config.json'}: cannot read it ({error})") from error
+
+
+def _load_component(path: Path, component: str):
+    import torch
+
+    try:
+        if component == "unet":
+            from diffusers import UNet2DConditionModel
+
+            return UNet2DConditionModel.from_pretrained(str(path / "unet"), torch_dtype=torch.float32).eval()
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        kind = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
+        return kind.from_pretrained(str(path / component), local_files_only=True, dtype=torch.float32).eval()
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise BuildError(f"{path / component}: cannot load the {component} ({first})") from error
