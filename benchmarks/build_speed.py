@@ -313,7 +313,7 @@ def build_prompts(n: int, preset: str) -> list[str]:
     """The prompts a build of ``spec_text(n, preset)`` encodes: the spec's, the blank guide and the
     empty prompt, and the preset's preserve prior."""
     from erasec.compiler.lowering.prompts import prior_prompts
-    from erasec.passes.presets import PRESETS
+    from erasec.compiler.frontend.presets import PRESETS
 
     prior = PRESETS[preset].prior
     prompts = [f"artist {i}" for i in range(n)] + [f"painter {j}" for j in range(n)] + ["", " "]

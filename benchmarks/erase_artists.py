@@ -99,7 +99,7 @@ def run(sizes, methods, seed=0):
     from erasec.compiler.models.open import open_model
     from erasec.compiler.frontend.reader import parse_spec
     from erasec.passes.pipeline import Pipeline
-    from erasec.passes.presets import PRESETS
+    from erasec.compiler.frontend.presets import PRESETS
 
     model = RecordingModel(open_model("builtin:minilm-sd1"))
     weights = {k: np.asarray(v, dtype=np.float64) for k, v in model.kv_weights().items()}

@@ -19,7 +19,7 @@ from erasec.ir.threads import one_blas_thread
 from erasec.passes.base import EditPass
 from erasec.passes.filter_preserve import drop_named
 from erasec.passes.pipeline import Pipeline
-from erasec.passes.presets import PRESETS
+from erasec.compiler.frontend.presets import PRESETS
 from erasec.patches.link import encode_encodings, encode_shared
 
 from .emit import BACKENDS, Emit, PatchRecord, check_rank, emit

@@ -2,7 +2,7 @@
 
 from .arrays import frozen_array, structurally_equal
 from .errors import ErasecError, VerifyError
-from .program import Diagnostic, EditProgram, SpaceProgram
+from .program import Diagnostic, EditProgram, SpaceProgram, phrase_pattern
 from .rows import EraseRows, HardRows, MomentSum, Moments, PreserveRows, Provenance, empty_hard, empty_preserve
 from .solution import DtypeReport, LayerFactors, Solution, SolveReport, SpaceSolution
 from .target import KeySpace, LinearSite, ModelTarget
@@ -11,8 +11,8 @@ __all__ = [
     "Diagnostic",
     "DtypeReport",
     "EditProgram",
-    "ErasecError",
     "EraseRows",
+    "ErasecError",
     "HardRows",
     "KeySpace",
     "LayerFactors",
@@ -30,5 +30,6 @@ __all__ = [
     "empty_hard",
     "empty_preserve",
     "frozen_array",
+    "phrase_pattern",
     "structurally_equal",
 ]

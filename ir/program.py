@@ -12,6 +12,7 @@ pass turns them into hard rows.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +23,15 @@ from .errors import VerifyError
 from .rows import EraseRows, HardRows, PreserveRows
 from .solution import Solution
 from .target import ModelTarget
+
+
+def phrase_pattern(phrases: list[str]) -> re.Pattern | None:
+    """One regex matching any phrase as whole words, case-insensitively (longest first): how
+    ``filter-preserve`` and the lowering tell that a prompt names a request's phrase."""
+    words = sorted({p.strip() for p in phrases if p.strip()}, key=lambda p: (-len(p), p))
+    if not words:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

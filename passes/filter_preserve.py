@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from erasec.ir import Diagnostic, EditProgram
+from erasec.ir import Diagnostic, EditProgram, phrase_pattern
 
 from .base import EditPass
 from .errors import PassError
@@ -29,17 +29,9 @@ _PRIOR_TAG = re.compile(r"^<prior [^>]*> ")
 
 def preserve_text(prompt: str) -> str:
     """The words of a preserve prompt: a prior's captions carry a ``<prior NAME>`` tag in their
-    provenance (``compiler/lowering.py``), which is not part of the text (erasing "Coco" must not
+    provenance (``compiler/lowering/lower.py``), which is not part of the text (erasing "Coco" must not
     drop the COCO prior)."""
     return _PRIOR_TAG.sub("", prompt)
-
-
-def phrase_pattern(phrases: list[str]) -> re.Pattern | None:
-    """One regex matching any phrase as whole words, case-insensitively (longest first)."""
-    words = sorted({p.strip() for p in phrases if p.strip()}, key=lambda p: (-len(p), p))
-    if not words:
-        return None
-    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
 
 
 def drop_named(program: EditProgram) -> tuple[EditProgram, dict[str, str]]:

@@ -168,7 +168,7 @@ def cache_clear(as_json) -> None:
 @cli.command()
 def methods() -> None:
     """List the methods (presets) a spec's ``method:`` can name; the default is marked."""
-    from erasec.passes.presets import PRESETS
+    from erasec.compiler.frontend.presets import PRESETS
 
     from ..frontend.spec import DEFAULT_METHOD
 

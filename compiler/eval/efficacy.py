@@ -48,7 +48,7 @@ def _stored_solution(patch: PatchFile, space) -> Solution:
 
 def efficacy_check(patch: PatchFile, model, tolerance_of: Callable) -> dict:
     from erasec.passes.pipeline import Pipeline
-    from erasec.passes.presets import PRESETS
+    from erasec.compiler.frontend.presets import PRESETS
 
     from .metrics import score
     from ..lowering.lower import Lowering

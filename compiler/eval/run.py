@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from erasec.passes.pipeline import Pipeline
-from erasec.passes.presets import PRESETS
+from erasec.compiler.frontend.presets import PRESETS
 from erasec.patches.solution import patch_target
 from erasec.patches.read import read_patch
 

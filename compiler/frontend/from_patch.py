@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import yaml
 
-from erasec.passes.presets import PRESETS
+from erasec.compiler.frontend.presets import PRESETS
 
 from .reader import parse_spec
 from .spec import Spec

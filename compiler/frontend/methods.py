@@ -7,7 +7,7 @@ import dataclasses
 
 from erasec.passes.check_conflicts import CheckConflictsPass
 from erasec.passes.pipeline import Pipeline
-from erasec.passes.presets import PRESETS
+from erasec.compiler.frontend.presets import PRESETS
 
 from ..errors import SpecError
 from .spec import Spec

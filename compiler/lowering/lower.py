@@ -30,9 +30,19 @@ from dataclasses import replace
 
 import numpy as np
 
-from erasec.ir import Diagnostic, EditProgram, EraseRows, HardRows, MomentSum, PreserveRows, Provenance, SpaceProgram, empty_hard
-from erasec.passes.filter_preserve import phrase_pattern
-from erasec.passes.presets import Preset
+from erasec.ir import (
+    Diagnostic,
+    EditProgram,
+    EraseRows,
+    HardRows,
+    MomentSum,
+    PreserveRows,
+    Provenance,
+    SpaceProgram,
+    empty_hard,
+    phrase_pattern,
+)
+from erasec.compiler.frontend.presets import Preset
 
 from ..errors import ModelError
 from ..frontend.spec import Spec

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from erasec.passes.presets import Preset
+from erasec.compiler.frontend.presets import Preset
 
 from ..frontend.spec import Spec
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from erasec.passes.filter_preserve import drop_named
 from erasec.passes.pipeline import Pipeline
-from erasec.passes.presets import PRESETS
+from erasec.compiler.frontend.presets import PRESETS
 from erasec.patches.outputs import check_output, erasec_patch_named
 from erasec.patches.pin import pins_match
 from erasec.patches.solution import patch_target

@@ -21,7 +21,7 @@ from erasec.compiler.lowering.lower import Lowering
 from erasec.compiler.models.open import open_model
 from erasec.compiler.frontend.reader import load_spec
 from erasec.passes.pipeline import Pipeline
-from erasec.passes.presets import PRESETS
+from erasec.compiler.frontend.presets import PRESETS
 
 SPEC = """\
 erasec: 1

@@ -16,7 +16,7 @@ from erasec.compiler.lowering.lower import Lowering
 from erasec.compiler.models.open import open_model
 from erasec.compiler.frontend.reader import parse_spec
 from erasec.passes.pipeline import Pipeline
-from erasec.passes.presets import PRESETS
+from erasec.compiler.frontend.presets import PRESETS
 
 CONCEPTS = ["Van Gogh", "Claude Monet", "Kelly McKernan", "Greg Rutkowski", "Salvador Dali"]
 PRESERVE = ["Pablo Picasso", "a painting by Van Gogh", "a photo of a cat", "Rembrandt", "Frida Kahlo"]

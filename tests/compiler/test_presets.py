@@ -13,7 +13,7 @@ import pytest
 
 from erasec.ir import EraseRows, HardRows, PreserveRows, Provenance
 from erasec.passes.pipeline import Pipeline
-from erasec.passes.presets import PRESETS
+from erasec.compiler.frontend.presets import PRESETS
 from programs import base_weights, random_program
 
 DIM = 10

@@ -1,5 +1,7 @@
 """Methods: named presets of a pass pipeline plus the lowering defaults of the published method.
 
+A spec's ``method:`` names one; the lowering reads its row rule, guides and prior, and the build its
+pipeline string. No pass reads a preset, so the table lives in the frontend, not in ``passes/``.
 Reference defaults are from research/methods.md §1.2, §1.3 and §10 (items 1–9). ``erasec methods``
 prints this table.
 """
