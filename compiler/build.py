@@ -14,11 +14,9 @@ from typing import Callable
 
 from erasec.ir import EditProgram
 from erasec.ir.errors import ErasecError
-from erasec.ir.printer import print_program
 from erasec.ir.threads import one_blas_thread
-from erasec.passes.base import EditPass
 from erasec.passes.filter_preserve import drop_named
-from erasec.passes.pipeline import Pipeline
+from erasec.passes.pipeline import Pipeline, ir_callback
 from erasec.compiler.frontend.presets import PRESETS
 from erasec.patches.link import encode_encodings, encode_shared
 
@@ -41,6 +39,7 @@ class BuildOptions:
     model: str | None = None  # overrides the spec's model
     print_ir_after: tuple[str, ...] = ()  # pass names, or ("all",)
     verify_each: bool = False
+    print_ir_changed: bool = False  # print the IR after each pass that changed it
     allow_pickle: bool = False  # open .ckpt/.pt models with torch.load(weights_only=True)
     allow_outside_spec: bool = False  # let the spec name files outside its folder (compiler/frontend/parts.py)
     cache: bool = True  # reuse text-encoder rows from the embedding cache (compiler/models/embedding_cache.py)
@@ -109,17 +108,9 @@ def _check_print_ir_after(names: tuple[str, ...]) -> None:
 
 
 def _ir_callback(options: BuildOptions, emit: Callable[[str], None]):
-    wanted = set(options.print_ir_after)
-
-    def callback(previous: EditPass | None, program: EditProgram, following: EditPass | None) -> None:
-        if previous is None:
-            return
-        if options.verify_each:
-            program.verify()
-        if "all" in wanted or previous.name in wanted:
-            emit(f"// ----- IR after {previous} ----- //\n{print_program(program)}")
-
-    return callback
+    return ir_callback(
+        emit, print_after=options.print_ir_after, print_changed=options.print_ir_changed, verify_each=options.verify_each
+    )
 
 
 BUILD_STAGES = ("load", "encode", "solve", "evaluate", "emit")

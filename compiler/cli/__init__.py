@@ -50,6 +50,7 @@ def cli() -> None:
 @click.option(
     "--print-ir-after", default=None, help="print the IR to stderr after these passes (comma list, or 'all')"
 )
+@click.option("--print-ir-changed", is_flag=True, help="print the IR to stderr after each pass that changed it")
 @click.option("--verify-each", is_flag=True, help="verify the IR after every pass")
 @click.option(
     "--allow-pickle", is_flag=True, help="open a .ckpt/.pt model (read with torch.load(weights_only=True))"
@@ -58,7 +59,8 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="replace an existing -o file that is not an erasec patch of the spec's name "
               "(never an input, a link or a device)")
 @click.option("--allow-outside-spec", is_flag=True, help="let the spec name files outside its folder (trusted specs only)")
-def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickle, no_cache, force, allow_outside_spec) -> None:
+def build(spec, output, model, as_json, print_ir_after, print_ir_changed, verify_each, allow_pickle, no_cache, force,
+          allow_outside_spec) -> None:
     """Compile SPEC into a LoRA patch.
 
     -o is checked before any work: a rebuild replaces an erasec patch of the same name; any other
@@ -71,8 +73,8 @@ def build(spec, output, model, as_json, print_ir_after, verify_each, allow_pickl
     return_freed_memory()
     wanted = tuple(p.strip() for p in print_ir_after.split(",")) if print_ir_after else ()
     options = BuildOptions(
-        model=model, print_ir_after=wanted, verify_each=verify_each, allow_pickle=allow_pickle, cache=not no_cache,
-        force=force, allow_outside_spec=allow_outside_spec,
+        model=model, print_ir_after=wanted, print_ir_changed=print_ir_changed, verify_each=verify_each,
+        allow_pickle=allow_pickle, cache=not no_cache, force=force, allow_outside_spec=allow_outside_spec,
     )
     from ..build import BUILD_STAGES
 

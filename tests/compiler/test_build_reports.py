@@ -198,3 +198,21 @@ def test_quiet_libraries_silences_diffusers_and_transformers_bars_imported_after
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
+
+
+def test_print_ir_changed_prints_only_the_passes_that_changed_the_program(tmp_path):
+    """canonicalize finds nothing to merge in a two-concept spec and returns the same program: with
+    --print-ir-changed it prints nothing, solve and compress print; --print-ir-after=all prints all."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "erasec: 1\nname: ir\nversion: 1.0.0\nmodel: builtin:tiny-sd1\nmethod: uce\n"
+        "erase: [{concept: Van Gogh, anchor: art}, {concept: Kelly McKernan}]\n"
+    )
+
+    def banners(*flags):
+        result = _run("build", spec, "-o", tmp_path / "p.safetensors", *flags)
+        assert result.exit_code == 0, result.output
+        return [line.split(" ")[4].split("{")[0] for line in result.stderr.splitlines() if "----- IR after" in line]
+
+    assert banners("--print-ir-changed") == ["solve", "compress"]
+    assert banners("--print-ir-after", "all") == ["canonicalize", "solve", "compress"]
