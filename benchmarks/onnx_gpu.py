@@ -84,7 +84,7 @@ def parity(work: Path, ort) -> list[dict]:
 
     from erasec.compiler.build import BuildOptions, build
     from erasec.compiler.models.builtin import builtin_model_path
-    from erasec.compiler.onnx_graphs.apply import apply_onnx
+    from erasec.backends.onnx.apply import apply_onnx
     from erasec.compiler.onnx_graphs.export import ExportOptions
     from erasec.compiler.onnx_graphs.export_model import export_onnx
 

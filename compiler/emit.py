@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from erasec.backends.checkpoint import CheckpointSource, write_checkpoint
+from erasec.backends.checkpoint import write_checkpoint
 from erasec.backends.kohya import KohyaOptions, build_kohya
 from erasec.backends.peft import PeftOptions, build_peft
 from erasec.ir import ModelTarget, Solution
@@ -22,6 +22,7 @@ from erasec.patches.manifest import Manifest, write_patch
 
 from .errors import SpecError
 from .frontend.spec import Spec
+from .models.protocol import TextModel
 from .version import erasec_version
 
 
@@ -53,7 +54,7 @@ class Emit:
     output: Path
     rank: int | None = None
     record: PatchRecord | None = None
-    model: object = None
+    model: TextModel | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,16 +122,13 @@ def _write_lora(job: Emit) -> tuple[int, int]:
 
 def _write_merged(job: Emit) -> tuple[int, int]:
     """``output.format: checkpoint``: the base model in its own layout with W0 + ΔW (backends/checkpoint.py)."""
-    model = job.model
-    source = CheckpointSource(
-        layout=model.layout, root=model.path, weights_file=model.unet_weights_file, weight_name=model.weight_name
-    )
+    source = job.model.checkpoint_source()
     return write_checkpoint(job.solution, job.target, job.weights, source, job.output), _solved_rank(job)
 
 
 def _write_onnx(job: Emit) -> tuple[int, int]:
     """``output.format: onnx``: the model's UNet graph (``output.graph``, or exported now) with the edit."""
-    from .onnx_graphs.apply import build_onnx
+    from .onnx_graphs.build import build_onnx
 
     spec = job.spec
     identity = {"erasec.name": spec.name, "erasec.version": spec.version, "erasec.compiler": erasec_version()}

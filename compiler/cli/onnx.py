@@ -7,6 +7,7 @@ import click
 
 from erasec.ir.errors import ErasecError
 
+from ..extras import require_extra
 from .common import emit, fail, human_size, json_option, quiet_libraries, run_command
 
 
@@ -61,7 +62,8 @@ def export_onnx(model, output, exporter, opset, static, components, as_json) -> 
 def run_onnx(graph, providers, erase_scale, adapter, seed, size, repeat, as_json) -> None:
     """Run one denoising step of a UNet GRAPH (or export folder) in ONNX Runtime; say which provider ran."""
     def action():
-        from ..onnx_graphs.runtime import run_onnx as run  # a missing onnx extra: one line
+        require_extra("onnx", "run-onnx")  # a missing onnx extra: one line, before importing it
+        from erasec.backends.onnx.runtime import run_onnx as run
 
         return run(graph, providers=providers or None, erase_scale=erase_scale, adapter=adapter, seed=seed,
                    size=size, repeat=repeat)

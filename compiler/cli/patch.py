@@ -10,6 +10,7 @@ import click
 
 from erasec.ir.errors import ErasecError
 
+from ..extras import require_extra
 from .common import EXIT_CHECK_FAILED, NoBar, build_summary, emit, fail, json_option, run_command
 
 
@@ -64,7 +65,8 @@ def apply(patch, model, onnx_graph, mode, output, scale, force, allow_pickle, as
 
     if onnx_graph is not None:
         def onnx_action():
-            from ..onnx_graphs.apply import apply_onnx  # a missing onnx extra: one line
+            require_extra("onnx", "apply --onnx")  # a missing onnx extra: one line, before importing it
+            from erasec.backends.onnx.apply import apply_onnx
 
             return apply_onnx(patch, onnx_graph, output, mode=mode, scale=scale, verify_base=not force, force=force)
 

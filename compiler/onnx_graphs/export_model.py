@@ -4,7 +4,6 @@ builds read it (a single file's UNet and text encoders included) and write its g
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile

@@ -25,10 +25,10 @@ from erasec.backends.onnx import load_graph
 from erasec.compiler.build import BuildOptions, build
 from erasec.compiler.cli import cli
 from erasec.compiler.errors import BuildError
-from erasec.compiler.onnx_graphs.apply import apply_onnx
+from erasec.backends.onnx.apply import apply_onnx
 from erasec.compiler.onnx_graphs.export import ExportOptions
 from erasec.compiler.onnx_graphs.export_model import export_onnx
-from erasec.compiler.onnx_graphs.runtime import (
+from erasec.backends.onnx.runtime import (
     choose_providers, open_session, run_onnx, run_step, sdxl_time_ids, unet_inputs,
 )
 
@@ -250,7 +250,7 @@ def test_a_patched_graph_does_not_take_the_patch_again(unet_graphs, onnx_patch, 
     ir.save(stripped, tmp_path / "stripped.onnx")
     with pytest.raises(BackendError, match=r"32 of the 32 located K/V weights differ from the patch's base pin"):
         apply_onnx(onnx_patch(), tmp_path / "stripped.onnx", tmp_path / "twice.onnx", mode="bake")
-    with pytest.raises(BuildError, match=r"is the input graph; write the patched graph to a new path"):
+    with pytest.raises(BackendError, match=r"is the input graph; write the patched graph to a new path"):
         apply_onnx(onnx_patch(), once["files"][0], once["files"][0])
 
 
@@ -402,7 +402,7 @@ def test_providers_are_preferred_tensorrt_cuda_cpu():
     assert choose_providers(gpu) == gpu
     assert choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    with pytest.raises(BuildError, match=r"--provider: CUDAExecutionProvider is not available here; available: CPU"):
+    with pytest.raises(BackendError, match=r"--provider: CUDAExecutionProvider is not available here; available: CPU"):
         choose_providers(["CPUExecutionProvider"], ["CUDAExecutionProvider"])
 
 

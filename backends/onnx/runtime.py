@@ -22,10 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import BuildError
-from ..extras import require_extra
+from erasec.backends.errors import BackendError
 
-require_extra("onnx", "run-onnx")  # onnxruntime is imported where used; say what is missing first
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -36,10 +34,10 @@ def choose_providers(available: Sequence[str], wanted: Sequence[str] | None = No
     wanted = tuple(wanted) if wanted else PREFERRED_PROVIDERS
     unknown = [name for name in wanted if name not in available]
     if wanted is not PREFERRED_PROVIDERS and unknown:
-        raise BuildError(f"--provider: {unknown[0]} is not available here; available: {', '.join(available)}")
+        raise BackendError(f"--provider: {unknown[0]} is not available here; available: {', '.join(available)}")
     chosen = [name for name in wanted if name in available]
     if not chosen:
-        raise BuildError(f"onnxruntime offers none of {', '.join(wanted)}; available: {', '.join(available)}")
+        raise BackendError(f"onnxruntime offers none of {', '.join(wanted)}; available: {', '.join(available)}")
     return chosen
 
 
@@ -64,7 +62,7 @@ def open_session(path: str | Path, providers: Sequence[str] | None = None) -> On
 
     path = Path(path)
     if not path.is_file():
-        raise BuildError(f"{path}: no such ONNX file")
+        raise BackendError(f"{path}: no such ONNX file")
     requested = choose_providers(ort.get_available_providers(), providers)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the overridable-initializer notes are expected
@@ -72,7 +70,7 @@ def open_session(path: str | Path, providers: Sequence[str] | None = None) -> On
         session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
     except Exception as error:  # ORT raises its own Fail/InvalidGraph types: add where, keep the text
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BuildError(f"{path}: ONNX Runtime cannot load it ({first})") from error
+        raise BackendError(f"{path}: ONNX Runtime cannot load it ({first})") from error
     return OnnxSession(path=path, session=session, requested=tuple(requested), providers=tuple(session.get_providers()))
 
 
@@ -82,7 +80,7 @@ def sdxl_time_ids(height: int, width: int, count: int) -> np.ndarray:
         return np.array([height, width, 0, 0, height, width], dtype=np.float64)
     if count == 5:
         return np.array([height, width, 0, 0, 6.0], dtype=np.float64)
-    raise BuildError(f"time_ids: {count} ids per image; SDXL base has 6, the refiner 5")
+    raise BackendError(f"time_ids: {count} ids per image; SDXL base has 6, the refiner 5")
 
 
 def unet_inputs(session: OnnxSession, *, batch: int = 2, size: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -92,7 +90,7 @@ def unet_inputs(session: OnnxSession, *, batch: int = 2, size: int | None = None
     inputs = {i.name: i for i in session.session.get_inputs()}
     missing = [name for name in ("sample", "timestep", "encoder_hidden_states") if name not in inputs]
     if missing:
-        raise BuildError(f"{session.path}: not a UNet graph (no input {missing[0]!r}); erasec export-onnx makes one")
+        raise BackendError(f"{session.path}: not a UNet graph (no input {missing[0]!r}); erasec export-onnx makes one")
 
     def dims(name: str, fallback: Sequence[int]) -> list[int]:
         shape = inputs[name].shape
@@ -113,7 +111,7 @@ def unet_inputs(session: OnnxSession, *, batch: int = 2, size: int | None = None
     if "text_embeds" in inputs or "time_ids" in inputs:
         for name in ("text_embeds", "time_ids"):
             if name not in inputs or not isinstance(inputs[name].shape[-1], int):
-                raise BuildError(f"{session.path}: an SDXL UNet graph needs input {name!r} with a fixed last dimension")
+                raise BackendError(f"{session.path}: an SDXL UNet graph needs input {name!r} with a fixed last dimension")
         embeds_shape = dims("text_embeds", (sample_shape[0], 1280))
         time_ids = sdxl_time_ids(8 * sample_shape[2], 8 * sample_shape[3], inputs["time_ids"].shape[-1])
         feeds["text_embeds"] = rng.standard_normal(embeds_shape).astype(_NUMPY.get(inputs["text_embeds"].type, np.float32))
@@ -136,13 +134,13 @@ def run_step(
     feeds = dict(feeds)
     if erase_scale is not None:
         if "erase_scale" not in session.input_names():
-            raise BuildError(f"{session.path}: the graph has no erase_scale input; patch it with --mode switchable")
+            raise BackendError(f"{session.path}: the graph has no erase_scale input; patch it with --mode switchable")
         feeds["erase_scale"] = np.array([erase_scale], dtype=np.float32)
     run_options = None
     if adapter is not None:
         adapter = Path(adapter)
         if not adapter.is_file():
-            raise BuildError(f"{adapter}: no such adapter file")
+            raise BackendError(f"{adapter}: no such adapter file")
         lora = ort.LoraAdapter()
         lora.Load(str(adapter))
         run_options = ort.RunOptions()

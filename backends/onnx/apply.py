@@ -1,5 +1,6 @@
-"""``erasec apply PATCH --onnx unet.onnx -o out.onnx --mode bake|switchable|adapter``, and the ONNX
-step of ``erasec build`` (``output.format: onnx``).
+"""``erasec apply PATCH --onnx unet.onnx -o out.onnx --mode bake|switchable|adapter``: a patch file
+applied to a UNet graph, with no model (the ONNX step of ``erasec build``, which may export the graph
+first, is ``compiler/onnx_graphs/build.py``).
 
 The patch is read and hash-checked by ``erasec.patches.read``; its LoRA factors, with
 ``alpha / r`` folded in, come from ``patches/solution.py`` — exactly what a LoRA loader
@@ -13,18 +14,14 @@ import math
 import os
 from pathlib import Path
 
-from ..extras import require_extra
-
-require_extra("onnx", "apply --onnx")  # before the imports that need it: one line, not a traceback
-
-from erasec.backends.onnx import MODES, OnnxOptions, deltas_from_solution, load_graph, patch_graph, write_graph
-from erasec.backends.onnx.checks import check_external_data, check_graph
-from erasec.backends.onnx.files import external_data_files, output_files
 from erasec.patches.outputs import check_output
 from erasec.patches.read import read_patch
 from erasec.patches.solution import patch_solution
 
-from ..errors import BuildError
+from ..errors import BackendError
+from . import MODES, OnnxOptions, deltas_from_solution, load_graph, patch_graph, write_graph
+from .checks import check_external_data, check_graph
+from .files import external_data_files, output_files
 
 
 def _carried_metadata(metadata: dict[str, str]) -> dict[str, str]:
@@ -33,7 +30,7 @@ def _carried_metadata(metadata: dict[str, str]) -> dict[str, str]:
     return {key: metadata[key] for key in keys if key in metadata}
 
 
-def _checked_graph(path):
+def checked_graph(path):
     """The graph at ``path``, refused before any tensor is read when it is no readable graph, the ONNX
     checker finds it invalid (a crafted external-data path included) or its external data lies outside
     its folder or is truncated (backends/onnx/checks.py)."""
@@ -62,12 +59,12 @@ def apply_onnx(
     switchable graph's ``erase_scale`` input.
     """
     if not math.isfinite(scale) or scale <= 0:
-        raise BuildError(f"--scale: {scale} must be a finite number > 0 for an ONNX graph")
+        raise BackendError(f"--scale: {scale} must be a finite number > 0 for an ONNX graph")
     if mode not in MODES:
-        raise BuildError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
+        raise BackendError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
     given, onnx_path, output = os.fspath(output), Path(onnx_path), Path(output)
     if output.resolve() == onnx_path.resolve():
-        raise BuildError(f"{output}: is the input graph; write the patched graph to a new path")
+        raise BackendError(f"{output}: is the input graph; write the patched graph to a new path")
     written = output_files(output, adapter=mode == "adapter")
     # before any work (compiler/outputs.py); the graph's external data only matters when a file is replaced
     replaced = force and any(os.path.lexists(path) for path in written)
@@ -81,7 +78,7 @@ def apply_onnx(
         base_pin=patch.base,
         metadata=_carried_metadata(patch.metadata),
     )
-    model = _checked_graph(onnx_path)
+    model = checked_graph(onnx_path)
     result = patch_graph(
         model, deltas, OnnxOptions(mode=mode, erase_scale=erase_scale, verify_base=verify_base), where=str(onnx_path)
     )
@@ -97,26 +94,3 @@ def apply_onnx(
         "confirmed_by": result.confirmed_by,
         "size_bytes": sum(path.stat().st_size for path in files),
     }
-
-
-def build_onnx(
-    solution, target, base_weights, output: Path, *, graph: str | None, mode: str, metadata: dict[str, str]
-) -> int:
-    """``output.format: onnx`` in ``erasec build``: the model's UNet graph (``graph``, or exported
-    now with the default settings) with the solution applied; returns the bytes written."""
-    import tempfile
-
-    from .export import ExportOptions
-    from .export_model import export_onnx
-
-    deltas = deltas_from_solution(
-        solution, source="build", target=target, base_weights=base_weights, metadata=metadata
-    )
-    with tempfile.TemporaryDirectory(prefix="erasec-onnx-") as scratch:
-        if graph is None:
-            graph = str(export_onnx(target.name, scratch, ExportOptions(components=("unet",))).files["unet"])
-        model = _checked_graph(graph)
-        result = patch_graph(model, deltas, OnnxOptions(mode=mode), base_weights=base_weights, where=graph)
-        files = write_graph(result.model, output, adapter=result.adapter)
-    return sum(path.stat().st_size for path in files)
-
