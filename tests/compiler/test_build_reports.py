@@ -6,31 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from erasec.compiler.cli import cli
+from cli_helpers import PRESERVE, run, spec_text, write_spec
 from erasec.patches.read import read_patch
 
-SPEC = """\
-erasec: 1
-name: no-van-gogh
-version: 1.0.0
-model: {model}
-method: uce
-erase:
-  - {{concept: Van Gogh, anchor: art}}
-preserve: [Claude Monet, a photo of a cat]
-"""
 
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def _spec(tmp_path, model="builtin:tiny-sd1", text=SPEC):
-    path = tmp_path / "spec.yaml"
-    path.write_text(text.format(model=model))
-    return path
+def _spec(tmp_path, model="builtin:tiny-sd1"):
+    return write_spec(tmp_path, spec_text(model=model, preserve=PRESERVE))
 
 
 # --- --print-ir-after (issue 12 item 8) --------------------------------------------------------------
@@ -39,20 +21,20 @@ def _spec(tmp_path, model="builtin:tiny-sd1", text=SPEC):
 def test_an_unknown_print_ir_after_pass_is_refused_with_a_suggestion_before_any_work(tmp_path):
     spec = _spec(tmp_path, model=str(tmp_path / "missing-model"))  # opening it would be the first work
     out = tmp_path / "p.safetensors"
-    result = _run("build", spec, "-o", out, "--print-ir-after=canonicalize,solv")
+    result = run("build", spec, "-o", out, "--print-ir-after=canonicalize,solv")
     assert result.exit_code == 2
     assert result.output.strip() == "erasec: error: --print-ir-after: unknown pass 'solv'; did you mean 'solve'?"
     assert not out.exists()
-    unlike = _run("build", spec, "-o", out, "--print-ir-after=zzz")
+    unlike = run("build", spec, "-o", out, "--print-ir-after=zzz")
     assert unlike.exit_code == 2 and "unknown pass 'zzz'; passes are: " in unlike.output and "solve" in unlike.output
 
 
 def test_print_ir_after_a_pass_name_or_all_still_prints(tmp_path):
     spec = _spec(tmp_path)
-    one = _run("build", spec, "-o", tmp_path / "a.safetensors", "--print-ir-after=solve")
+    one = run("build", spec, "-o", tmp_path / "a.safetensors", "--print-ir-after=solve")
     assert one.exit_code == 0, one.output
     assert one.output.count("// ----- IR after ") == 1 and "// ----- IR after solve{" in one.output
-    every = _run("build", spec, "-o", tmp_path / "b.safetensors", "--print-ir-after=all")
+    every = run("build", spec, "-o", tmp_path / "b.safetensors", "--print-ir-after=all")
     assert every.exit_code == 0 and every.output.count("// ----- IR after ") == 3
 
 
@@ -77,7 +59,7 @@ def _build(tmp_path, name, concept, preserve) -> tuple:
     spec = tmp_path / f"{name}.yaml"
     spec.write_text(FILTERED.format(name=name, concept=concept, preserve=", ".join(preserve)))
     out = tmp_path / f"{name}.safetensors"
-    result = _run("build", spec, "-o", out, "--json")
+    result = run("build", spec, "-o", out, "--json")
     assert result.exit_code == 0, result.output
     return out, json.loads(result.output)
 
@@ -93,11 +75,11 @@ def test_a_dropped_preserve_prompt_is_not_reported_as_kept(tmp_path):
     assert built["scores"]["specificity"] == pytest.approx(reference["scores"]["specificity"], abs=1e-9)
     assert built["scores"]["worst_preserved"]["prompt"] == reference["scores"]["worst_preserved"]["prompt"]
     assert read_patch(dropped).report["dropped_preserve"] == [DROPPED]
-    text = _run("build", tmp_path / "with-drop.yaml", "-o", dropped).output
+    text = run("build", tmp_path / "with-drop.yaml", "-o", dropped).output
     assert f"least preserved: {DROPPED!r}" not in text and "preserved prompts (2 rows)" in text
-    facts = json.loads(_run("inspect", dropped, "--json").output)
+    facts = json.loads(run("inspect", dropped, "--json").output)
     assert facts["preserve"] == ["a photo of a cat", "Claude Monet"] and facts["dropped_preserve"] == [DROPPED]
-    shown = _run("inspect", dropped).output
+    shown = run("inspect", dropped).output
     assert "  keeps     a photo of a cat, Claude Monet\n" in shown
     assert f"  dropped   {DROPPED} (names an erased concept; not solved for)\n" in shown
 
@@ -110,7 +92,7 @@ def test_eval_after_compose_does_not_score_a_dropped_prompt_as_preserved(tmp_pat
     a, _ = _build(tmp_path, "a", "Van Gogh", ["Claude Monet", "a photo of a cat"])
     b, _ = _build(tmp_path, "b", "Kelly McKernan", [DROPPED, "Pablo Picasso"])
     composed = tmp_path / "ab.safetensors"
-    result = _run("compose", a, b, "-o", composed, "--version", "1.1.0")
+    result = run("compose", a, b, "-o", composed, "--version", "1.1.0")
     assert result.exit_code == 0, result.output
     assert read_patch(composed).report["dropped_preserve"] == [DROPPED]
     measured = evaluate_patch(str(composed), "builtin:tiny-sd1", EvalOptions(suites=()))
@@ -122,7 +104,7 @@ def test_retarget_does_not_score_a_dropped_prompt_as_preserved(tmp_path):
     """retarget re-scores the patch on the new model from its recorded rows: what it was solved for."""
     dropped, built = _build(tmp_path, "with-drop", "Van Gogh", [DROPPED, "Claude Monet", "a photo of a cat"])
     moved = tmp_path / "moved.safetensors"
-    result = _run("retarget", dropped, "--model", "builtin:tiny-sd1.safetensors", "-o", moved)
+    result = run("retarget", dropped, "--model", "builtin:tiny-sd1.safetensors", "-o", moved)
     assert result.exit_code == 0, result.output
     report = read_patch(moved).report
     assert report["dropped_preserve"] == [DROPPED]
@@ -154,22 +136,22 @@ def test_the_rows_line_says_it_counts_the_solve_and_the_scores_the_spec_rows(tmp
     spec = tmp_path / "sdxl.yaml"
     spec.write_text(POOLED.format(format="kohya"))
     out = tmp_path / "p.safetensors"
-    text = _run("build", spec, "-o", out).output
-    facts = json.loads(_run("build", spec, "-o", out, "--json").output)
+    text = run("build", spec, "-o", out).output
+    facts = json.loads(run("build", spec, "-o", out, "--json").output)
     spaces = facts["scores"]["preserve_rows"], facts["pooled_scores"]["preserve_rows"]
     assert spaces == (2, 2) and facts["rows"]["preserve"] == sum(spaces)  # uce's passes neither add nor merge rows
     assert "  rows     2 erase, 4 preserve, 0 hard as solved (text and pooled key spaces together)   condition" in text
     assert "  (text pathway, all edited K/V layers, on the spec's own rows; 1 = fully erased / fully kept)" in text
     assert text.count("preserved prompts (2 rows)") == 2
     assert text.rstrip().endswith(NOTE)
-    one_space = _run("build", _spec(tmp_path), "-o", tmp_path / "sd1.safetensors").output
+    one_space = run("build", _spec(tmp_path), "-o", tmp_path / "sd1.safetensors").output
     assert "  rows     1 erase, 2 preserve, 0 hard as solved   condition" in one_space and "note: kohya" not in one_space
 
 
 def test_the_kohya_caveat_is_not_shown_for_a_peft_pooled_patch(tmp_path):
     spec = tmp_path / "sdxl.yaml"
     spec.write_text(POOLED.format(format="peft"))
-    text = _run("build", spec, "-o", tmp_path / "p.safetensors").output
+    text = run("build", spec, "-o", tmp_path / "p.safetensors").output
     assert "pooled path (add_embedding.linear_1):" in text and "kohya sd-scripts" not in text
 
 
@@ -210,7 +192,7 @@ def test_print_ir_changed_prints_only_the_passes_that_changed_the_program(tmp_pa
     )
 
     def banners(*flags):
-        result = _run("build", spec, "-o", tmp_path / "p.safetensors", *flags)
+        result = run("build", spec, "-o", tmp_path / "p.safetensors", *flags)
         assert result.exit_code == 0, result.output
         return [line.split(" ")[4].split("{")[0] for line in result.stderr.splitlines() if "----- IR after" in line]
 

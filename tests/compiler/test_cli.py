@@ -9,24 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from safetensors import safe_open
 
-from erasec.compiler.cli import cli
+from cli_helpers import KELLY, PRESERVE, VAN_GOGH, fails, run, spec_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SPEC = """\
-erasec: 1
-name: no-van-gogh
-version: 1.2.0
-model: builtin:tiny-sd1
-method: uce
-erase:
-  - {concept: Van Gogh, anchor: art}
-  - {concept: Kelly McKernan}
-preserve: [Claude Monet, a photo of a cat]
-"""
+SPEC = spec_text(version="1.2.0", erase=(VAN_GOGH, KELLY), preserve=PRESERVE)
 
 
 @pytest.fixture()
@@ -36,13 +25,9 @@ def spec(tmp_path):
     return path
 
 
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
 def test_build_prints_a_summary_and_writes_a_kohya_lora(spec, tmp_path):
     out = tmp_path / "patch.safetensors"
-    result = _run("build", spec, "-o", out)
+    result = run("build", spec, "-o", out)
     assert result.exit_code == 0, result.output
     text = result.output
     assert f"built {out}" in text and "model    builtin:tiny-sd1 (sd1)" in text
@@ -60,7 +45,7 @@ def test_build_prints_a_summary_and_writes_a_kohya_lora(spec, tmp_path):
 
 
 def test_json_summary(spec, tmp_path):
-    result = _run("build", spec, "-o", tmp_path / "p.safetensors", "--json")
+    result = run("build", spec, "-o", tmp_path / "p.safetensors", "--json")
     assert result.exit_code == 0
     summary = json.loads(result.output)
     assert summary["rank"] == 2 and summary["layers"] == 32 and summary["method"] == "uce"
@@ -74,14 +59,13 @@ def test_json_summary(spec, tmp_path):
 
 def test_two_builds_are_byte_identical(spec, tmp_path):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    assert _run("build", spec, "-o", a).exit_code == 0
-    assert _run("build", spec, "-o", b).exit_code == 0
+    assert run("build", spec, "-o", a).exit_code == 0
+    assert run("build", spec, "-o", b).exit_code == 0
     assert a.read_bytes() == b.read_bytes()
 
 
 def test_print_ir_after_all(spec, tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(cli, ["build", str(spec), "-o", str(tmp_path / "p.safetensors"), "--print-ir-after=all", "--verify-each"])
+    result = run("build", spec, "-o", tmp_path / "p.safetensors", "--print-ir-after=all", "--verify-each")
     assert result.exit_code == 0
     err = result.stderr
     assert err.count("// ----- IR after") == 3
@@ -89,34 +73,24 @@ def test_print_ir_after_all(spec, tmp_path):
     assert "solution clip-l form=shared rank=2" in err
 
 
-def _fails(args, message, *, code=2):
-    result = _run(*args)
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("erasec: error: ")
-    assert message in lines[0], lines[0]
-    return lines[0]
-
-
 def test_bad_spec_is_one_line_exit_2_and_no_output(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(SPEC.replace("  - {concept: Kelly McKernan}\n", "  - {concept: Kelly McKernan, strength: -1}\n"))
     out = tmp_path / "p.safetensors"
-    _fails(["build", bad, "-o", out], f"{bad}:8: erase[1].strength: -1")
+    fails(["build", bad, "-o", out], f"{bad}:8: erase[1].strength: -1")
     assert not out.exists()
 
 
 def test_missing_model_folder(spec, tmp_path):
     out = tmp_path / "p.safetensors"
-    _fails(["build", spec, "-o", out, "--model", tmp_path / "nowhere"], str(tmp_path / "nowhere"))
+    fails(["build", spec, "-o", out, "--model", tmp_path / "nowhere"], str(tmp_path / "nowhere"))
     assert not out.exists()
 
 
 def test_unwritable_output_paths(spec, tmp_path):
     (tmp_path / "file").write_text("")
-    _fails(["build", spec, "-o", tmp_path / "file" / "sub" / "p.safetensors"], f"{tmp_path / 'file'} is a file")
-    _fails(["build", spec, "-o", tmp_path], "is a folder")
+    fails(["build", spec, "-o", tmp_path / "file" / "sub" / "p.safetensors"], f"{tmp_path / 'file'} is a file")
+    fails(["build", spec, "-o", tmp_path], "is a folder")
     assert not (tmp_path / "file" / "sub").exists()
 
 
@@ -126,17 +100,17 @@ def test_model_and_solve_errors_name_the_spec_file_and_line(tmp_path):
     missing = tmp_path / "missing.yaml"
     missing.write_text(SPEC.replace("model: builtin:tiny-sd1", "model: ./nomodel"))
     line = 1 + SPEC.splitlines().index("model: builtin:tiny-sd1")
-    _fails(["build", missing, "-o", tmp_path / "p.safetensors"], f"{missing}:{line}: model: {tmp_path / 'nomodel'}: no such")
-    flag = _fails(["build", missing, "-o", tmp_path / "p.safetensors", "--model", tmp_path / "other"], "no such")
+    fails(["build", missing, "-o", tmp_path / "p.safetensors"], f"{missing}:{line}: model: {tmp_path / 'nomodel'}: no such")
+    flag = fails(["build", missing, "-o", tmp_path / "p.safetensors", "--model", tmp_path / "other"], "no such")
     assert flag.startswith(f"erasec: error: {tmp_path / 'other'}: no such file or folder")
     singular = tmp_path / "singular.yaml"
     singular.write_text(SPEC + "options: {lambda: 0}\n")
-    _fails(["build", singular, "-o", tmp_path / "p.safetensors"], f"{singular}: solve: key space clip-l: the system")
+    fails(["build", singular, "-o", tmp_path / "p.safetensors"], f"{singular}: solve: key space clip-l: the system")
 
 
 def test_missing_output_folders_are_made(spec, tmp_path):
     out = tmp_path / "new" / "dir" / "p.safetensors"
-    assert _run("build", spec, "-o", out).exit_code == 0
+    assert run("build", spec, "-o", out).exit_code == 0
     assert out.is_file()
 
 
@@ -144,10 +118,10 @@ def test_a_failed_build_leaves_no_file_and_keeps_an_old_one(tmp_path):
     singular = tmp_path / "singular.yaml"
     singular.write_text(SPEC + "options: {lambda: 0}\n")
     out = tmp_path / "p.safetensors"
-    _fails(["build", singular, "-o", out], "solve: key space clip-l: the system is singular or ill-conditioned")
+    fails(["build", singular, "-o", out], "solve: key space clip-l: the system is singular or ill-conditioned")
     assert not out.exists()
     out.write_bytes(b"previous patch")  # not an erasec patch of this name: replacing it needs --force
-    _fails(["build", singular, "-o", out, "--force"], "raise options.lambda (now 0)")
+    fails(["build", singular, "-o", out, "--force"], "raise options.lambda (now 0)")
     assert out.read_bytes() == b"previous patch"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -177,8 +151,8 @@ def test_the_order_of_the_spec_lists_does_not_change_the_bytes(spec, tmp_path):
     )
     assert permuted.read_text() != spec.read_text()
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    assert _run("build", spec, "-o", a).exit_code == 0
-    assert _run("build", permuted, "-o", b).exit_code == 0
+    assert run("build", spec, "-o", a).exit_code == 0
+    assert run("build", permuted, "-o", b).exit_code == 0
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -188,12 +162,12 @@ def test_on_conflict_error_stops_the_build(tmp_path):
         SPEC.replace("[Claude Monet, a photo of a cat]", "[Van Gogh, a photo of a cat]") + "options: {on_conflict: error}\n"
     )
     out = tmp_path / "p.safetensors"
-    line = _fails(["build", conflicting, "-o", out], "check-conflicts: key space clip-l: erase 'Van Gogh' (prompt 'Van Gogh') is preserved too")
+    line = fails(["build", conflicting, "-o", out], "check-conflicts: key space clip-l: erase 'Van Gogh' (prompt 'Van Gogh') is preserved too")
     assert line.endswith("set options.on_conflict: warn to build anyway")
     assert not out.exists()
     warned = tmp_path / "warn.yaml"
     warned.write_text(conflicting.read_text().replace("on_conflict: error", "on_conflict: warn"))
-    result = _run("build", warned, "-o", out)
+    result = run("build", warned, "-o", out)
     assert result.exit_code == 0
     assert "warning [check-conflicts]" in result.output or "lies in the preserved span" in result.output
 
@@ -201,7 +175,7 @@ def test_on_conflict_error_stops_the_build(tmp_path):
 def test_preserving_an_erased_concept_warns_with_the_fix(tmp_path):
     clash = tmp_path / "clash.yaml"
     clash.write_text(SPEC.replace("[Claude Monet, a photo of a cat]", "[van gogh, a photo of a cat]"))
-    result = _run("build", clash, "-o", tmp_path / "p.safetensors")
+    result = run("build", clash, "-o", tmp_path / "p.safetensors")
     assert result.exit_code == 0
     assert "warning [lowering] preserve prompt 'van gogh' is the erased concept 'Van Gogh'" in result.output
 
@@ -220,7 +194,7 @@ def test_nan_weights_are_refused_naming_the_tensor(tmp_path, tiny_sd1_path):
     tensors[name][0, 0] = float("nan")
     save_file(tensors, str(unet))
     out = tmp_path / "p.safetensors"
-    _fails(["build", _spec_file(tmp_path), "-o", out, "--model", damaged],
+    fails(["build", _spec_file(tmp_path), "-o", out, "--model", damaged],
            f"{name} contains NaN or infinity; the model file is damaged")
     assert not out.exists()
 
@@ -262,4 +236,4 @@ def test_build_shows_a_progress_bar_on_a_terminal_but_not_with_json(spec, tmp_pa
     assert proc.returncode == 0 and json.loads(proc.stdout)["rank"] == 2
     assert "erasec build" not in terminal
     # and off a terminal (CliRunner's stderr is a pipe) there is none either
-    assert "erasec build" not in _run("build", spec, "-o", tmp_path / "c.safetensors").stderr
+    assert "erasec build" not in run("build", spec, "-o", tmp_path / "c.safetensors").stderr

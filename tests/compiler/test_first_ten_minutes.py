@@ -7,16 +7,11 @@ from __future__ import annotations
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from erasec.compiler.cli import cli
+from cli_helpers import run
 
 ONNX_MODULES = ("onnx", "onnx_ir", "onnxruntime", "onnxscript")
 ONNX_HINT = 'needs the onnx extra (onnx, onnx_ir, onnxruntime, onnxscript not installed); pip install "erasec[onnx]"'
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture()
@@ -44,7 +39,7 @@ def test_onnx_commands_without_the_onnx_extra_name_the_extra(tmp_path, without_o
         "erasec: 1\nname: t\nversion: 1.0.0\nerase: [{concept: Van Gogh, anchor: art}]\noutput: {format: onnx}\n"
         "model: builtin:tiny-sd1\n"
     )
-    result = _run(*(part.format(tmp=tmp_path) for part in command))
+    result = run(*(part.format(tmp=tmp_path) for part in command))
     assert result.exit_code == 2, result.output
     assert result.output == f"erasec: error: {where.format(tmp=tmp_path)}: {ONNX_HINT} (in a checkout: pip install \".[onnx]\")\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # nothing written
@@ -58,7 +53,7 @@ def test_ray_without_ray_names_the_cluster_extra_as_docs_scaling_does(tmp_path, 
     (tmp_path / "specs" / "a.yaml").write_text(
         "erasec: 1\nname: a\nversion: 1.0.0\nmodel: builtin:tiny-sd1\nerase: [{concept: Van Gogh}]\n"
     )
-    result = _run("build-many", tmp_path / "specs", "-o", tmp_path / "out", "--ray", "local")
+    result = run("build-many", tmp_path / "specs", "-o", tmp_path / "out", "--ray", "local")
     assert result.exit_code == 2
     hint = 'pip install "erasec[cluster]" (in a checkout: pip install ".[cluster]")'
     assert result.output == f"erasec: error: --ray: needs the cluster extra (ray not installed); {hint}\n"
@@ -73,14 +68,14 @@ def _folder_bytes(path):
 def test_models_lists_the_builtin_models_with_family_and_cache_location(tiny_sd1_path, erasec_cache_dir):
     import json
 
-    listed = {m["name"]: m for m in json.loads(_run("models", "--json").output)["models"]}
+    listed = {m["name"]: m for m in json.loads(run("models", "--json").output)["models"]}
     assert sorted(listed) == ["minilm-sd1", "tiny-sd1", "tiny-sd2", "tiny-sdxl"]
     assert {name: m["family"] for name, m in listed.items()} == {
         "minilm-sd1": "sd1", "tiny-sd1": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"
     }
     assert listed["tiny-sd1"]["folder"] == {"path": str(tiny_sd1_path), "built": True, "bytes": _folder_bytes(tiny_sd1_path)}
     assert listed["tiny-sd1"]["single_file"]["path"].startswith(str(erasec_cache_dir / "single-file"))
-    text = _run("models").output
+    text = run("models").output
     assert f"    folder {tiny_sd1_path} (built, " in text
     assert "builtin:tiny-sdxl   sdxl  " in text
 
@@ -88,22 +83,22 @@ def test_models_lists_the_builtin_models_with_family_and_cache_location(tiny_sd1
 def test_methods_marks_the_default_and_build_help_names_single_files():
     from erasec.compiler.frontend.spec import DEFAULT_METHOD
 
-    lines = _run("methods").output.splitlines()
+    lines = run("methods").output.splitlines()
     marked = [line for line in lines if "(default" in line]
     assert marked == [f"{DEFAULT_METHOD}  (default: a spec without method: uses it)"]
-    help_text = " ".join(_run("build", "--help").output.split())
+    help_text = " ".join(run("build", "--help").output.split())
     assert "--model TEXT a diffusers folder, a single-file .safetensors checkpoint, builtin:NAME[.safetensors]" in help_text
 
 
 def test_cache_info_counts_the_builtin_models_apart_from_the_embeddings(tiny_sd1_path, erasec_cache_dir):
     import json
 
-    info = json.loads(_run("cache", "info", "--json").output)
+    info = json.loads(run("cache", "info", "--json").output)
     models = info["builtin_models"]
     assert models["root"] == str(erasec_cache_dir) and str(tiny_sd1_path) in models["built"]
     assert models["bytes"] >= _folder_bytes(tiny_sd1_path) > 0
     assert info["root"] == str(erasec_cache_dir / "embeddings")  # the embedding cache's own count is unchanged
-    assert f"built-in models ({erasec_cache_dir}): {len(models['built'])} built, " in _run("cache", "info").output
+    assert f"built-in models ({erasec_cache_dir}): {len(models['built'])} built, " in run("cache", "info").output
 
 
 # -- hub ids from the local Hugging Face cache (item 11) ---------------------------------------------
@@ -255,7 +250,7 @@ def test_a_build_erasing_far_less_than_its_method_normally_does_warns_with_the_r
     import json
 
     (tmp_path / "spec.yaml").write_text(SMALL.format(model="builtin:tiny-sd1", method=""))
-    done = _run("build", tmp_path / "spec.yaml", "-o", tmp_path / "p.safetensors", "--json")
+    done = run("build", tmp_path / "spec.yaml", "-o", tmp_path / "p.safetensors", "--json")
     assert done.exit_code == 0, done.output
     result = json.loads(done.output)
     efficacy = result["scores"]["efficacy"]["Van Gogh"]
@@ -266,7 +261,7 @@ def test_a_build_erasing_far_less_than_its_method_normally_does_warns_with_the_r
         "so prompts have no meaning; use builtin:minilm-sd1 or a real model"
     )
     assert [d for d in result["diagnostics"] if "[efficacy]" in d] == [warning]
-    text = _run("build", tmp_path / "spec.yaml", "-o", tmp_path / "p.safetensors").output
+    text = run("build", tmp_path / "spec.yaml", "-o", tmp_path / "p.safetensors").output
     assert [line.strip() for line in text.splitlines() if "[efficacy]" in line] == [warning]
 
 
@@ -274,7 +269,7 @@ def test_a_build_erasing_as_its_method_normally_does_does_not_warn(tmp_path, tin
     import json
 
     (tmp_path / "spec.yaml").write_text(SMALL.format(model="builtin:tiny-sd1", method="method: uce\n"))
-    result = json.loads(_run("build", tmp_path / "spec.yaml", "-o", tmp_path / "p.safetensors", "--json").output)
+    result = json.loads(run("build", tmp_path / "spec.yaml", "-o", tmp_path / "p.safetensors", "--json").output)
     assert result["scores"]["efficacy"]["Van Gogh"] > 0.5 * 0.667
     assert not [d for d in result["diagnostics"] if "[efficacy]" in d]
 
@@ -290,7 +285,7 @@ def test_the_readme_spec_builds_beside_the_examples_and_erases(tmp_path, minilm_
     for name in ("more-artists.txt", "preserve-artists.txt"):
         shutil.copy(examples / name, tmp_path / name)
     (tmp_path / "spec.yaml").write_text(re.search(r"```yaml\n(.*?)```", _readme(), flags=re.S).group(1))
-    done = _run("build", tmp_path / "spec.yaml", "-o", tmp_path / "p.safetensors", "--json")
+    done = run("build", tmp_path / "spec.yaml", "-o", tmp_path / "p.safetensors", "--json")
     assert done.exit_code == 0, done.output
     result = json.loads(done.output)
     assert min(result["scores"]["efficacy"].values()) > 0.5 * 0.824

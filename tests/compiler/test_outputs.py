@@ -11,36 +11,12 @@ import stat
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from erasec.compiler.cli import cli
+from cli_helpers import fails, run, spec_text
 from erasec.patches import atomic
 from erasec.patches.errors import PatchError
 
-SPEC = """\
-erasec: 1
-name: no-van-gogh
-version: 1.0.0
-model: builtin:tiny-sd1
-method: uce
-erase:
-  - {concept: Van Gogh, anchor: art}
-preserve: [Claude Monet]
-"""
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def _fails(args, message, *, code=2):
-    """One line ``erasec: error: …`` on stderr naming ``message``, exit ``code``."""
-    result = _run(*args)
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("erasec: error: ") and message in lines[0], lines[0]
-    return lines[0]
+SPEC = spec_text()
 
 
 def _digest(path: Path) -> str:
@@ -63,7 +39,7 @@ def built(tmp_path_factory):
     """A patch of SPEC, built once (a shared-form patch: retarget and apply take it)."""
     folder = tmp_path_factory.mktemp("built")
     (folder / "spec.yaml").write_text(SPEC)
-    result = _run("build", folder / "spec.yaml", "-o", folder / "patch.safetensors")
+    result = run("build", folder / "spec.yaml", "-o", folder / "patch.safetensors")
     assert result.exit_code == 0, result.output
     return folder / "patch.safetensors"
 
@@ -156,9 +132,9 @@ def test_outputs_of_every_kind_are_readable_by_other_users(built, tiny_sd1_path,
     assert stat.S_IMODE(tiny_sd1_path.stat().st_mode) == folder_mode  # mkdtemp alone gives 0700
     assert stat.S_IMODE((tiny_sd1_path / "unet").stat().st_mode) == folder_mode
     single = tmp_path / "single.safetensors"
-    assert _run("export-single-file", "builtin:tiny-sd1", "-o", single).exit_code == 0
+    assert run("export-single-file", "builtin:tiny-sd1", "-o", single).exit_code == 0
     merged = tmp_path / "merged"
-    assert _run("apply", built, "--model", "builtin:tiny-sd1", "-o", merged).exit_code == 0
+    assert run("apply", built, "--model", "builtin:tiny-sd1", "-o", merged).exit_code == 0
     for path in (single, merged / "unet" / "diffusion_pytorch_model.safetensors", merged / "model_index.json"):
         assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
     assert stat.S_IMODE(merged.stat().st_mode) == folder_mode
@@ -168,11 +144,11 @@ def test_outputs_of_every_kind_are_readable_by_other_users(built, tiny_sd1_path,
 
 
 def test_an_unwritable_output_folder_is_refused_before_the_build(spec, no_work):
-    _fails(["build", spec, "-o", "/proc/x.safetensors"], "/proc/x.safetensors: cannot write in /proc")
+    fails(["build", spec, "-o", "/proc/x.safetensors"], "/proc/x.safetensors: cannot write in /proc")
 
 
 def test_eval_into_an_unwritable_folder_is_refused_before_the_evaluation(built, no_work):
-    _fails(["eval", built, "--model", "builtin:tiny-sd1", "-o", "/proc/erasec-report"], "/proc/erasec-report")
+    fails(["eval", built, "--model", "builtin:tiny-sd1", "-o", "/proc/erasec-report"], "/proc/erasec-report")
     assert not Path("/proc/erasec-report").exists()
 
 
@@ -186,7 +162,7 @@ def test_eval_on_a_full_disk_is_one_line_and_leaves_nothing(built, tmp_path, mon
     report = tmp_path / "report"
     args = ["eval", built, "--model", "builtin:tiny-sd1", "-o", report, "--suite", "artists",
             "--max-unrelated", "4", "--interference-max", "0"]
-    _fails(args, "cannot write (No space left on device)")
+    fails(args, "cannot write (No space left on device)")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -194,56 +170,56 @@ def test_eval_on_a_full_disk_is_one_line_and_leaves_nothing(built, tmp_path, mon
 
 
 def test_a_device_or_fifo_is_never_replaced(spec, tmp_path, no_work):
-    _fails(["build", spec, "-o", "/dev/null", "--force"], "/dev/null: is a character device, not a regular file")
+    fails(["build", spec, "-o", "/dev/null", "--force"], "/dev/null: is a character device, not a regular file")
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    _fails(["build", spec, "-o", fifo, "--force"], f"{fifo}: is a FIFO")
+    fails(["build", spec, "-o", fifo, "--force"], f"{fifo}: is a FIFO")
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
 def test_a_trailing_slash_or_a_folder_is_not_a_file_name(spec, tmp_path, no_work):
-    _fails(["build", spec, "-o", f"{tmp_path / 'newdir'}/"], f"{tmp_path / 'newdir'}: is a folder; give a file name")
+    fails(["build", spec, "-o", f"{tmp_path / 'newdir'}/"], f"{tmp_path / 'newdir'}: is a folder; give a file name")
     assert not (tmp_path / "newdir").exists()
-    _fails(["build", spec, "-o", tmp_path], "is a folder")
+    fails(["build", spec, "-o", tmp_path], "is a folder")
 
 
 def test_a_symbolic_link_is_refused_not_replaced(spec, built, tmp_path, no_work):
     link = tmp_path / "link.safetensors"
     link.symlink_to(built)
     before = _digest(built)
-    _fails(["build", spec, "-o", link, "--force"], f"{link}: is a symbolic link")
+    fails(["build", spec, "-o", link, "--force"], f"{link}: is a symbolic link")
     assert link.is_symlink() and _digest(built) == before
 
 
 def test_an_input_is_never_an_output_even_with_force(spec, built, tiny_sd1_path, tmp_path, no_work):
     before = spec.read_text()
-    _fails(["build", spec, "-o", spec, "--force"], f"{spec}: is an input of this command")
+    fails(["build", spec, "-o", spec, "--force"], f"{spec}: is an input of this command")
     assert spec.read_text() == before
     unet = tiny_sd1_path / "unet" / "diffusion_pytorch_model.safetensors"
     model_digest = _digest(unet)
-    _fails(["build", spec, "-o", unet, "--force"], f"{unet}: is a file of the input {tiny_sd1_path}")
-    _fails(["apply", built, "--model", "builtin:tiny-sd1", "-o", built, "--force"], f"{built}: is an input")
-    _fails(["retarget", built, "--model", "builtin:tiny-sd1", "-o", built, "--force"], f"{built}: is an input")
-    _fails(["compose", built, built, "-o", built, "--force"], f"{built}: is an input")
-    _fails(["export-single-file", "builtin:tiny-sd1", "-o", unet, "--force"], "is a file of the input")
-    _fails(["export-onnx", "--model", tiny_sd1_path, "-o", tiny_sd1_path], f"{tiny_sd1_path}: is an input")
-    _fails(["eval", built, "--model", "builtin:tiny-sd1", "-o", tiny_sd1_path], "is an input")
+    fails(["build", spec, "-o", unet, "--force"], f"{unet}: is a file of the input {tiny_sd1_path}")
+    fails(["apply", built, "--model", "builtin:tiny-sd1", "-o", built, "--force"], f"{built}: is an input")
+    fails(["retarget", built, "--model", "builtin:tiny-sd1", "-o", built, "--force"], f"{built}: is an input")
+    fails(["compose", built, built, "-o", built, "--force"], f"{built}: is an input")
+    fails(["export-single-file", "builtin:tiny-sd1", "-o", unet, "--force"], "is a file of the input")
+    fails(["export-onnx", "--model", tiny_sd1_path, "-o", tiny_sd1_path], f"{tiny_sd1_path}: is an input")
+    fails(["eval", built, "--model", "builtin:tiny-sd1", "-o", tiny_sd1_path], "is an input")
     assert _digest(unet) == model_digest
 
 
 def test_a_single_file_model_is_not_replaced_by_its_patch(spec, tmp_path):
     model = tmp_path / "m.safetensors"
-    assert _run("export-single-file", "builtin:tiny-sd1", "-o", model).exit_code == 0
+    assert run("export-single-file", "builtin:tiny-sd1", "-o", model).exit_code == 0
     before = _digest(model)
-    _fails(["build", spec, "--model", model, "-o", model, "--force"], f"{model}: is an input of this command")
-    _fails(["build", spec, "--model", model, "-o", model], f"{model}: is an input of this command")
+    fails(["build", spec, "--model", model, "-o", model, "--force"], f"{model}: is an input of this command")
+    fails(["build", spec, "--model", model, "-o", model], f"{model}: is an input of this command")
     assert _digest(model) == before
     # a rerun replaces erasec's own single file; a foreign file needs --force
-    assert _run("export-single-file", "builtin:tiny-sd1", "-o", model).exit_code == 0
+    assert run("export-single-file", "builtin:tiny-sd1", "-o", model).exit_code == 0
     foreign = tmp_path / "notes.safetensors"
     foreign.write_bytes(b"mine")
-    _fails(["export-single-file", "builtin:tiny-sd1", "-o", foreign], f"{foreign}: exists and is not a single file")
+    fails(["export-single-file", "builtin:tiny-sd1", "-o", foreign], f"{foreign}: exists and is not a single file")
     assert foreign.read_bytes() == b"mine"
 
 
@@ -263,28 +239,28 @@ def test_an_onnx_graph_and_its_external_data_are_inputs(built, tmp_path):
                     size_threshold=0)
     data = tmp_path / "weights.bin"
     before = _digest(data)
-    _fails(["apply", built, "--onnx", path, "-o", data, "--force"], f"{data}: is an input of this command")
-    _fails(["apply", built, "--onnx", path, "-o", data], f"{data}: exists; pass --force to replace it")
+    fails(["apply", built, "--onnx", path, "-o", data, "--force"], f"{data}: is an input of this command")
+    fails(["apply", built, "--onnx", path, "-o", data], f"{data}: exists; pass --force to replace it")
     assert _digest(data) == before
 
 
 def test_an_existing_file_is_replaced_only_when_it_is_the_same_artifact(spec, built, tmp_path):
     foreign = tmp_path / "notes.safetensors"
     foreign.write_bytes(b"my notes")
-    _fails(["build", spec, "-o", foreign], f"{foreign}: exists and is not an erasec patch named 'no-van-gogh'; "
+    fails(["build", spec, "-o", foreign], f"{foreign}: exists and is not an erasec patch named 'no-van-gogh'; "
                                            "pass --force to replace it")
     assert foreign.read_bytes() == b"my notes"
     other = tmp_path / "other.yaml"
     other.write_text(SPEC.replace("name: no-van-gogh", "name: another"))
-    _fails(["build", other, "-o", built], "is not an erasec patch named 'another'")
+    fails(["build", other, "-o", built], "is not an erasec patch named 'another'")
     # a rebuild replaces the patch of the same name; --force replaces a foreign file
-    assert _run("build", spec, "-o", built).exit_code == 0
-    assert _run("build", spec, "-o", foreign, "--force").exit_code == 0
+    assert run("build", spec, "-o", built).exit_code == 0
+    assert run("build", spec, "-o", foreign, "--force").exit_code == 0
     assert foreign.read_bytes()[:8] != b"my notes"
     merged = tmp_path / "merged.safetensors"
     merged.write_bytes(b"a model of mine")
-    _fails(["apply", built, "--model", "builtin:tiny-sd1.safetensors", "-o", merged], f"{merged}: exists; pass --force")
-    _fails(["apply", built, "--model", "builtin:tiny-sd1", "-o", tmp_path], "a merged folder is written to a new path")
+    fails(["apply", built, "--model", "builtin:tiny-sd1.safetensors", "-o", merged], f"{merged}: exists; pass --force")
+    fails(["apply", built, "--model", "builtin:tiny-sd1", "-o", tmp_path], "a merged folder is written to a new path")
     assert merged.read_bytes() == b"a model of mine"
     assert _leftovers(tmp_path) == []
 
@@ -295,7 +271,7 @@ def test_a_failed_write_leaves_no_empty_folder_it_made(spec, tmp_path, monkeypat
 
     monkeypatch.setattr(atomic.os, "fsync", full)
     out = tmp_path / "new" / "sub" / "p.safetensors"
-    _fails(["build", spec, "-o", out, "--no-cache"], f"{out}: cannot write (No space left on device)")
+    fails(["build", spec, "-o", out, "--no-cache"], f"{out}: cannot write (No space left on device)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
 
 
@@ -308,7 +284,7 @@ def test_build_many_refuses_two_specs_with_one_output_before_building(tmp_path, 
     (specs / "a.yaml").write_text(SPEC)
     (specs / "a.yml").write_text(SPEC.replace("Van Gogh", "Monet"))
     out = tmp_path / "out"
-    _fails(["build-many", specs, "-o", out], f"{specs / 'a.yaml'} and {specs / 'a.yml'}: both would write "
+    fails(["build-many", specs, "-o", out], f"{specs / 'a.yaml'} and {specs / 'a.yml'}: both would write "
                                              f"{out / 'a.safetensors'}")
     assert not out.exists()
 
@@ -316,7 +292,7 @@ def test_build_many_refuses_two_specs_with_one_output_before_building(tmp_path, 
 @pytest.mark.parametrize("jobs", ["0", "-3"])
 def test_build_many_refuses_a_job_count_below_one(tmp_path, jobs, no_work):
     (tmp_path / "a.yaml").write_text(SPEC)
-    _fails(["build-many", tmp_path, "-o", tmp_path / "out", "-j", jobs], f"-j/--jobs: {jobs} is not a number")
+    fails(["build-many", tmp_path, "-o", tmp_path / "out", "-j", jobs], f"-j/--jobs: {jobs} is not a number")
     assert not (tmp_path / "out").exists()
 
 
@@ -325,6 +301,6 @@ def test_build_many_refuses_a_job_count_below_one(tmp_path, jobs, no_work):
 
 def test_an_unwritable_builtin_cache_is_one_line(spec, tmp_path, monkeypatch):
     monkeypatch.setenv("ERASEC_CACHE_DIR", "/proc/erasec-cache")
-    _fails(["build", spec, "-o", tmp_path / "p.safetensors"], "/proc/erasec-cache/models/tiny-sd1-v1: cannot write here")
+    fails(["build", spec, "-o", tmp_path / "p.safetensors"], "/proc/erasec-cache/models/tiny-sd1-v1: cannot write here")
     assert not (tmp_path / "p.safetensors").exists()
 
