@@ -16,9 +16,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from erasec.compiler.cli import cli
+from cli_helpers import run
 from erasec.compiler.eval.html import ONE_CONCEPT, figures, render_html
 from erasec.compiler.eval.report import render_table
 from erasec.compiler.eval.run import EvalOptions, evaluate_patch
@@ -38,14 +37,10 @@ MCKERNAN = "  - {concept: Kelly McKernan, anchor: art}\n"
 FAST = ("--suite", "imagenette", "--max-unrelated", "4")
 
 
-def _run(*args, **kwargs):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, **kwargs)
-
-
 def _build(root: Path, name: str, model: str, erase: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "spec.yaml").write_text(SPEC.format(name=name, model=model, erase=erase))
-    result = _run("build", root / "spec.yaml", "-o", root / "patch.safetensors")
+    result = run("build", root / "spec.yaml", "-o", root / "patch.safetensors")
     assert result.exit_code == 0, result.output
     return root / "patch.safetensors"
 
@@ -204,7 +199,7 @@ def test_eval_images_on_sdxl_are_labelled_side_by_side_inside_the_report(tmp_pat
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        result = _run("eval", patch, "--model", "builtin:tiny-sdxl", *FAST, "-o", out, "--images", "1", "--steps", "1")
+        result = run("eval", patch, "--model", "builtin:tiny-sdxl", *FAST, "-o", out, "--images", "1", "--steps", "1")
         assert torch.get_num_threads() == 1  # set once to the usable cores, not torch's own guess
     finally:
         torch.set_num_threads(threads)
@@ -246,7 +241,7 @@ def test_images_of_a_single_file_are_refused_before_any_work(tmp_path, patches, 
 
     monkeypatch.setattr("erasec.compiler.eval.run.evaluate_patch", no_work)
     out = tmp_path / "report"
-    result = _run("eval", patches["one"], "--model", "builtin:tiny-sd1.safetensors", "-o", out, "--images", "1")
+    result = run("eval", patches["one"], "--model", "builtin:tiny-sd1.safetensors", "-o", out, "--images", "1")
     assert result.exit_code == 2
     assert ("erasec: error: builtin:tiny-sd1.safetensors: --images needs a diffusers folder (model_index.json) or "
             "builtin:NAME, not a single file") in result.output

@@ -12,26 +12,18 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from erasec.compiler.cli import cli
+from cli_helpers import PRESERVE, run, spec_text
 from erasec.compiler.eval.report import render_html, render_table
 from erasec.compiler.eval.metrics import displacement, efficacy, recoverability, specificity
 from erasec.compiler.eval.run import EvalOptions, evaluate_patch
 from erasec.compiler.eval.suites import SUITES, Request, SuiteRow, load_suite, sort_prompts, templates
 from erasec.patches.read import PatchFile
 
-SPEC = """\
-erasec: 1
-name: no-van-gogh
-version: 1.0.0
-model: builtin:tiny-sd1
-method: uce
-erase:
-  - {concept: Van Gogh, anchor: art, synonyms: [Vincent van Gogh]}
-  - {concept: Kelly McKernan, anchor: art}
-preserve: [Claude Monet, a photo of a cat]
-"""
+SPEC = spec_text(
+    erase=("{concept: Van Gogh, anchor: art, synonyms: [Vincent van Gogh]}", "{concept: Kelly McKernan, anchor: art}"),
+    preserve=PRESERVE,
+)
 PROMPTS = "a photo of a dog\na city street at night\nImage in the style of Van Gogh\n"
 
 
@@ -147,16 +139,12 @@ def test_prompts_are_sorted_into_pairs_targets_and_unrelated():
 # --- on a tiny build ----------------------------------------------------------------------------
 
 
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, tiny_sd1_path):
     root = tmp_path_factory.mktemp("eval")
     (root / "spec.yaml").write_text(SPEC)
     (root / "prompts.txt").write_text(PROMPTS)
-    result = _run("build", root / "spec.yaml", "-o", root / "patch.safetensors")
+    result = run("build", root / "spec.yaml", "-o", root / "patch.safetensors")
     assert result.exit_code == 0, result.output
     return root
 
@@ -237,11 +225,9 @@ def test_the_html_report_is_one_file_with_its_plots_embedded(tiny):
 
 def test_cli_eval_writes_json_and_html_and_stays_quiet_off_a_terminal(tiny):
     out = tiny / "report"
-    result = CliRunner().invoke(
-        cli,
-        ["eval", str(tiny / "patch.safetensors"), "--model", "builtin:tiny-sd1", "--suite", "imagenette",
-         "--prompts", str(tiny / "prompts.txt"), "-o", str(out), "--images", "1", "--steps", "1", "--json"],
-        catch_exceptions=False,
+    result = run(
+        "eval", tiny / "patch.safetensors", "--model", "builtin:tiny-sd1", "--suite", "imagenette",
+        "--prompts", tiny / "prompts.txt", "-o", out, "--images", "1", "--steps", "1", "--json",
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -263,7 +249,7 @@ def test_cli_eval_writes_json_and_html_and_stays_quiet_off_a_terminal(tiny):
     ],
 )
 def test_cli_eval_refuses_with_the_reason(tiny, flags, message):
-    result = _run("eval", tiny / "patch.safetensors", "--model", "builtin:tiny-sd1", *flags)
+    result = run("eval", tiny / "patch.safetensors", "--model", "builtin:tiny-sd1", *flags)
     assert result.exit_code == 2
     assert f"erasec: error: {message}" in result.output
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from erasec.compiler.cli import cli
+from cli_helpers import ok_json, run
 from erasec.patches.link import decode_shared
 from erasec.patches.manifest import write_patch
 from erasec.patches.read import read_patch
@@ -62,16 +61,6 @@ KV = (".attn2.to_k.", ".attn2.to_v.")
 UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def _ok(*args) -> dict:
-    result = _run(*args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)
-
-
 def _perturbed_copy(source: Path, target: Path, select, scale: float, file: Path = UNET) -> Path:
     shutil.copytree(source, target)
     tensors = load_file(str(target / file))
@@ -106,7 +95,7 @@ def built(tmp_path_factory, tiny_sd1_path):
         spec = root / f"{key}.yaml"
         spec.write_text(text)
         out[key] = root / f"{key}.safetensors"
-        result = _run("build", spec, "-o", out[key], *extra)
+        result = run("build", spec, "-o", out[key], *extra)
         assert result.exit_code == 0, result.output
     return out
 
@@ -136,21 +125,21 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_inspect_shows_what_the_patch_does(built):
-    facts = _ok("inspect", built["a"])
+    facts = ok_json("inspect", built["a"])
     assert facts["name"] == "no-artists" and facts["version"] == "1.0.0"
     assert [e["concept"] for e in facts["erase"]] == ["Van Gogh"] and sorted(facts["preserve"]) == ["Claude Monet", "a photo of a cat"]
     assert facts["base"]["tensors"] == 32 and len(facts["layers"]) == 32 and facts["rank"] == 1
     assert facts["linked"] and facts["retargetable"] and facts["base"]["text_encoder_sha256"]
-    text = _run("inspect", built["a"]).output
+    text = run("inspect", built["a"]).output
     assert "no-artists 1.0.0" in text and "Van Gogh" in text and "sha256 (fp16-rounded)" in text
 
 
 def test_verify_answers_yes_for_the_base(built):
-    result = _ok("verify", built["a"], "--model", "builtin:tiny-sd1")
+    result = ok_json("verify", built["a"], "--model", "builtin:tiny-sd1")
     assert result["ok"] and [c["check"] for c in result["checks"]] == [
         "integrity", "layers", "finite", "sites", "base", "delta", "efficacy"
     ]
-    assert "verified against builtin:tiny-sd1" in _run("verify", built["a"], "--model", "builtin:tiny-sd1").output
+    assert "verified against builtin:tiny-sd1" in run("verify", built["a"], "--model", "builtin:tiny-sd1").output
 
 
 def test_verify_detects_a_flipped_bit_in_a_patch_tensor(built, tmp_path):
@@ -159,10 +148,10 @@ def test_verify_detects_a_flipped_bit_in_a_patch_tensor(built, tmp_path):
     start = 8 + int.from_bytes(raw[:8], "little")  # the tensor bytes follow the header
     raw[(start + len(raw)) // 2] ^= 0x01
     flipped.write_bytes(bytes(raw))
-    result = _run("verify", flipped, "--model", "builtin:tiny-sd1")
+    result = run("verify", flipped, "--model", "builtin:tiny-sd1")
     assert result.exit_code == 1
     assert f"{flipped}: does NOT verify: integrity: the tensor bytes hash to" in result.output
-    refused = _run("inspect", flipped)
+    refused = run("inspect", flipped)
     assert refused.exit_code == 2 and "tampered or corrupted" in refused.output
     assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1
 
@@ -174,7 +163,7 @@ def test_verify_names_the_base_tensor_that_differs(built, tmp_path):
     name = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight"
     tensors[name].view(torch.int32)[0, 0] ^= 1  # one low mantissa bit of an fp32 base
     save_file(tensors, str(model / UNET))
-    result = _run("verify", built["a"], "--model", model, "--json")
+    result = run("verify", built["a"], "--model", model, "--json")
     assert result.exit_code == 1
     answer = json.loads(result.output)
     assert not answer["ok"]
@@ -186,7 +175,7 @@ def test_the_fp16_release_of_the_base_verifies_too(built, tmp_path):
     shutil.copytree(built["base"], model)
     tensors = load_file(str(model / UNET))
     save_file({name: tensor.half() for name, tensor in tensors.items()}, str(model / UNET))
-    result = _ok("verify", built["a"], "--model", model)
+    result = ok_json("verify", built["a"], "--model", model)
     base = next(check for check in result["checks"] if check["check"] == "base")
     assert result["ok"] and base["detail"] == "the 32 touched tensors match the pin (fp16-rounded)"
 
@@ -196,7 +185,7 @@ def test_the_fp16_release_of_the_base_verifies_too(built, tmp_path):
 
 def test_apply_merges_and_scale_minus_one_restores_the_base(built, tmp_path):
     merged, restored = tmp_path / "merged", tmp_path / "restored"
-    result = _ok("apply", built["a"], "--model", "builtin:tiny-sd1", "-o", merged)
+    result = ok_json("apply", built["a"], "--model", "builtin:tiny-sd1", "-o", merged)
     assert result["tensors_changed"] == 32 and result["layout"] == "diffusers"
     base = load_file(str(built["base"] / UNET))
     after = load_file(str(merged / UNET))
@@ -207,7 +196,7 @@ def test_apply_merges_and_scale_minus_one_restores_the_base(built, tmp_path):
             np.testing.assert_allclose(after[name].double().numpy(), expected, rtol=0, atol=1e-6)
         else:
             assert torch.equal(after[name], tensor), name
-    _ok("apply", built["a"], "--model", merged, "-o", restored, "--scale", "-1")
+    ok_json("apply", built["a"], "--model", merged, "-o", restored, "--scale", "-1")
     back = load_file(str(restored / UNET))
     for name, tensor in base.items():  # fp32: W0 + ΔW − ΔW is W0 to a few units of rounding
         np.testing.assert_allclose(back[name].numpy(), tensor.numpy(), rtol=0, atol=1e-6)
@@ -217,7 +206,7 @@ def test_apply_merges_and_scale_minus_one_restores_the_base(built, tmp_path):
 
 
 def test_apply_refuses_a_model_that_is_not_the_base(built, tmp_path):
-    result = _run("apply", built["a"], "--model", built["other"], "-o", tmp_path / "x")
+    result = run("apply", built["a"], "--model", built["other"], "-o", tmp_path / "x")
     assert result.exit_code == 2
     assert "not this patch's base (32 touched tensors differ" in result.output and "erasec retarget" in result.output
     assert not (tmp_path / "x").exists()
@@ -228,7 +217,7 @@ def test_apply_refuses_a_model_that_is_not_the_base(built, tmp_path):
 
 def test_compose_equals_building_the_union_spec(built, tmp_path):
     composed = tmp_path / "c.safetensors"
-    result = _ok("compose", built["a"], built["b"], "-o", composed, "--version", "1.1.0")
+    result = ok_json("compose", built["a"], built["b"], "-o", composed, "--version", "1.1.0")
     assert result["rank"] == 3
     ours, theirs = _deltas(composed, built["base"]), _deltas(built["union"], built["base"])
     for layer in theirs:
@@ -243,7 +232,7 @@ def test_compose_equals_building_the_union_spec(built, tmp_path):
 
 def test_compose_is_not_the_sum_of_the_loras(built, tmp_path):
     composed = tmp_path / "c.safetensors"
-    _ok("compose", built["a"], built["b"], "-o", composed)
+    ok_json("compose", built["a"], built["b"], "-o", composed)
     ours, a, b = (_lora_products(p) for p in (composed, built["a"], built["b"]))
     gaps = [_relative(a[m] + b[m], ours[m]) for m in ours]
     assert min(gaps) > 1e-3, min(gaps)  # the joint solve differs in every layer
@@ -265,7 +254,7 @@ def test_compose_refuses_with_the_reason(built, tmp_path, case, message):
         "no-link": lambda: _without(built["b"], "erasec.link", tmp_path / "nolink.safetensors"),
         "same-concept": lambda: built["a"],
     }[case]()
-    result = _run("compose", built["a"], second, "-o", tmp_path / "c.safetensors")
+    result = run("compose", built["a"], second, "-o", tmp_path / "c.safetensors")
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "c.safetensors").exists()
@@ -275,7 +264,7 @@ def _build_with_lambda(built, tmp_path) -> Path:
     spec = tmp_path / "lam.yaml"
     spec.write_text(SPEC_B.replace("output:", "options: {lambda: 1.0}\noutput:"))
     out = tmp_path / "lam.safetensors"
-    assert _run("build", spec, "-o", out).exit_code == 0
+    assert run("build", spec, "-o", out).exit_code == 0
     return out
 
 
@@ -283,12 +272,12 @@ def _build_with_lambda(built, tmp_path) -> Path:
 
 
 def test_diff_reports_the_added_concepts_and_the_bump(built):
-    result = _ok("diff", built["a"], built["union"])
+    result = ok_json("diff", built["a"], built["union"])
     assert sorted(result["concepts"]["added"]) == ["Greg Rutkowski", "Kelly McKernan"]
     assert result["preserve"]["added"] == ["Pablo Picasso"]
     assert result["version"]["bump"] == result["version"]["required"] == "minor" and result["version"]["matches"]
     assert result["version"]["reasons"][1:] == ["preserve list, options or pipeline changed"]
-    answered_no = _run("diff", built["union"], built["a"], "--json")
+    answered_no = run("diff", built["union"], built["a"], "--json")
     assert answered_no.exit_code == 1  # the version check answered no (issue 12 item 7)
     backwards = json.loads(answered_no.output)
     assert sorted(backwards["concepts"]["removed"]) == ["Greg Rutkowski", "Kelly McKernan"]
@@ -297,12 +286,12 @@ def test_diff_reports_the_added_concepts_and_the_bump(built):
 
 def test_publish_makes_a_hub_folder_and_refuses_to_overwrite_a_version(built, tmp_path):
     hub = tmp_path / "hub"
-    result = _ok("publish", built["a"], "--to", hub, "--base-model", "org/tiny")
+    result = ok_json("publish", built["a"], "--to", hub, "--base-model", "org/tiny")
     assert result["file"] == "no-artists-1.0.0.safetensors" and result["status"] == "published"
     assert (hub / "README.md").read_text().startswith("---\nbase_model: org/tiny\n")
-    again = _ok("publish", built["a"], "--to", hub)
+    again = ok_json("publish", built["a"], "--to", hub)
     assert again["status"] == "unchanged"
-    clash = _run("publish", built["a_other"], "--to", hub)
+    clash = run("publish", built["a_other"], "--to", hub)
     assert clash.exit_code == 2 and "already published with different bytes" in clash.output
 
 
@@ -311,13 +300,13 @@ def test_publish_makes_a_hub_folder_and_refuses_to_overwrite_a_version(built, tm
 
 def test_retarget_equals_compiling_the_spec_against_the_other_model(built, tmp_path):
     moved = tmp_path / "r.safetensors"
-    result = _ok("retarget", built["a"], "--model", built["other"], "-o", moved)
+    result = ok_json("retarget", built["a"], "--model", built["other"], "-o", moved)
     assert result["layers"] == 32
     ours, theirs = load_file(str(moved)), load_file(str(built["a_other"]))
     assert sorted(ours) == sorted(theirs)
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-6, atol=1e-7)
-    assert _ok("verify", moved, "--model", built["other"])["ok"]
+    assert ok_json("verify", moved, "--model", built["other"])["ok"]
     same = read_patch(moved).metadata, read_patch(built["a_other"]).metadata
     assert same[0]["erasec.base"] == same[1]["erasec.base"] and same[0]["erasec.report"] == same[1]["erasec.report"]
 
@@ -325,14 +314,14 @@ def test_retarget_equals_compiling_the_spec_against_the_other_model(built, tmp_p
 def test_retarget_refuses_another_text_encoder(built, tmp_path):
     encoder = Path("text_encoder") / "model.safetensors"
     model = _perturbed_copy(built["other"], tmp_path / "m", lambda n: "final_layer_norm.weight" in n, 0.01, encoder)
-    result = _run("retarget", built["a"], "--model", model, "-o", tmp_path / "r.safetensors")
+    result = run("retarget", built["a"], "--model", model, "-o", tmp_path / "r.safetensors")
     assert result.exit_code == 2
     assert "its text encoder differs from the patch's" in result.output
 
 
 def test_retarget_refuses_a_patch_without_shared_factors(built, tmp_path):
     plain = _without(built["a"], "erasec.shared", tmp_path / "plain.safetensors")
-    result = _run("retarget", plain, "--model", built["other"], "-o", tmp_path / "r.safetensors")
+    result = run("retarget", plain, "--model", built["other"], "-o", tmp_path / "r.safetensors")
     assert result.exit_code == 2
     assert "not of the shared kind" in result.output
 
@@ -340,7 +329,7 @@ def test_retarget_refuses_a_patch_without_shared_factors(built, tmp_path):
 def test_a_linked_build_is_byte_identical_when_repeated(built, tmp_path):
     spec = tmp_path / "a.yaml"
     spec.write_text(SPEC_A)
-    assert _run("build", spec, "-o", tmp_path / "again.safetensors").exit_code == 0
+    assert run("build", spec, "-o", tmp_path / "again.safetensors").exit_code == 0
     assert (tmp_path / "again.safetensors").read_bytes() == built["a"].read_bytes()
 
 
@@ -348,13 +337,13 @@ def test_a_peft_patch_verifies_applies_and_retargets_like_the_kohya_one(built, t
     spec = tmp_path / "p.yaml"
     spec.write_text(SPEC_A.replace("{link: true}", "{link: true, format: peft}"))
     peft = tmp_path / "p.safetensors"
-    assert _run("build", spec, "-o", peft).exit_code == 0
-    assert _ok("verify", peft, "--model", "builtin:tiny-sd1")["ok"]
+    assert run("build", spec, "-o", peft).exit_code == 0
+    assert ok_json("verify", peft, "--model", "builtin:tiny-sd1")["ok"]
     kohya_products, peft_products = _lora_products(built["a"]), _lora_products(peft)
     for layer in kohya_products:
         np.testing.assert_array_equal(peft_products[layer], kohya_products[layer])
     moved = tmp_path / "moved.safetensors"
-    _ok("retarget", peft, "--model", built["other"], "-o", moved)
+    ok_json("retarget", peft, "--model", built["other"], "-o", moved)
     assert all(name.startswith("unet.") for name in load_file(str(moved)))
     expected = _lora_products(built["a_other"])
     for layer, delta in _lora_products(moved).items():
@@ -372,7 +361,7 @@ def _refused_by_every_command(patch: Path, tmp_path: Path, message: str) -> None
     for args in (("inspect", patch), ("verify", patch, "--model", "builtin:tiny-sd1"),
                  ("apply", patch, "--model", "builtin:tiny-sd1", "-o", tmp_path / "merged"),
                  ("diff", patch, patch)):
-        result = _run(*args)
+        result = run(*args)
         assert result.exit_code in (1, 2) and "Traceback" not in result.output, (args, result.output)
         assert message in result.output, (args, result.output)
     assert not (tmp_path / "merged").exists()
@@ -389,11 +378,11 @@ def test_a_hidden_attn1_module_with_recomputed_hashes_is_refused(built, tmp_path
 
 
 def test_inspect_lists_every_module_a_loader_applies(built):
-    facts = _ok("inspect", built["a"])
+    facts = ok_json("inspect", built["a"])
     assert len(facts["modules"]) == 32 and {m["rank"] for m in facts["modules"]} == {1}
     first = facts["modules"][0]
     assert first["tensor"].startswith("lora_unet_") and len(first["shape"]) == 2
-    assert first["tensor"] in _run("inspect", built["a"]).output
+    assert first["tensor"] in run("inspect", built["a"]).output
 
 
 def test_flipped_metadata_bits_fail_inspect_verify_and_apply(built, tmp_path):
@@ -430,7 +419,7 @@ def test_verify_refuses_a_non_finite_factor(built, tmp_path):
     up = torch.tensor(patch.tensor(f"{module.prefix}.lora_up.weight"), dtype=torch.float32)
     up[0, 0] = float("inf")
     crafted = recraft(built["a"], tmp_path / "inf.safetensors", tensors={f"{module.prefix}.lora_up.weight": up})
-    result = _run("verify", crafted, "--model", "builtin:tiny-sd1", "--json")
+    result = run("verify", crafted, "--model", "builtin:tiny-sd1", "--json")
     assert result.exit_code == 1
     assert json.loads(result.output)["reason"] == f"finite: {module.layer}: its up factor holds NaN or infinity"
 
@@ -445,8 +434,8 @@ def test_verify_re_measures_the_claimed_efficacy(built, tmp_path):
         "erasec.spec": json.dumps(spec, sort_keys=True, separators=(",", ":")),
         "erasec.report": json.dumps(report, sort_keys=True, separators=(",", ":")),
     })
-    assert _ok("inspect", crafted)["erase"][0]["concept"] == "Mickey Mouse"  # well-formed: only verify can tell
-    result = _run("verify", crafted, "--model", "builtin:tiny-sd1", "--json")
+    assert ok_json("inspect", crafted)["erase"][0]["concept"] == "Mickey Mouse"  # well-formed: only verify can tell
+    result = run("verify", crafted, "--model", "builtin:tiny-sd1", "--json")
     assert result.exit_code == 1
     reason = json.loads(result.output)["reason"]
     assert reason.startswith("efficacy: 1 concepts re-measured; largest gap at 'Mickey Mouse': claimed 0.9"), reason
@@ -456,7 +445,7 @@ def test_verify_re_measures_the_claimed_efficacy(built, tmp_path):
 
 
 def _ok_or_one(path: Path) -> dict:
-    result = _run("verify", path, "--model", "builtin:tiny-sd1", "--json")
+    result = run("verify", path, "--model", "builtin:tiny-sd1", "--json")
     assert result.exit_code in (0, 1), result.output
     return json.loads(result.output)
 
@@ -466,10 +455,10 @@ def test_a_speed_patch_declares_only_the_layers_it_edits(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC_A.replace("method: uce", "method: speed"))
     out = tmp_path / "s.safetensors"
-    assert _run("build", spec, "-o", out).exit_code == 0
-    assert len(_ok("inspect", out)["modules"]) == 16
+    assert run("build", spec, "-o", out).exit_code == 0
+    assert len(ok_json("inspect", out)["modules"]) == 16
     assert _ok_or_one(out)["ok"]
-    _ok("apply", out, "--model", "builtin:tiny-sd1", "-o", tmp_path / "merged")
+    ok_json("apply", out, "--model", "builtin:tiny-sd1", "-o", tmp_path / "merged")
 
 
 # --- SDXL's pooled path (issue 12 item 1) -----------------------------------------------------------
@@ -485,12 +474,12 @@ def test_a_pooled_sdxl_patch_verifies_and_applies_against_its_own_model(tmp_path
     spec = tmp_path / "sdxl.yaml"
     spec.write_text(example.read_text().replace("builtin:tiny-sdxl.safetensors", model))
     patch = tmp_path / "patch.safetensors"
-    assert _run("build", spec, "-o", patch).exit_code == 0
-    verified = _ok("verify", patch, "--model", model)
+    assert run("build", spec, "-o", patch).exit_code == 0
+    verified = ok_json("verify", patch, "--model", model)
     assert verified["ok"], verified["reason"]
     assert next(c for c in verified["checks"] if c["check"] == "sites")["detail"] == "141 modules present with matching shapes"
     merged = tmp_path / ("merged.safetensors" if model.endswith(".safetensors") else "merged")
-    assert _ok("apply", patch, "--model", model, "-o", merged)["tensors_changed"] == 141
+    assert ok_json("apply", patch, "--model", model, "-o", merged)["tensors_changed"] == 141
     opened = open_model(model, pooled=True)
     site = opened.target.spaces[1].sites[0]
     name = opened.weight_name(site)
@@ -517,24 +506,24 @@ def test_a_peft_patch_has_no_ss_keys_and_its_rank_comes_from_its_config(built, t
     spec = tmp_path / "p.yaml"
     spec.write_text(SPEC_A.replace("{link: true}", "{link: true, format: peft}"))
     peft = tmp_path / "p.safetensors"
-    assert _run("build", spec, "-o", peft).exit_code == 0
+    assert run("build", spec, "-o", peft).exit_code == 0
     metadata = _metadata(peft)
     assert not [key for key in metadata if key.startswith("ss_")]
     assert json.loads(metadata["lora_adapter_metadata"])["unet.r"] == 1
     assert {"ss_network_dim", "ss_network_alpha", "ss_output_name"} <= set(_metadata(built["a"]))
-    assert _ok("inspect", peft)["rank"] == 1
-    layers = next(c for c in _ok("verify", peft, "--model", "builtin:tiny-sd1")["checks"] if c["check"] == "layers")
+    assert ok_json("inspect", peft)["rank"] == 1
+    layers = next(c for c in ok_json("verify", peft, "--model", "builtin:tiny-sd1")["checks"] if c["check"] == "layers")
     assert layers["detail"].startswith("32 LoRA modules at rank 1 (the PEFT config's r), exactly the declared layers")
-    assert _ok("apply", peft, "--model", "builtin:tiny-sd1", "-o", tmp_path / "merged")["tensors_changed"] == 32
+    assert ok_json("apply", peft, "--model", "builtin:tiny-sd1", "-o", tmp_path / "merged")["tensors_changed"] == 32
     moved = tmp_path / "moved.safetensors"
-    _ok("retarget", peft, "--model", built["other"], "-o", moved)
+    ok_json("retarget", peft, "--model", built["other"], "-o", moved)
     assert not [key for key in _metadata(moved) if key.startswith("ss_")]
     # one written before, with ss_* keys, still reads when they agree with its config; not otherwise
     older = recraft(peft, tmp_path / "older.safetensors", metadata={
         "ss_network_dim": "1", "ss_network_alpha": "1", "ss_network_module": "networks.lora", "ss_network_args": "{}"})
-    assert _ok("inspect", older)["rank"] == 1
+    assert ok_json("inspect", older)["rank"] == 1
     crafted = recraft(peft, tmp_path / "crafted.safetensors", metadata={
         "ss_network_dim": "4", "ss_network_alpha": "4", "ss_network_module": "networks.lora", "ss_network_args": "{}"})
-    refused = _run("inspect", crafted)
+    refused = run("inspect", crafted)
     assert refused.exit_code == 2
     assert refused.output.strip() == f"erasec: error: {crafted}: ss_network_dim: '4', but the PEFT config's r is 1"
