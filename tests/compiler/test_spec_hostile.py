@@ -12,6 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cli_helpers import run
 from erasec.compiler.errors import SpecError
 from erasec.compiler.frontend.from_patch import spec_from_dict
 from erasec.compiler.frontend.reader import load_spec, parse_spec
@@ -251,14 +252,6 @@ def test_hostile_specs_parse_or_give_one_line_naming_the_file(text, tmp_path_fac
 # -- the commands: build and build-many refuse, the caller opts in; later errors name the spec line --
 
 
-def _cli(*args):
-    from click.testing import CliRunner
-
-    from erasec.compiler.cli import cli
-
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
 _BUILD = HEAD + "model: builtin:tiny-sd1\nmethod: uce\nerase:\n  - {concept: Van Gogh, anchor: art}\n  - {concept: Kelly McKernan}\n"
 
 
@@ -268,24 +261,24 @@ def test_build_and_build_many_confine_file_lists_unless_allowed(tmp_path):
     specs.mkdir()
     path = _write(specs, _BUILD + "preserve:\n  - file: ../host.txt\n")
     out = tmp_path / "out"
-    result = _cli("build", path, "-o", out / "p.safetensors")
+    result = run("build", path, "-o", out / "p.safetensors")
     assert result.exit_code == 2 and not out.exists()
     assert result.output == f"erasec: error: {path}:10: preserve[0].file: '../host.txt' is outside the spec's folder {str(specs)!r}; {FIX}\n"
-    many = _cli("build-many", specs, "-o", out, "-j", "1")
+    many = run("build-many", specs, "-o", out, "-j", "1")
     assert many.exit_code == 2 and "preserve[0].file: '../host.txt' is outside the spec's folder" in many.output
-    assert _cli("build", path, "-o", out / "p.safetensors", "--allow-outside-spec").exit_code == 0
-    assert _cli("build-many", specs, "-o", out / "many", "-j", "1", "--allow-outside-spec").exit_code == 0
+    assert run("build", path, "-o", out / "p.safetensors", "--allow-outside-spec").exit_code == 0
+    assert run("build-many", specs, "-o", out / "many", "-j", "1", "--allow-outside-spec").exit_code == 0
 
 
 def test_a_rank_the_layers_cannot_take_is_refused_naming_the_spec_line(tmp_path):
     """Above full rank a LoRA is bigger than the dense ΔW (issue 16: rank 100000 wrote 973 MB)."""
     path = _write(tmp_path, _BUILD + "output: {rank: 65536}\n")
-    result = _cli("build", path, "-o", tmp_path / "p.safetensors")
+    result = run("build", path, "-o", tmp_path / "p.safetensors")
     assert result.exit_code == 2 and not (tmp_path / "p.safetensors").exists()
     assert result.output == (
         f"erasec: error: {path}:9: output.rank: 65536 is above the full rank 32 of "
         "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k (32×32); use 'auto' or at most 32\n"
     )
     path = _write(tmp_path, _BUILD + "output:\n  format: peft\n  rank: 1\n")
-    result = _cli("build", path, "-o", tmp_path / "p.safetensors")
+    result = run("build", path, "-o", tmp_path / "p.safetensors")
     assert result.output == f"erasec: error: {path}:11: output.rank: 1 is below the solved rank 2; use 'auto' or a rank of at least 2\n"

@@ -1,6 +1,7 @@
 """``erasec diff``: changes between two patch versions and the semver rule."""
 
 import pytest
+from cli_helpers import run
 from fake_patches import write_fake_patch
 
 from erasec.patches.diff import diff_patches, render, version_bump
@@ -69,24 +70,16 @@ def test_new_weights_under_the_same_version_do_not_match(tmp_path):
     assert result["version"]["bump"] == "none" and not result["version"]["matches"]
 
 
-def _cli(*args):
-    from click.testing import CliRunner
-
-    from erasec.compiler.cli import cli
-
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
 def test_the_cli_exits_1_when_the_bump_does_not_match_and_0_when_it_does(tmp_path):
     """A hub's CI gates on the exit code (issue 12 item 7): 1 is 'the check answered no'."""
     a = write_fake_patch(tmp_path / "a.safetensors", concepts=("A", "B"))
     short = write_fake_patch(tmp_path / "short.safetensors", seed=1, concepts=("A",), version="1.1.0")
     major = write_fake_patch(tmp_path / "major.safetensors", seed=1, concepts=("A",), version="2.0.0")
-    refused = _cli("diff", a, short)
+    refused = run("diff", a, short)
     assert refused.exit_code == 1, refused.output
     assert refused.output.rstrip().endswith("version bump minor; the changes need major: does NOT match")
-    assert _cli("diff", a, short, "--json").exit_code == 1
-    accepted = _cli("diff", a, major)
+    assert run("diff", a, short, "--json").exit_code == 1
+    accepted = run("diff", a, major)
     assert accepted.exit_code == 0 and accepted.output.rstrip().endswith("the changes need major: matches")
 
 
@@ -96,6 +89,6 @@ def test_a_folder_given_as_a_patch_is_named_a_folder(tmp_path, which):
     folder = tmp_path / "hub"
     folder.mkdir()
     args = (patch, folder) if which == "new" else (folder, patch)
-    result = _cli("diff", *args)
+    result = run("diff", *args)
     assert result.exit_code == 2
     assert result.output.strip() == f"erasec: error: {folder}: is a folder; give a patch file (.safetensors)"
