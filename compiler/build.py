@@ -29,7 +29,7 @@ from .frontend.methods import pipeline_text
 from .frontend.reader import load_spec
 from .frontend.spec import Spec
 from .lowering.lower import Lowering
-from .models.pins import model_base_pin, model_text_encoder_pin
+from .models.protocol import TextModel
 from .models.recording import RecordingModel
 from .outputs import check_build_output
 
@@ -139,7 +139,7 @@ def build_spec(
     options: BuildOptions = BuildOptions(),
     *,
     emit_ir: Callable[[str], None] = lambda text: None,
-    model=None,
+    model: TextModel | None = None,
     extra_metadata: tuple[tuple[str, str], ...] = (),
     clock: float | None = None,
     progress: Callable[[str], None] = lambda stage: None,
@@ -160,6 +160,7 @@ def build_spec(
     pipeline = Pipeline.parse(pipeline_text(spec), _ir_callback(options, emit_ir))
 
     progress("load")
+    caching = None  # the cache wrapper of a model opened here: its counts go to the summary
     if model is None:
         from .models.embedding_cache import CachingModel, EmbeddingCache
 
@@ -171,9 +172,10 @@ def build_spec(
             if options.model is not None:
                 raise
             raise type(error)(f"{spec.where('model')}: {error}") from None
-        model = CachingModel(model, EmbeddingCache.at(options.cache_dir) if options.cache else None)
+        model = caching = CachingModel(model, EmbeddingCache.at(options.cache_dir) if options.cache else None)
+    recording = None  # what output.link records
     if spec.output.link:
-        model = RecordingModel(model)
+        model = recording = RecordingModel(model)
     base_weights = model.kv_weights()
     check_rank(spec, model.target)
     seconds["load"] = time.perf_counter() - clock
@@ -181,9 +183,7 @@ def build_spec(
     progress("encode")
     mark = time.perf_counter()
     lowered = Lowering.for_pipeline(model, pipeline).lower(spec, preset)
-    release = getattr(model, "release_text_encoders", None)
-    if release is not None:  # every row is encoded: free SDXL's 1.6 GB of encoders (docs/performance.md)
-        release()
+    model.release_text_encoders()  # every row is encoded: free SDXL's 1.6 GB of encoders (docs/performance.md)
     seconds["encode"] = time.perf_counter() - mark
 
     progress("solve")
@@ -208,7 +208,8 @@ def build_spec(
 
     progress("emit")
     mark = time.perf_counter()
-    size, rank = emit(_emit_job(spec, pipeline, program, model, scores, base_weights, output, extra_metadata))
+    encodings = recording.encodings if recording is not None else None
+    size, rank = emit(_emit_job(spec, pipeline, program, model, encodings, scores, base_weights, output, extra_metadata))
     seconds["emit"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - clock
 
@@ -236,7 +237,7 @@ def build_spec(
         format=spec.output.format,
         diagnostics=tuple(f"{d.severity} [{d.origin}] {d.message}" for d in program.diagnostics)
         + low_efficacy_warning(spec, scores),  # a concept erased far less than its method normally does
-        prompts={"cached": getattr(model, "hits", 0), "encoded": len(getattr(model, "encoded", ()))},
+        prompts={"cached": caching.hits if caching else 0, "encoded": len(caching.encoded) if caching else 0},
     )
 
 
@@ -256,9 +257,12 @@ def edited_paths(program: EditProgram) -> tuple[str, ...]:
     return tuple(paths)
 
 
-def _emit_job(spec: Spec, pipeline, program: EditProgram, model, scores, base_weights, output, extra_metadata) -> Emit:
+def _emit_job(
+    spec: Spec, pipeline, program: EditProgram, model: TextModel, encodings, scores, base_weights, output, extra_metadata
+) -> Emit:
     """What ``emit`` writes for this build; a LoRA format's manifest records the edited layers, the
-    scores, the pins of the touched tensors and text encoder, and the shared and linked forms."""
+    scores, the pins of the touched tensors and text encoder, and the shared and linked forms
+    (``encodings``: what a ``RecordingModel`` recorded, for ``output.link``)."""
     touched = [  # the sites the LoRA edits (SPEED: to_v only), as erasec.spaces lists them
         site.module_path for s in program.solution.spaces for site in program.target.space(s.space).sites if s.edits(site.role)
     ]
@@ -276,11 +280,10 @@ def _emit_job(spec: Spec, pipeline, program: EditProgram, model, scores, base_we
             for s in program.solution.spaces
         ),
         report=scores.as_dict(),
-        base_pin=(model.base_pin(touched) if hasattr(model, "base_pin") else model_base_pin(model, touched)) if lora else {},
-        text_encoder=(model.text_encoder_pin() if hasattr(model, "text_encoder_pin") else model_text_encoder_pin(model))
-        if lora else None,
+        base_pin=model.base_pin(touched) if lora else {},
+        text_encoder=model.text_encoder_pin() if lora else None,
         shared=encode_shared(program.solution) if lora else None,
-        link=encode_encodings(model.encodings) if lora and spec.output.link else None,
+        link=encode_encodings(encodings) if lora and spec.output.link else None,
         extra=extra_metadata,
     )
     return Emit(

@@ -22,7 +22,8 @@ from erasec.ir.errors import ErasecError
 from erasec.patches.errors import PatchError
 from erasec.patches.read import PatchFile
 
-from ..models.pins import storage_dtype
+from ..models.protocol import TextModel
+
 
 # |claimed − measured| a per-concept efficacy may show, per storage dtype (of the patch or the model,
 # the looser): the stored factors' rounding moves W'k by about that fraction of ‖W0 k − W0 g‖
@@ -46,7 +47,7 @@ def _stored_solution(patch: PatchFile, space) -> Solution:
     return Solution(spaces=(solved,))
 
 
-def efficacy_check(patch: PatchFile, model, tolerance_of: Callable) -> dict:
+def efficacy_check(patch: PatchFile, model: TextModel, tolerance_of: Callable) -> dict:
     from erasec.passes.pipeline import Pipeline
     from erasec.compiler.frontend.presets import PRESETS
 
@@ -74,7 +75,7 @@ def efficacy_check(patch: PatchFile, model, tolerance_of: Callable) -> dict:
             "check": "efficacy", "ok": False,
             "detail": f"the report claims {sorted(claimed)}, the spec erases {sorted(measured)}",
         }
-    tolerance, limit = tolerance_of(EFFICACY_TOLERANCE, patch.dtype, storage_dtype(model))
+    tolerance, limit = tolerance_of(EFFICACY_TOLERANCE, patch.dtype, model.storage_dtype())
     gaps = {name: abs(float(claimed[name]) - measured[name]) if claimed[name] is not None else float("inf")
             for name in measured}
     worst = max(sorted(gaps), key=lambda name: gaps[name])

@@ -25,15 +25,11 @@ import numpy as np
 from erasec.patches.read import read_patch
 
 from ..errors import EvalError
+from ..models.families import FAMILIES
 
 IMAGES_FOLDER = "images"  # inside the report folder
-# family (compiler/models/sd.py FAMILIES) -> the diffusers pipeline class that generates with it; a new
-# family joins with one line here
-PIPELINES = {
-    "sd1": "StableDiffusionPipeline",
-    "sd2": "StableDiffusionPipeline",
-    "sdxl": "StableDiffusionXLPipeline",
-}
+# family -> the diffusers pipeline class that generates with it (each family's ``pipeline``)
+PIPELINES = {name: family.pipeline for name, family in FAMILIES.items()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,6 +26,7 @@ from erasec.compiler.frontend.presets import PRESETS
 from erasec.patches.solution import patch_target
 from erasec.patches.read import read_patch
 
+from ..models.protocol import TextModel
 from ..models.recording import RecordingModel
 from ..errors import EvalError
 from .metrics import (
@@ -156,7 +157,7 @@ def _requests(spec, preset) -> list[Request]:
 class _Rows:
     """Encoded prompts: the last content token of each (pairs), or all its token rows (specificity)."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model: TextModel) -> None:
         self.model = model
 
     def last(self, prompts) -> np.ndarray:

@@ -46,6 +46,7 @@ from erasec.compiler.frontend.presets import Preset
 
 from ..errors import ModelError
 from ..frontend.spec import Spec
+from ..models.protocol import TextModel
 from .prompts import Settings, erase_pairs, ordered_entries, prior_prompts, resolve_settings, retain_prompts
 from .rows import RowRule, length_batches
 
@@ -65,14 +66,14 @@ class Lowering:
 
     STREAM = 64  # prompts (erase pairs) encoded per batch
 
-    def __init__(self, model, *, fold_erase: bool = False, fold_preserve: bool = True, attack_retain: str = "blank") -> None:
+    def __init__(self, model: TextModel, *, fold_erase: bool = False, fold_preserve: bool = True, attack_retain: str = "blank") -> None:
         self.model = model
         self.fold_erase = fold_erase
         self.fold_preserve = fold_preserve
         self.attack_retain = attack_retain  # RECE's rounds: "blank" (' ' per erase prompt) or "spec" ('' + preserve)
 
     @classmethod
-    def for_pipeline(cls, model, pipeline) -> "Lowering":
+    def for_pipeline(cls, model: TextModel, pipeline) -> "Lowering":
         """The lowering whose rows ``pipeline`` will transform: erase rows fold unless a pass reads them;
         the retain set of RECE's rounds is the ``rece`` pass's."""
         retain = next((p.retain for p in pipeline.passes if p.name == "rece"), "blank")

@@ -34,8 +34,9 @@ the first build against an encoder file pays it. Two other per-model costs are m
 under the K/V weights file's stamp: the site Gram Σ W0ᵀW0 (``grams/``; SDXL's 140 matrices) and the
 patch's base pin (``pins/``).
 
-``CachingModel`` wraps a model (as ``recording.RecordingModel`` does); ``--no-cache`` builds go
-through it too (``cache=None``), so they encode exactly as cached ones do.
+``CachingModel`` wraps an opened ``SDModel`` (its keys read the model's files) and is itself a
+``protocol.TextModel``, as ``recording.RecordingModel`` is; ``--no-cache`` builds go through it too
+(``cache=None``), so they encode exactly as cached ones do.
 """
 
 from __future__ import annotations
@@ -48,18 +49,23 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .cache_entries import CacheInfo, EmbeddingCache  # noqa: F401  (the CLI's `erasec cache`)
-from .pins import model_base_pin, model_text_encoder_pin, text_encoder_tensors
+from .pins import text_encoder_tensors
+from .wrapper import ModelWrapper
+
+if TYPE_CHECKING:
+    from .sd import SDModel
 
 # 2: entries with key and checksum (cache_entries); each prompt encoded alone on one torch thread
 CACHE_VERSION = 2
 _TRUNCATION = 77  # tokens: every family's tokenizers truncate to CLIP's context
 
 
-def _stamp(model) -> str | None:
+def _stamp(model: SDModel) -> str | None:
     """A digest of the encoder files' (path, size, mtime), or None when the model has no such files."""
     tensors = text_encoder_tensors(model)
     files = getattr(tensors, "_files", None)
@@ -81,7 +87,7 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def encoder_files_digest(model) -> str:
+def encoder_files_digest(model: SDModel) -> str:
     """A SHA-256 of what besides the weights decides the rows: in a diffusers folder, every JSON and
     text file of each encoder's folder (``config.json``) and of its tokenizer's (vocabulary, merges,
     special tokens); for a single file, its header metadata (the text-encoder config it records)."""
@@ -131,16 +137,19 @@ def _passes(encode: Callable[[str], np.ndarray], prompts: list[str], workers: in
         pool.shutdown(cancel_futures=True)
 
 
-class CachingModel:
+class CachingModel(ModelWrapper):
     """A model whose ``encode``/``encode_pooled`` answer from an ``EmbeddingCache`` where they can,
     and encode the rest one prompt per pass on one torch thread (module docstring).
 
-    ``cache=None`` stores nothing but encodes the same way (``--no-cache``). ``hits`` and
-    ``encoded`` count prompts per call kind, for the build summary and the tests.
+    ``cache=None`` stores nothing but encodes the same way (``--no-cache``). ``hits`` (prompts
+    answered from the cache) and ``encoded`` (prompts sent to the encoder) are for the build summary
+    and the tests.
     """
 
-    def __init__(self, model, cache: EmbeddingCache | None) -> None:
-        self._model = model
+    inner: SDModel
+
+    def __init__(self, model: SDModel, cache: EmbeddingCache | None) -> None:
+        super().__init__(model)
         self._cache = cache
         self._pin: dict | None = None
         self._pin_known = False
@@ -148,16 +157,13 @@ class CachingModel:
         self.hits = 0
         self.encoded: list[str] = []
 
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)
-
     def text_encoder_pin(self) -> dict | None:
-        """``model_text_encoder_pin`` of the wrapped model, computed once and memoised by file stamp."""
+        """The wrapped model's ``text_encoder_pin``, computed once and memoised by file stamp."""
         if not self._pin_known:
-            stamp = _stamp(self._model) if self._cache is not None else None
+            stamp = _stamp(self.inner) if self._cache is not None else None
             pin = self._cache.memo(stamp) if stamp is not None else None
             if pin is None:
-                pin = model_text_encoder_pin(self._model)
+                pin = self.inner.text_encoder_pin()
                 if stamp is not None and pin is not None:
                     self._cache.put_memo(stamp, pin)
             self._pin, self._pin_known = pin, True
@@ -165,8 +171,8 @@ class CachingModel:
 
     def _weights_key(self, *context) -> str | None:
         """A memo key for something computed from the K/V weights file, or None when not cacheable."""
-        weights_file = getattr(self._model, "unet_weights_file", None)
-        if self._cache is None or weights_file is None or not Path(weights_file).is_file():
+        weights_file = self.inner.unet_weights_file
+        if self._cache is None or not Path(weights_file).is_file():
             return None
         text = json.dumps([CACHE_VERSION, _files_stamp([weights_file]), *context])
         return hashlib.sha256(text.encode()).hexdigest()
@@ -177,18 +183,18 @@ class CachingModel:
         key = self._weights_key("site-gram", space.name, sorted(roles), [(s.module_path, s.role) for s in space.sites])
         gram = None if key is None else self._cache.get(key, "grams", (space.dim, space.dim))
         if gram is None:
-            gram = self._model.site_gram(space, roles)
+            gram = self.inner.site_gram(space, roles)
             if key is not None:
                 self._cache.put(key, gram, "grams")
         return gram
 
     def base_pin(self, module_paths) -> dict:
-        """``model_base_pin`` of the wrapped model, memoised like ``site_gram`` (SDXL: ≈ 7 s of reading
+        """The wrapped model's ``base_pin``, memoised like ``site_gram`` (SDXL: ≈ 7 s of reading
         and hashing 140 matrices per build)."""
         key = self._weights_key("base-pin", sorted(module_paths))
         pin = None if key is None else self._cache.memo(key)
         if pin is None:
-            pin = model_base_pin(self._model, module_paths)
+            pin = self.inner.base_pin(module_paths)
             if key is not None:
                 self._cache.put_memo(key, pin)
         return pin
@@ -197,14 +203,14 @@ class CachingModel:
         """Per prompt, its entry key and its token count."""
         pin = self.text_encoder_pin() or {}
         if self._context is None:
-            self._context = encoder_files_digest(self._model)
-        ids = self._model.tokenize(prompts)
+            self._context = encoder_files_digest(self.inner)
+        ids = self.inner.tokenize(prompts)
         context = {
             "v": CACHE_VERSION,
             "encoder": pin.get("sha256"),
             "encoder_files": self._context,
-            "family": self._model.family,
-            "encoders": [list(map(str, e)) for e in self._model.encoders],
+            "family": self.inner.family,
+            "encoders": [list(map(str, e)) for e in self.inner.encoders],
             "kind": kind,
             "padded": padded,
             "truncation": _TRUNCATION,
@@ -221,7 +227,7 @@ class CachingModel:
     def _shape(self, kind: str, padded: bool, tokens: int) -> tuple[int, ...] | None:
         if kind == "pooled":
             return None
-        return (_TRUNCATION if padded else tokens, self._model.target.spaces[0].dim)
+        return (_TRUNCATION if padded else tokens, self.inner.target.spaces[0].dim)
 
     def encode(self, prompts: Sequence[str], *, padded: bool) -> list[np.ndarray]:
         return self._lookup(prompts, "rows", padded)
@@ -247,7 +253,7 @@ class CachingModel:
         if missing:
 
             def encode(prompt: str) -> np.ndarray:  # a pass of its own: its rows do not depend on the others
-                return (self._model.encode_pooled([prompt]) if kind == "pooled" else self._model.encode([prompt], padded=padded))[0]
+                return (self.inner.encode_pooled([prompt]) if kind == "pooled" else self.inner.encode([prompt], padded=padded))[0]
 
             with _one_torch_thread() as threads:
                 for prompt, array in zip(missing, _passes(encode, missing, min(threads, len(missing)))):

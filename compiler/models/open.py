@@ -4,10 +4,9 @@
 ``open_model(location)`` reads only what the compiler needs: the safetensors header (site names and
 shapes) and the text encoders' configs or shapes; ``compiler/models/sd.py`` reads the rest on demand.
 
-Families (DESIGN.md §8, research/methods.md §7), detected from the files: a folder is SDXL when it
-has ``text_encoder_2/``; otherwise SD2 when its text encoder uses ``gelu`` (OpenCLIP) and SD1 when it
-uses ``quick_gelu`` (OpenAI CLIP). A single file is recognised by its text encoder prefixes
-(research/ecosystem.md §3.1). A single file's text encoder config is inferred from its shapes — CLIP
+Families (DESIGN.md §8, research/methods.md §7) are detected from the files by asking each family
+of the registry (``families/``) whether it claims them; ``families/sd.py`` says how SD1, SD2 and
+SDXL tell themselves apart. A single file's text encoder config is inferred from its shapes — CLIP
 head width 64 (CLIP-L 12×64, OpenCLIP-H 16×64, bigG 20×64), ``quick_gelu`` for the HF-layout CLIP-L,
 ``gelu`` for OpenCLIP — unless its header carries ``erasec.text_encoders`` (written by
 ``erasec export-single-file`` for a model the rule does not describe).
@@ -18,6 +17,7 @@ read with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping
@@ -31,8 +31,10 @@ from .builtin import minilm as semantic
 from .builtin import builtin_model_path
 from ..errors import ModelError
 from ..hub_cache import hub_id, snapshot_folder
-from .sd import FAMILIES, TOKENIZER_OF, SDModel, read_json
-from .tensor_files import TensorFile, regular_file
+from .families import FAMILIES
+from .families import sd as sd_families
+from .sd import TOKENIZER_OF, SDModel
+from .tensor_files import TensorFile, read_json, regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def _checked_override(family: str, sdxl_layout: bool, location: str) -> str:
     """A spec's ``family:``: trusted where detection would fail, refused where the files contradict it."""
     if family not in FAMILIES:
         raise ModelError(f"{location}: family {family!r} is not one of {', '.join(sorted(FAMILIES))}")
-    if (family == "sdxl") != sdxl_layout:
+    if (len(FAMILIES[family].encoders) == 2) != sdxl_layout:
         found = "two text encoders (SDXL)" if sdxl_layout else "one text encoder"
         raise ModelError(f"{location}: family {family!r} does not fit the files, which have {found}; remove family:")
     return family
@@ -78,32 +80,24 @@ def _folder_family(path: Path, location: str, override: str | None = None) -> st
         raise ModelError(f"{location}: has text_encoder_2/ but no tokenizer_2/; an incomplete SDXL folder")
     if override is not None:
         return _checked_override(override, (path / "text_encoder_2").is_dir(), location)
-    if (path / "text_encoder_2").is_dir():
-        return "sdxl"
-    config_file = path / "text_encoder" / "config.json"
-    config = read_json(config_file)
-    if semantic.is_bert(config):
-        return "sd1"  # the semantic test bed: an SD1-shaped UNet read by a BERT encoder
-    act = config.get("hidden_act")
-    if act == "gelu":
-        return "sd2"
-    if act == "quick_gelu":
-        return "sd1"
-    raise ModelError(
-        f"{config_file}: hidden_act {act!r} is neither quick_gelu (SD1's CLIP-L) nor gelu (SD2's OpenCLIP-H); "
-        "unknown architecture"
-    )
+    claimed = [name for name, candidate in FAMILIES.items() if candidate.in_folder(path)]
+    if not claimed:
+        raise sd_families.unknown_folder(path)
+    return _one(claimed)
+
+
+def _one(claimed: list[str]) -> str:
+    if len(claimed) > 1:  # a registry bug, not the user's files: each module keeps its families exclusive
+        raise RuntimeError(f"families {claimed} all claim the same files")
+    return claimed[0]
 
 
 def _single_file_family(keys: set[str], location: str, override: str | None = None) -> str:
     if override is not None:
         return _checked_override(override, any(k.startswith("conditioner.embedders.1.") for k in keys), location)
-    if "conditioner.embedders.1.model.token_embedding.weight" in keys:
-        return "sdxl"
-    if "cond_stage_model.model.token_embedding.weight" in keys:
-        return "sd2"
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "sd1"
+    claimed = [name for name, candidate in FAMILIES.items() if candidate.in_single_file(keys)]
+    if claimed:
+        return _one(claimed)
     if any(k.startswith(LDM_UNET_PREFIX) for k in keys):
         raise ModelError(
             f"{location}: unknown architecture: a UNet but no SD1 (cond_stage_model.transformer), SD2 "
@@ -166,7 +160,7 @@ def open_model(
         model = _open_folder(path, location, family)
     else:
         model = _open_file(regular_file(path), location, allow_pickle, family)
-    model._cache["cache_dir"] = cache_dir
+    model = dataclasses.replace(model, cache_dir=cache_dir)
     if pooled:
         model = _with_pooled_space(model)
     logger.debug("opened %s (%s, %s): %d sites", location, model.family, model.layout, len(model.target.sites))
@@ -175,7 +169,7 @@ def open_model(
 
 def _open_folder(path: Path, location: str, family: str | None = None) -> SDModel:
     family = _folder_family(path, location, family)
-    space_name, encoders = FAMILIES[family]
+    space_name, encoders = FAMILIES[family].key_space, FAMILIES[family].encoders
     if semantic.is_bert(read_json(path / "text_encoder" / "config.json")):
         space_name = "minilm"
     dim = 0
@@ -208,25 +202,8 @@ def _open_file(path: Path, location: str, allow_pickle: bool, family: str | None
         )
     tensors = TensorFile(path, pickled=pickled)
     family = _single_file_family(set(tensors.shapes), location, family)
-    space_name, _ = FAMILIES[family]
-    if family == "sd1":
-        prefix = layouts.CLIP_PREFIXES["sd1"][0]
-        names = [f"{prefix}text_model.embeddings.token_embedding.weight", f"{prefix}embeddings.token_embedding.weight"]
-        widths = [tensors.shapes[n][1] for n in names if n in tensors.shapes]
-    elif family == "sd2":
-        widths = [tensors.shapes["cond_stage_model.model.token_embedding.weight"][1]]
-    else:
-        first = layouts.CLIP_PREFIXES["sdxl"][0] + "text_model.embeddings.token_embedding.weight"
-        widths = [
-            tensors.shapes[name][1]
-            for name in (first, "conditioner.embedders.1.model.token_embedding.weight")
-            if name in tensors.shapes
-        ]
-        if len(widths) != 2:
-            raise ModelError(f"{location}: an SDXL checkpoint without conditioner.embedders.0 (CLIP-L); incomplete")
-    if not widths:
-        raise ModelError(f"{location}: the SD1 text encoder has no token embedding; incomplete checkpoint")
-    dim = sum(widths)
+    space_name = FAMILIES[family].key_space
+    dim = FAMILIES[family].text_width(tensors.shapes, location)
     unet = {k.removeprefix(LDM_UNET_PREFIX): v for k, v in tensors.shapes.items() if k.startswith(LDM_UNET_PREFIX)}
 
     def to_diffusers(ldm_path: str) -> str:
@@ -240,7 +217,7 @@ def _open_file(path: Path, location: str, allow_pickle: bool, family: str | None
 
 
 def _model(location, path, layout, family, space_name, dim, sites, weights_file, tensors) -> SDModel:
-    encoder = "+".join(component for component, _, _ in FAMILIES[family][1])
+    encoder = "+".join(component for component, _, _ in FAMILIES[family].encoders)
     space = KeySpace(name=space_name, dim=dim, encoder=encoder, sites=sites)
     target = ModelTarget(family=family, name=location, spaces=(space,))
     return SDModel(
@@ -259,7 +236,7 @@ def _with_pooled_space(model: SDModel) -> SDModel:
     embedding; ``pooled`` is ``text_encoder_2``'s projected EoT state (research/methods.md §7).
     Only the pooled columns are a key space; the size/crop columns keep W0.
     """
-    if model.family != "sdxl":
+    if not FAMILIES[model.family].pooled:
         raise ModelError(f"{model.location}: options.pooled: only SDXL has a pooled text path; this is {model.family}")
     if model.layout == "diffusers":
         config_file = model.path / "text_encoder_2" / "config.json"
@@ -278,9 +255,4 @@ def _with_pooled_space(model: SDModel) -> SDModel:
                       full_in_features=shape[1])
     space = KeySpace(name=POOLED_SPACE, dim=dim, encoder="text_encoder_2.text_embeds", sites=(site,))
     target = ModelTarget(family=model.family, name=model.target.name, spaces=(*model.target.spaces, space))
-    opened = SDModel(
-        location=model.location, path=model.path, layout=model.layout, target=target,
-        unet_weights_file=model.unet_weights_file, _file=model._file,
-    )
-    opened._cache.update(model._cache)
-    return opened
+    return dataclasses.replace(model, target=target)  # loads nothing of the model's: replace starts a fresh memo

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,17 +18,17 @@ from erasec.patches.pin import base_pin, text_encoder_pin
 
 from .tensor_files import TensorFile
 
+if TYPE_CHECKING:
+    from .sd import SDModel
+
 _DTYPES = {"F16": "fp16", "F32": "fp32", "BF16": "bf16", "F64": "fp64"}
 _ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
 
 
-def storage_dtype(model) -> str | None:
+def storage_dtype(model: SDModel) -> str | None:
     """How the model's file stores its K/V tensors (``fp16``…), or ``None`` if unknown or mixed."""
-    file = getattr(model, "_file", None)  # the opened TensorFile: safetensors or an allowed pickle
-    if file is None:
-        return None
-    name = getattr(model, "weight_name", lambda site: site.weight_name)  # the file's own naming
-    kinds = {_DTYPES.get(file.dtypes.get(name(site))) for site in model.target.sites}
+    file = model._file  # the opened TensorFile: safetensors or an allowed pickle
+    kinds = {_DTYPES.get(file.dtypes.get(model.weight_name(site))) for site in model.target.sites}
     return kinds.pop() if len(kinds) == 1 else None
 
 
@@ -62,7 +63,7 @@ def _clip_name(key: str) -> str:
     return key.removeprefix("text_model.")
 
 
-def text_encoder_tensors(model) -> Mapping[str, np.ndarray] | None:
+def text_encoder_tensors(model: SDModel) -> Mapping[str, np.ndarray] | None:
     """``component/name`` → tensor of every text-encoder weight, or ``None`` for a layout this does
     not know (the patch then records no text-encoder pin and cannot be retargeted).
 
@@ -71,16 +72,14 @@ def text_encoder_tensors(model) -> Mapping[str, np.ndarray] | None:
     single-file export pin the same encoder. OpenCLIP tensors keep their own (fused) names under
     ``…/open_clip:``, so SD2/SDXL encoders match only within one layout.
     """
-    root = getattr(model, "path", None)
-    if root is None:
-        return None
+    root = model.path
     files = {}
     if Path(root).is_dir():
         for folder in _ENCODER_FOLDERS:
             for path in sorted((Path(root) / folder).glob("*.safetensors")):
                 file = TensorFile(path, pickled=False)
                 files.update({f"{folder}/{_clip_name(key)}": (file, key) for key in file.shapes if _wanted(key)})
-    elif getattr(model, "_file", None) is not None:  # a single file: safetensors or an allowed pickle
+    else:  # a single file: safetensors or an allowed pickle
         from . import layout
 
         family, file = model.target.family, model._file
@@ -98,7 +97,7 @@ def text_encoder_tensors(model) -> Mapping[str, np.ndarray] | None:
     return _LazyTensors(dict(sorted(files.items()))) if files else None
 
 
-def model_text_encoder_pin(model) -> dict | None:
+def model_text_encoder_pin(model: SDModel) -> dict | None:
     tensors = text_encoder_tensors(model)
     return None if tensors is None else text_encoder_pin(tensors)
 
@@ -124,6 +123,6 @@ class _WeightNames(Mapping):
         return len(self._paths)
 
 
-def model_base_pin(model, module_paths) -> dict:
+def model_base_pin(model: SDModel, module_paths) -> dict:
     """The ``base_pin`` of the model's tensors at ``module_paths`` (diffusers weight names)."""
     return base_pin(_WeightNames(model.kv_weights(), module_paths), dtype=storage_dtype(model))

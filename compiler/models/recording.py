@@ -15,37 +15,33 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import BuildError
+from .protocol import TextModel
+from .wrapper import ModelWrapper
 
 
-class RecordingModel:
+class RecordingModel(ModelWrapper):
     """A model whose ``encode`` results are recorded in ``encodings``, keyed by (prompt, padded)."""
 
-    def __init__(self, model) -> None:
-        self._model = model
+    def __init__(self, model: TextModel) -> None:
+        super().__init__(model)
         self.encodings: dict[tuple[str, bool], np.ndarray] = {}
-
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)
 
     def encode(self, prompts: Sequence[str], *, padded: bool) -> list[np.ndarray]:
         """Prompts seen before are answered from the record (a memo: ``erasec eval`` and the
         benchmarks lower the same prompts many times); only new ones reach the text encoder."""
         missing = [p for p in dict.fromkeys(prompts) if (p, padded) not in self.encodings]
-        for prompt, array in zip(missing, self._model.encode(missing, padded=padded)):
+        for prompt, array in zip(missing, self.inner.encode(missing, padded=padded)):
             self.encodings[(prompt, padded)] = array
         return [self.encodings[(prompt, padded)] for prompt in prompts]
 
 
-class ReplayModel:
+class ReplayModel(ModelWrapper):
     """A model whose ``encode`` answers from recorded encodings and never runs the text encoder."""
 
-    def __init__(self, model, encodings: Mapping[tuple[str, bool], np.ndarray], where: str) -> None:
-        self._model = model
+    def __init__(self, model: TextModel, encodings: Mapping[tuple[str, bool], np.ndarray], where: str) -> None:
+        super().__init__(model)
         self.encodings = dict(encodings)
         self._where = where
-
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)
 
     def encode(self, prompts: Sequence[str], *, padded: bool) -> list[np.ndarray]:
         missing = [prompt for prompt in prompts if (prompt, padded) not in self.encodings]

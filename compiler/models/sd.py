@@ -17,7 +17,6 @@ never from a hub.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,59 +25,51 @@ from typing import Literal
 
 import numpy as np
 
+from erasec.backends.checkpoint import CheckpointSource
 from erasec.ir import KeySpace, LinearSite, ModelTarget
 from erasec.ir.naming import checkpoint_weight_name
 
 from .builtin import minilm as semantic
-from . import text_encoders
+from . import pins, text_encoders
 from .cache_dir import cache_root, cached
 from ..errors import ModelError
-from .tensor_files import LazyWeights, TensorFile, first_line, regular_file
-from .tokenizer import (
-    EOS_TOKEN,
-    MODEL_MAX_LENGTH,
-    OPEN_CLIP_PAD_TOKEN,
-    load_clip_tokenizer,
-    remembered_tokenizer,
-    write_clip_tokenizer,
-)
+from .families import FAMILIES, Encoder, HiddenState
+from .tensor_files import LazyWeights, TensorFile, first_line, read_json
+from .tokenizer import EOS_TOKEN, MODEL_MAX_LENGTH, OPEN_CLIP_PAD_TOKEN
+from .tokenizer import load_clip_tokenizer, remembered_tokenizer, write_clip_tokenizer
 
 Layout = Literal["diffusers", "single-file"]
-HiddenState = Literal["last", "penultimate"]
 
 _ENCODE_CHUNK = 64
 _GRAM_BLOCK = 1024  # rows of a K/V matrix widened to float64 at a time by site_gram
 
-# family -> (key space name, ((component, hidden state, tokenizer pad token), ...))
-FAMILIES: dict[str, tuple[str, tuple[tuple[str, HiddenState, str], ...]]] = {
-    "sd1": ("clip-l", (("text_encoder", "last", EOS_TOKEN),)),
-    "sd2": ("open-clip-h", (("text_encoder", "last", OPEN_CLIP_PAD_TOKEN),)),
-    "sdxl": (
-        "clip-l+bigg",
-        (("text_encoder", "penultimate", EOS_TOKEN), ("text_encoder_2", "penultimate", OPEN_CLIP_PAD_TOKEN)),
-    ),
-}
 TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 _PAD_NAMES = {EOS_TOKEN: "eot", OPEN_CLIP_PAD_TOKEN: "bang"}
 
 KV_CACHE_BYTES = 512 * 2**20
 
 
-def read_json(path: Path) -> dict:
-    """A component's ``config.json`` (or any JSON object file), refused with a one-line error."""
-    regular_file(path, missing="no such file; the component needs its config.json")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: unreadable ({first_line(error)})") from error
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: not a JSON object")
-    return data
+class _Loaded:
+    """What an ``SDModel`` has loaded on demand: its K/V weights (when small), tokenizers and text
+    encoders (with each thread's replica). Threads may encode at once (``embedding_cache``): loading
+    and tokenizing hold ``lock``."""
+
+    __slots__ = ("lock", "kv", "tokenizers", "encoders", "replicas")
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.kv: dict[str, np.ndarray] | None = None
+        self.tokenizers: dict[str, object] = {}
+        self.encoders: dict[str, object] = {}
+        self.replicas = threading.local()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class SDModel:
-    """An opened SD1.x/SD2.x/SDXL model. Build it with ``open.open_model``; heavy parts load on demand."""
+    """An opened SD1.x/SD2.x/SDXL model, a ``protocol.TextModel``; ``open.open_model`` builds it. Its
+    fields say which model it is; what it loads on demand lives in ``_loaded``, a memo that
+    ``dataclasses.replace`` starts anew (another target reads its own weights). ``cache_dir``: where
+    tokenizer files are kept."""
 
     location: str
     path: Path
@@ -86,17 +77,16 @@ class SDModel:
     target: ModelTarget
     unet_weights_file: Path  # the file holding the K/V tensors (the single file itself for that layout)
     _file: TensorFile
-    _cache: dict = field(default_factory=dict, init=False, repr=False)
-    # threads may encode at once (``embedding_cache``): loading into ``_cache`` and tokenizing hold it
-    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
+    cache_dir: Path | None = None
+    _loaded: _Loaded = field(default_factory=_Loaded, init=False, repr=False)
 
     @property
     def family(self) -> str:
         return self.target.family
 
     @property
-    def encoders(self) -> tuple[tuple[str, HiddenState, str], ...]:
-        return FAMILIES[self.family][1]
+    def encoders(self) -> tuple[Encoder, ...]:
+        return FAMILIES[self.family].encoders
 
     def weight_name(self, site: LinearSite) -> str:
         """The K/V tensor's name in ``unet_weights_file``."""
@@ -115,9 +105,9 @@ class SDModel:
         )
         if sum(4 * site.out_features * site.in_features for site in self.target.sites) > KV_CACHE_BYTES:
             return weights
-        if "kv" not in self._cache:
-            self._cache["kv"] = dict(weights.items())
-        return dict(self._cache["kv"])
+        if self._loaded.kv is None:
+            self._loaded.kv = dict(weights.items())
+        return dict(self._loaded.kv)
 
     def site_gram(self, space: KeySpace, roles: Sequence[str]) -> np.ndarray:
         """``Σ_l W0_lᵀ W0_l`` (d, d) in float64 over ``space``'s sites whose role is in ``roles``: the
@@ -141,14 +131,28 @@ class SDModel:
         upper = np.triu(upper)
         return upper + np.triu(upper, 1).T
 
+    def storage_dtype(self) -> str | None:
+        return pins.storage_dtype(self)
+
+    def base_pin(self, module_paths: Sequence[str]) -> dict:
+        return pins.model_base_pin(self, module_paths)
+
+    def text_encoder_pin(self) -> dict | None:
+        return pins.model_text_encoder_pin(self)
+
+    def checkpoint_source(self) -> CheckpointSource:
+        return CheckpointSource(
+            layout=self.layout, root=self.path, weights_file=self.unet_weights_file, weight_name=self.weight_name
+        )
+
     # --- text ---------------------------------------------------------------------------------------
 
     def _tokenizer(self, component: str = "text_encoder"):
-        key = f"tokenizer:{component}"
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = self._load_tokenizer(component)
-            return self._cache[key]
+        loaded = self._loaded
+        with loaded.lock:
+            if component not in loaded.tokenizers:
+                loaded.tokenizers[component] = self._load_tokenizer(component)
+            return loaded.tokenizers[component]
 
     def _load_tokenizer(self, component: str):
         if self.layout == "diffusers":
@@ -159,25 +163,25 @@ class SDModel:
                 "tokenizers",
                 f"clip-pad-{_PAD_NAMES[pad]}-v1",
                 lambda path: write_clip_tokenizer(path, pad_token=pad),
-                self._cache.get("cache_dir"),
+                self.cache_dir,
                 folder=True,
             )
         load = semantic.load_bert_tokenizer if (folder / "vocab.txt").is_file() else load_clip_tokenizer
-        memo = cache_root(self._cache.get("cache_dir")) / "tokenizers"
+        memo = cache_root(self.cache_dir) / "tokenizers"
         return remembered_tokenizer(folder, load, memo)
 
     def _text_encoder(self, component: str):
         """This thread's copy of the ``component`` encoder: a ``text_encoders.replica`` of the loaded
         one (which itself never runs), so threads encoding at once share no module."""
-        key = f"encoder:{component}"
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = (
+        loaded = self._loaded
+        with loaded.lock:
+            if component not in loaded.encoders:
+                loaded.encoders[component] = (
                     self._folder_encoder(component) if self.layout == "diffusers" else self._file_encoder(component)
                 ).eval()
-            own = self._cache.setdefault("encoder:threads", threading.local()).__dict__
+            own = loaded.replicas.__dict__
             if component not in own:
-                own[component] = text_encoders.replica(self._cache[key])
+                own[component] = text_encoders.replica(loaded.encoders[component])
             return own[component]
 
     def _folder_encoder(self, component: str):
@@ -205,8 +209,9 @@ class SDModel:
 
     def release_text_encoders(self) -> None:
         """Drop the loaded text encoders (they load again if asked); tokenizers stay."""
-        for key in [key for key in self._cache if key.startswith("encoder:")]:
-            del self._cache[key]
+        with self._loaded.lock:
+            self._loaded.encoders.clear()
+            self._loaded.replicas = threading.local()
 
     def tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
         """CLIP ids with BOS and EoT, unpadded, truncated to 77 (EoT kept last, as the pipeline does)."""
@@ -216,7 +221,7 @@ class SDModel:
         if not prompts:
             return []
         tokenizer = self._tokenizer(component)
-        with self._lock:  # a fast tokenizer sets its truncation on each call: one call at a time
+        with self._loaded.lock:  # a fast tokenizer sets its truncation on each call: one call at a time
             encoded = tokenizer(list(prompts), truncation=True, max_length=MODEL_MAX_LENGTH)
         return [list(ids) for ids in encoded["input_ids"]]
 

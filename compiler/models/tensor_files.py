@@ -133,6 +133,18 @@ class LazyWeights(Mapping):
         return len(self._names)
 
 
+
+def read_json(path: Path) -> dict:
+    """A component's ``config.json`` (or any JSON object file), refused with a one-line error."""
+    regular_file(path, missing="no such file; the component needs its config.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: unreadable ({first_line(error)})") from error
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    return data
+
 def _stored_dtypes(state: Mapping[str, object]) -> dict[str, str]:
     """name → safetensors dtype code (``F16``…) of each tensor of a loaded state dict."""
     import torch

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import math
 
-from erasec.backends.checkpoint import CheckpointSource, write_checkpoint
+from erasec.backends.checkpoint import write_checkpoint
 from erasec.patches.pin import pin_difference
 from erasec.patches.read import read_patch
 from erasec.patches.solution import patch_solution, patch_target
 
 from ..errors import BuildError
 from .verify import open_patch_model
-from ..models.pins import model_base_pin
 
 
 def apply_patch(
@@ -38,20 +37,18 @@ def apply_patch(
         raise BuildError(f"{patch.path}: the patch is for {patch.base['family']}, the model is {model.target.family}")
     target = patch_target(patch, model.target, model.location)
     if scale > 0 and not force:
-        differ = pin_difference(patch.base, model_base_pin(model, patch.layers()))
+        differ = pin_difference(patch.base, model.base_pin(patch.layers()))
         if differ:
             raise BuildError(
                 f"{model_location}: not this patch's base ({len(differ)} touched tensors differ, first "
                 f"{differ[0].removesuffix('.weight')}); use 'erasec retarget' for a fine-tune, or --force"
             )
-    source = CheckpointSource(
-        layout=model.layout, root=model.path, weights_file=model.unet_weights_file, weight_name=model.weight_name
-    )
+    source = model.checkpoint_source()
     size = write_checkpoint(patch_solution(patch, scale), target, model.kv_weights(), source, output)
     return {
         "output": str(output),
         "model": model_location,
-        "layout": model.layout,
+        "layout": source.layout,
         "patch": str(patch.path),
         "scale": scale,
         "tensors_changed": len(target.sites),

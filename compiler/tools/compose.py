@@ -36,7 +36,6 @@ from ..errors import BuildError
 from ..eval.metrics import score
 from ..lowering.lower import Lowering
 from ..outputs import model_inputs
-from ..models.pins import model_base_pin, model_text_encoder_pin
 from ..frontend.from_patch import spec_from_dict
 from ..emit import Emit, PatchRecord, emit
 
@@ -123,10 +122,10 @@ def compose_patches(
     data = union_spec_data(patches, name=name or first.name, version=version or first.version, model=location)
     spec = spec_from_dict(data, source="compose")
     opened = open_model(spec.model)
-    if not pins_match(first.base, model_base_pin(opened, first.layers())):
+    if not pins_match(first.base, opened.base_pin(first.layers())):
         raise BuildError(f"{location}: not the base these patches pin; give the base with --model")
     encoder = (first.base.get("text_encoder") or {}).get("sha256")
-    actual = model_text_encoder_pin(opened)
+    actual = opened.text_encoder_pin()
     if encoder and actual and actual["sha256"] != encoder:
         raise BuildError(f"{location}: its text encoder is not the one these patches pin; give the base with --model")
     encodings = {}
@@ -157,7 +156,7 @@ def retarget_patch(path: str, model_location: str, output: str, *, force: bool =
     model = open_model(model_location)
     if model.target.family != patch.base.get("family"):
         raise BuildError(f"{model_location}: is {model.target.family}, the patch is for {patch.base.get('family')}")
-    encoder = model_text_encoder_pin(model)
+    encoder = model.text_encoder_pin()
     if encoder is None or encoder["sha256"] != pinned:
         raise BuildError(
             f"{model_location}: its text encoder differs from the patch's (sha256 "
@@ -185,7 +184,7 @@ def retarget_patch(path: str, model_location: str, output: str, *, force: bool =
         pipeline=patch.metadata.get("erasec.pipeline", ""),
         spaces=spaces,
         report=report,
-        base_pin=model_base_pin(model, [site.module_path for site in target.sites]),
+        base_pin=model.base_pin([site.module_path for site in target.sites]),
         text_encoder=encoder,
         shared=patch.metadata["erasec.shared"],
         link=patch.metadata.get("erasec.link"),

@@ -32,14 +32,14 @@ from erasec.patches.errors import PatchError
 from erasec.patches.manifest_checks import POOLED_LAYER
 from erasec.patches.read import PatchFile, checked, read_raw
 
-from ..models.pins import model_base_pin
+from ..models.protocol import TextModel
 
 # relative Frobenius error a stored ΔW may have against the recorded factors, per storage dtype:
 # a few units of each format's rounding (fp32 2^-24, fp16 2^-11, bf16 2^-8) on products of two factors
 DELTA_TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 4e-2}
 
 
-def open_patch_model(patch: PatchFile, location: str, *, allow_pickle: bool = False):
+def open_patch_model(patch: PatchFile, location: str, *, allow_pickle: bool = False) -> TextModel:
     """The model opened with the key spaces the patch edits: SDXL's pooled space when the patch
     carries ``add_embedding.linear_1`` (built with ``options.pooled: true``), so its sites, pin and
     ΔW are checked like the K/V ones."""
@@ -53,7 +53,7 @@ def _check(name: str, ok: bool, detail: str) -> dict:
     return {"check": name, "ok": ok, "detail": detail}
 
 
-def _site_check(patch: PatchFile, model, layers: list[str]) -> dict:
+def _site_check(patch: PatchFile, model: TextModel, layers: list[str]) -> dict:
     sites = {site.module_path: site for site in model.target.sites}
     for layer in layers:
         site = sites.get(layer)
@@ -158,7 +158,7 @@ def verify_patch(patch_path: str, model_location: str, *, allow_pickle: bool = F
     }
 
 
-def _model_checks(patch: PatchFile, model) -> list[dict]:
+def _model_checks(patch: PatchFile, model: TextModel) -> list[dict]:
     """sites (or family), base pin and ΔW, each run only when the ones before passed."""
     base, layers = patch.base, patch.layers()
     if base["family"] != model.target.family:
@@ -166,7 +166,7 @@ def _model_checks(patch: PatchFile, model) -> list[dict]:
     checks = [_site_check(patch, model, layers)]
     if not checks[0]["ok"]:
         return checks
-    actual = model_base_pin(model, layers)
+    actual = model.base_pin(layers)
     differ = pin_difference(base, actual)
     shown = ", ".join(name.removesuffix(".weight") for name in differ[:3]) + (", …" if len(differ) > 3 else "")
     checks.append(

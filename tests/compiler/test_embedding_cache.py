@@ -51,7 +51,6 @@ def test_the_site_gram_and_base_pin_are_memoised_under_the_weights_file_stamp(tm
     import os
     import shutil
 
-    from erasec.compiler.models import embedding_cache
     from erasec.compiler.models.sd import SDModel
 
     model = tmp_path / "model"
@@ -62,9 +61,9 @@ def test_the_site_gram_and_base_pin_are_memoised_under_the_weights_file_stamp(tm
     assert len(list((tmp_path / "cache" / "embeddings" / "grams").glob("*/*.entry"))) == 1
 
     computed, pinned = [], []
-    original_gram, original_pin = SDModel.site_gram, embedding_cache.model_base_pin
+    original_gram, original_pin = SDModel.site_gram, SDModel.base_pin
     monkeypatch.setattr(SDModel, "site_gram", lambda self, *a: computed.append(1) or original_gram(self, *a))
-    monkeypatch.setattr(embedding_cache, "model_base_pin", lambda *a: pinned.append(1) or original_pin(*a))
+    monkeypatch.setattr(SDModel, "base_pin", lambda self, *a: pinned.append(1) or original_pin(self, *a))
     build(spec, tmp_path / "again.safetensors", options)
     assert computed == [] and pinned == []  # both read back from their memos
     assert (tmp_path / "again.safetensors").read_bytes() == (tmp_path / "first.safetensors").read_bytes()

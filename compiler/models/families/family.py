@@ -1,0 +1,47 @@
+"""What a model family is to the compiler: its key space, its text encoders and how its files show it.
+
+A family is a ``Family`` value registered in ``registry.FAMILIES``; ``models/open.py`` detects and
+opens a model by asking each registered family, never by testing family names. A new family (FLUX,
+SD3, …) joins by adding one module beside ``sd.py`` that defines its ``Family`` values, and one line
+in ``registry.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+HiddenState = Literal["last", "penultimate"]
+
+
+class Encoder(NamedTuple):
+    """One text encoder of a family: its component folder, the hidden state its key rows come from,
+    and the pad token its tokenizer pads with (the rows of a padded prompt depend on it). A tuple:
+    the embedding cache's key records it as ``[component, hidden, pad]``."""
+
+    component: str
+    hidden: HiddenState
+    pad_token: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Family:
+    """A registered family. The detection functions are exclusive between the families of one module
+    (that module decides their precedence); ``open_model`` takes the one family that claims the files.
+
+    ``in_folder(path)``: the diffusers folder at ``path`` is this family (the layout itself — ``unet/``,
+    ``text_encoder/``, ``tokenizer/`` — is checked before). ``in_single_file(keys)``: a single file with
+    these tensor names is. ``text_width(shapes, location)``: a single file's key-row width, summed over
+    its encoders, read from its token embeddings (raises ``ModelError`` when the file lacks one).
+    """
+
+    name: str
+    key_space: str  # the KeySpace name of the K/V rows
+    encoders: tuple[Encoder, ...]
+    pipeline: str  # the diffusers pipeline class ``erasec eval --images`` generates with
+    pooled: bool  # has a pooled text path (``options.pooled``)
+    in_folder: Callable[[Path], bool]
+    in_single_file: Callable[[set[str]], bool]
+    text_width: Callable[[Mapping[str, tuple], str], int]
