@@ -406,7 +406,7 @@ def report(args, start, builds, reference, error, rates, floors) -> str:
                   + "; ".join(f"{label}: **{value:.1e}** ({'≤' if value <= 1e-5 else '>'} 1e-5)" for label, value in error.items())
                   + ". With the text encoder in float32 on both sides the two algorithms agree; with the reference's "
                   "encoder in float64 the difference is erasec's fp32 encoding, amplified by cond(M2) "
-                  "(research/perf-baseline.md §5.4 measured 1.2e-5 the same way)."]
+                  "(an earlier baseline on SD1.5-sized random weights measured 1.2e-5 the same way)."]
     lines += ["", "The encoder floor counts the prompts each preset encodes: the spec's at their true token length "
               "(`uce`, `erasec`) or padded to 77 (`uce-legacy`), and for `erasec` its 300-caption preserve prior; "
               "it leaves out reading the encoder, start-up and the solve.", "", END]
