@@ -33,6 +33,15 @@ def tiny_sd1_path(erasec_cache_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd1_single_file(erasec_cache_dir: Path) -> Path:
+    """``builtin:tiny-sd1.safetensors``: the folder as one LDM checkpoint with export-single-file's
+    header, built once per session (the CLI tests that name it share the same file); read, never write."""
+    from erasec.compiler.models.builtin import builtin_model_path
+
+    return builtin_model_path("tiny-sd1.safetensors")
+
+
+@pytest.fixture(scope="session")
 def minilm_sd1_path(erasec_cache_dir: Path) -> Path:
     """The ``builtin:minilm-sd1`` folder (pretrained MiniLM encoder), built once per session."""
     from erasec.compiler.models.builtin import builtin_model_path

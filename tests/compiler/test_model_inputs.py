@@ -18,32 +18,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from erasec.compiler.models.builtin import builtin_model_path, write_single_file
+from cli_helpers import run, spec_text
 from erasec.compiler.models.layout import TEXT_CONFIG_METADATA, UNET_CONFIG_METADATA
-from erasec.compiler.cli import cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_patches import LAYER, write_fake_patch  # noqa: E402
 
-SPEC = """\
-erasec: 1
-name: inputs
-version: 1.0.0
-model: builtin:tiny-sd1
-method: uce
-erase:
-  - {concept: Van Gogh, anchor: art}
-preserve: [Claude Monet]
-"""
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+SPEC = spec_text(name="inputs")
 
 
 def _error(result) -> str:
@@ -62,7 +47,7 @@ def spec(tmp_path):
 
 
 def _build(spec, model, *extra):
-    return _run("build", spec, "-o", spec.parent / "patch.safetensors", "--model", model, "--no-cache", *extra)
+    return run("build", spec, "-o", spec.parent / "patch.safetensors", "--model", model, "--no-cache", *extra)
 
 
 @pytest.fixture()
@@ -71,42 +56,34 @@ def folder(tmp_path, tiny_sd1_path):
     return Path(shutil.copytree(tiny_sd1_path, tmp_path / "model"))
 
 
-@pytest.fixture(scope="module")
-def single_file(tmp_path_factory, erasec_cache_dir):
-    """builtin:tiny-sd1 as a single-file checkpoint (export-single-file's header included)."""
-    path = tmp_path_factory.mktemp("single") / "tiny-sd1.safetensors"
-    write_single_file(builtin_model_path("tiny-sd1"), path)
-    return path
-
-
 # --- item 6: --allow-pickle reads .ckpt files, zip and legacy -----------------------------------------
 
 
 @pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
-def test_a_ckpt_builds_and_verifies_with_allow_pickle(spec, single_file, tmp_path, zipped):
+def test_a_ckpt_builds_and_verifies_with_allow_pickle(spec, tiny_sd1_single_file, tmp_path, zipped):
     checkpoint = tmp_path / "model.ckpt"
-    torch.save({"state_dict": load_file(str(single_file))}, str(checkpoint), _use_new_zipfile_serialization=zipped)
+    torch.save({"state_dict": load_file(str(tiny_sd1_single_file))}, str(checkpoint), _use_new_zipfile_serialization=zipped)
     assert _error(_build(spec, checkpoint)) == (
         f"{checkpoint}: a .ckpt pickle can run arbitrary code when loaded, so erasec does not open it; "
         "convert it to .safetensors, or pass --allow-pickle to read it with torch.load(weights_only=True)"
     )
-    result = _run("build", spec, "-o", tmp_path / "patch.safetensors", "--model", checkpoint, "--allow-pickle")
+    result = run("build", spec, "-o", tmp_path / "patch.safetensors", "--model", checkpoint, "--allow-pickle")
     assert result.exit_code == 0, result.output  # the embedding cache on, as a user runs it
     patch = tmp_path / "patch.safetensors"
     with safe_open(str(patch), "np") as handle:
         base = json.loads(handle.metadata()["erasec.base"])
     assert base["dtype"] == "fp32" and base["tensors"] == 32  # storage dtype read from the pickle itself
-    result = _run("verify", patch, "--model", checkpoint, "--allow-pickle")
+    result = run("verify", patch, "--model", checkpoint, "--allow-pickle")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == f"{patch}: verified against {checkpoint}"
-    assert "--allow-pickle" in _error(_run("verify", patch, "--model", checkpoint))
+    assert "--allow-pickle" in _error(run("verify", patch, "--model", checkpoint))
     # the same tensors as a single .safetensors file: the base pin and text-encoder pin agree
-    result = _run("verify", patch, "--model", single_file, "--json")
+    result = run("verify", patch, "--model", tiny_sd1_single_file, "--json")
     checks = {check["check"]: check["ok"] for check in json.loads(result.output)["checks"]}
     assert checks["base"] is True
     # a merged checkpoint is written only from safetensors: apply reaches that refusal, not a crash
     merged = tmp_path / "merged.safetensors"
-    assert _error(_run("apply", patch, "--model", checkpoint, "--allow-pickle", "-o", merged)) == (
+    assert _error(run("apply", patch, "--model", checkpoint, "--allow-pickle", "-o", merged)) == (
         f"checkpoint: {checkpoint} is not a safetensors file; convert the model to .safetensors "
         "to write a merged checkpoint"
     )
@@ -156,7 +133,7 @@ def test_truncated_text_encoder_weights_are_named(spec, folder, cache):
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     extra = () if cache else ("--no-cache",)
-    result = _run("build", spec, "-o", spec.parent / "patch.safetensors", "--model", folder, *extra)
+    result = run("build", spec, "-o", spec.parent / "patch.safetensors", "--model", folder, *extra)
     assert _error(result) == (
         f"{weights}: not a readable safetensors file (Error while deserializing header: "
         "incomplete metadata, file not fully covered); re-download or re-save it"
@@ -197,20 +174,20 @@ def _with_header(single_file: Path, path: Path, **changes: str) -> Path:
     ],
     ids=["not-json", "not-objects", "wrong-type", "contradicts-shapes"],
 )
-def test_a_damaged_text_encoder_header_is_named(spec, single_file, tmp_path, header, message):
-    damaged = _with_header(single_file, tmp_path / "damaged.safetensors", **{TEXT_CONFIG_METADATA: header})
+def test_a_damaged_text_encoder_header_is_named(spec, tiny_sd1_single_file, tmp_path, header, message):
+    damaged = _with_header(tiny_sd1_single_file, tmp_path / "damaged.safetensors", **{TEXT_CONFIG_METADATA: header})
     error = _error(_build(spec, damaged))
     assert error == f"{damaged}: {message}" or error == f"{damaged} {message}"
 
 
 @pytest.mark.parametrize("field", ["layers_per_block", "attention_head_dim"])
-def test_a_damaged_unet_config_header_is_one_line(single_file, tmp_path, field):
-    with safe_open(str(single_file), "np") as handle:
+def test_a_damaged_unet_config_header_is_one_line(tiny_sd1_single_file, tmp_path, field):
+    with safe_open(str(tiny_sd1_single_file), "np") as handle:
         config = json.loads(handle.metadata()[UNET_CONFIG_METADATA])
     value = -1 if field == "layers_per_block" else 0  # each divided by zero in diffusers
-    damaged = _with_header(single_file, tmp_path / "damaged.safetensors",
+    damaged = _with_header(tiny_sd1_single_file, tmp_path / "damaged.safetensors",
                            **{UNET_CONFIG_METADATA: json.dumps({**config, field: value})})
-    result = _run("export-onnx", "--model", damaged, "-o", tmp_path / "out", "--exporter", "legacy", "--static",
+    result = run("export-onnx", "--model", damaged, "-o", tmp_path / "out", "--exporter", "legacy", "--static",
                   "--components", "unet")
     error = _error(result)
     assert error.startswith(f"{damaged}: ") and "erasec.unet_config header" in error
@@ -312,7 +289,7 @@ def onnx_case(tmp_path):
 
 def test_the_hand_built_graph_applies(onnx_case):
     folder, patch, out = onnx_case
-    result = _run("apply", patch, "--onnx", _graph(folder), "-o", out)
+    result = run("apply", patch, "--onnx", _graph(folder), "-o", out)
     assert result.exit_code == 0, result.output
     onnx.checker.check_model(str(out))
 
@@ -330,7 +307,7 @@ def test_the_hand_built_graph_applies(onnx_case):
 def test_external_data_outside_the_graphs_folder_is_refused(onnx_case, location, message):
     folder, patch, out = onnx_case
     graph = _graph(folder, external=location)
-    assert _error(_run("apply", patch, "--onnx", graph, "-o", out)) == f"{graph}: {message.format(folder=folder)}"
+    assert _error(run("apply", patch, "--onnx", graph, "-o", out)) == f"{graph}: {message.format(folder=folder)}"
     assert not out.exists()
 
 
@@ -340,7 +317,7 @@ def test_external_data_through_a_link_out_of_the_folder_is_refused(onnx_case, tm
     outside = tmp_path / "outside.data"
     shutil.move(folder / "unet.onnx.data", outside)
     (folder / "unet.onnx.data").symlink_to(outside)
-    assert _error(_run("apply", patch, "--onnx", graph, "-o", out)) == (
+    assert _error(run("apply", patch, "--onnx", graph, "-o", out)) == (
         f"{graph}: not a valid ONNX graph (Data of TensorProto ( tensor name: onnx::MatMul_100) should be stored in "
         f"{folder / 'unet.onnx.data'}, but it is a symbolic link.)"
     )
@@ -368,7 +345,7 @@ def test_truncated_external_data_is_refused(onnx_case):
     graph = _graph(folder, external="unet.onnx.data")
     with open(folder / "unet.onnx.data", "r+b") as stream:
         stream.truncate(40)
-    assert _error(_run("apply", patch, "--onnx", graph, "-o", out)) == (
+    assert _error(run("apply", patch, "--onnx", graph, "-o", out)) == (
         f"{graph}: initializer 'onnx::MatMul_100' reads external data 'unet.onnx.data': the file has 40 bytes, "
         "the tensor ends at byte 128; the external data is truncated"
     )
@@ -388,7 +365,7 @@ def test_truncated_external_data_is_refused(onnx_case):
 def test_a_corrupted_graph_is_refused_not_written(onnx_case, extra, message, force):
     folder, patch, out = onnx_case
     graph = _graph(folder, extra=extra)
-    result = _run("apply", patch, "--onnx", graph, "-o", out, *(["--force"] if force else []))
+    result = run("apply", patch, "--onnx", graph, "-o", out, *(["--force"] if force else []))
     assert _error(result) == f"{graph}: {message}"
     assert not out.exists()
 
@@ -399,7 +376,7 @@ def test_damaged_weights_are_one_line_without_numpy_warnings(onnx_case, value):
     graph = _graph(folder, weight=np.full((8, 4), value, np.float32))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a RuntimeWarning would fail the run
-        result = _run("apply", patch, "--onnx", graph, "-o", out)
+        result = run("apply", patch, "--onnx", graph, "-o", out)
     error = _error(result)
     if np.isfinite(value):
         assert error.startswith(f"{graph}: 1 of the 1 located K/V weights differ from the patch's base pin")

@@ -7,7 +7,8 @@ shapes, which exports faster). The SDXL patch uses ``options.pooled``, so its 14
 ``add_embedding.linear_1`` (a ``Gemm`` in the graph) beside the 140 K/V MatMuls, and its graphs
 take ``text_embeds`` and ``time_ids``. Measured here: about 1e-6 in every case. Each graph is
 exported once per session, on first use; ``unet_graphs("tiny-sd1.safetensors", …)`` exports the
-single-file copy (UNet config from its header, compiler/models/unet_configs.py).
+single-file copy (UNet config from its header, compiler/models/unet_configs.py). The graphs, patches
+and references are session fixtures in tests/compiler/conftest.py, shared with any other test.
 """
 
 from __future__ import annotations
@@ -18,32 +19,21 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-from click.testing import CliRunner
 
+from cli_helpers import run
+from onnx_helpers import onnx_output, parity_spec, unet_output
 from erasec.backends.errors import BackendError
 from erasec.backends.onnx import load_graph
 from erasec.compiler.build import BuildOptions, build
-from erasec.compiler.cli import cli
 from erasec.compiler.errors import BuildError
 from erasec.backends.onnx.apply import apply_onnx
 from erasec.compiler.onnx_graphs.export import ExportOptions
 from erasec.compiler.onnx_graphs.export_model import export_onnx
 from erasec.backends.onnx.runtime import (
-    choose_providers, open_session, run_onnx, run_step, sdxl_time_ids, unet_inputs,
+    choose_providers, open_session, run_onnx, run_step, unet_inputs,
 )
 
 PARITY = 1e-4  # issue 6's bound on max |ONNX − PyTorch fused|
-SPEC = """\
-erasec: 1
-name: onnx-parity
-version: 1.0.0
-model: builtin:tiny-sd1
-method: uce
-erase:
-  - {concept: Van Gogh, anchor: art}
-  - {concept: Kelly McKernan}
-preserve: [Claude Monet]
-"""
 SITES = {"tiny-sd1": 32, "tiny-sdxl": 141}  # tiny-sdxl: 140 K/V + add_embedding.linear_1 (pooled)
 # (model, exporter) pairs; tiny-sdxl's dynamo export takes about 30 s on 2 cores
 GRAPHS = [
@@ -52,107 +42,6 @@ GRAPHS = [
     ("tiny-sdxl", "legacy"),
     pytest.param("tiny-sdxl", "dynamo", marks=pytest.mark.slow),
 ]
-
-
-def _spec(model: str) -> str:
-    """The parity spec on ``model``; SDXL's with ``options.pooled``, so the Gemm site is patched too."""
-    text = SPEC.replace("builtin:tiny-sd1", f"builtin:{model}")
-    return text + "options: {pooled: true}\n" if model == "tiny-sdxl" else text
-
-
-@pytest.fixture(scope="session")
-def unet_graphs(tmp_path_factory, erasec_cache_dir):
-    """(model, exporter) → the model's UNet graph, exported on first use."""
-    folder = tmp_path_factory.mktemp("onnx-export")
-    graphs = {}
-
-    def graph(model: str, exporter: str):
-        if (model, exporter) not in graphs:
-            options = ExportOptions(exporter=exporter, dynamic=exporter == "legacy", components=("unet",))
-            graphs[model, exporter] = export_onnx(f"builtin:{model}", folder / model / exporter, options).files["unet"]
-        return graphs[model, exporter]
-
-    return graph
-
-
-@pytest.fixture(scope="session")
-def onnx_patch(tmp_path_factory, erasec_cache_dir):
-    """model → its parity patch (kohya), built on first use."""
-    patches = {}
-
-    def patch(model: str = "tiny-sd1"):
-        if model not in patches:
-            folder = tmp_path_factory.mktemp(f"onnx-patch-{model}")
-            (folder / "spec.yaml").write_text(_spec(model))
-            build(folder / "spec.yaml", folder / "patch.safetensors")
-            patches[model] = folder / "patch.safetensors"
-        return patches[model]
-
-    return patch
-
-
-def _unet_output(unet, feeds: dict) -> np.ndarray:
-    added = {"added_cond_kwargs": {k: feeds[k] for k in ("text_embeds", "time_ids")}} if "time_ids" in feeds else {}
-    return unet(feeds["sample"], feeds["timestep"], feeds["encoder_hidden_states"], **added).sample.numpy()
-
-
-@pytest.fixture(scope="session")
-def reference(onnx_patch):
-    """model → inputs (batch 2, 16×16 latents, 77 tokens; SDXL: text_embeds and the time_ids of a
-    32×32 image) and the PyTorch UNet's output before and after diffusers fuses the patch at 1.0."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    from erasec.compiler.models.builtin import builtin_model_path
-
-    references = {}
-
-    def outputs(model: str = "tiny-sd1"):
-        if model in references:
-            return references[model]
-        sdxl = model == "tiny-sdxl"
-        generator = torch.Generator().manual_seed(1)
-        feeds = {
-            "sample": torch.randn(2, 4, 16, 16, generator=generator),
-            "timestep": torch.tensor([500.0]),
-            "encoder_hidden_states": torch.randn(2, 77, 192 if sdxl else 32, generator=generator),
-        }
-        if sdxl:
-            feeds["text_embeds"] = torch.randn(2, 32, generator=generator)
-            feeds["time_ids"] = torch.tensor(np.tile(sdxl_time_ids(32, 32, 6), (2, 1)), dtype=torch.float32)
-            pipe = StableDiffusionXLPipeline.from_pretrained(builtin_model_path(model), local_files_only=True)
-        else:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                builtin_model_path(model), safety_checker=None, requires_safety_checker=False, local_files_only=True
-            )
-        patch = onnx_patch(model)
-        with torch.no_grad():
-            base = _unet_output(pipe.unet, feeds)
-            pipe.load_lora_weights(str(patch.parent), weight_name=patch.name)
-            pipe.fuse_lora(lora_scale=1.0)
-            fused = _unet_output(pipe.unet, feeds)
-        assert np.max(np.abs(fused - base)) > 1e-2, "the patch must change the output for parity to mean anything"
-        references[model] = ({name: value.numpy() for name, value in feeds.items()}, base, fused)
-        return references[model]
-
-    return outputs
-
-
-def _run(path, feeds, **kwargs) -> np.ndarray:
-    session = open_session(path, ["CPUExecutionProvider"])
-    return run_step(session, feeds, **kwargs)[0]
-
-
-@pytest.fixture(scope="session")
-def unpatched(unet_graphs, reference):
-    """(model, exporter) → the exported graph's output on the reference inputs."""
-    outputs = {}
-
-    def output(model: str, exporter: str):
-        if (model, exporter) not in outputs:
-            outputs[model, exporter] = _run(unet_graphs(model, exporter), reference(model)[0])
-        return outputs[model, exporter]
-
-    return output
 
 
 @pytest.mark.parametrize(("model", "exporter"), GRAPHS)
@@ -256,7 +145,7 @@ def test_a_patched_graph_does_not_take_the_patch_again(unet_graphs, onnx_patch, 
 
 @pytest.mark.parametrize(("model", "exporter"), [("tiny-sd1", "dynamo"), ("tiny-sdxl", "legacy")])
 def test_build_with_output_format_onnx(unet_graphs, reference, tmp_path, model, exporter):
-    spec = _spec(model) + f"output: {{format: onnx, mode: switchable, graph: {unet_graphs(model, exporter)}}}\n"
+    spec = parity_spec(model) + f"output: {{format: onnx, mode: switchable, graph: {unet_graphs(model, exporter)}}}\n"
     (tmp_path / "spec.yaml").write_text(spec)
     # the exported graph sits in a session folder outside the spec's: the caller opts in
     result = build(tmp_path / "spec.yaml", tmp_path / "erased.onnx", options=BuildOptions(allow_outside_spec=True))
@@ -264,28 +153,25 @@ def test_build_with_output_format_onnx(unet_graphs, reference, tmp_path, model, 
     assert load_graph(tmp_path / "erased.onnx").metadata_props["erasec.onnx.sites"] == str(SITES[model])
     feeds, base, fused = reference(model)
     graph = tmp_path / "erased.onnx"
-    assert np.max(np.abs(_run(graph, feeds) - fused)) <= PARITY  # float64 solution vs the fp32 patch file
-    assert np.max(np.abs(_run(graph, feeds, erase_scale=0.0) - base)) <= PARITY
+    assert np.max(np.abs(onnx_output(graph, feeds) - fused)) <= PARITY  # float64 solution vs the fp32 patch file
+    assert np.max(np.abs(onnx_output(graph, feeds, erase_scale=0.0) - base)) <= PARITY
     assert json.loads(load_graph(graph).metadata_props["erasec.spec"])["output"]["mode"] == "switchable"
 
 
 def test_cli_apply_onnx_then_run_onnx(unet_graphs, onnx_patch, tmp_path):
-    runner = CliRunner()
     out = tmp_path / "unet.onnx"
-    applied = runner.invoke(
-        cli, ["apply", str(onnx_patch()), "--onnx", str(unet_graphs("tiny-sd1", "legacy")), "--mode", "adapter", "-o", str(out)]
-    )
+    applied = run("apply", onnx_patch(), "--onnx", unet_graphs("tiny-sd1", "legacy"), "--mode", "adapter", "-o", out)
     assert applied.exit_code == 0, applied.output
     assert applied.output.startswith(f"wrote {out}, {tmp_path / 'unet.onnx_adapter'} (adapter, 32 sites, confirmed by base pin)")
     adapter = str(tmp_path / "unet.onnx_adapter")
-    ran = runner.invoke(cli, ["run-onnx", str(out), "--adapter", adapter, "--size", "16", "--json"])
+    ran = run("run-onnx", out, "--adapter", adapter, "--size", "16", "--json")
     assert ran.exit_code == 0, ran.output
     data = json.loads(ran.output)
     assert data["provider"] == "CPUExecutionProvider" and data["finite"] and data["output_shape"] == [2, 4, 16, 16]
-    refused = runner.invoke(cli, ["run-onnx", str(unet_graphs("tiny-sd1", "legacy")), "--erase-scale", "0"])
+    refused = run("run-onnx", unet_graphs("tiny-sd1", "legacy"), "--erase-scale", "0")
     assert refused.exit_code == 2
     assert "the graph has no erase_scale input; patch it with --mode switchable" in refused.output
-    neither = runner.invoke(cli, ["apply", str(onnx_patch()), "-o", str(tmp_path / "x.onnx")])
+    neither = run("apply", onnx_patch(), "-o", tmp_path / "x.onnx")
     assert neither.exit_code == 2 and "give --model (a merged checkpoint) or --onnx" in neither.output
 
 
@@ -308,10 +194,8 @@ def test_cli_export_onnx_text_encoders(erasec_cache_dir, tmp_path, model):
     out = tmp_path / "export"
     folder_model = model.removesuffix(".safetensors")
     components = ENCODER_OUTPUTS[folder_model]
-    result = CliRunner().invoke(
-        cli, ["export-onnx", "--model", f"builtin:{model}", "-o", str(out), "--exporter", "legacy",
-              "--components", ",".join(components), "--json"],
-    )
+    result = run("export-onnx", "--model", f"builtin:{model}", "-o", out, "--exporter", "legacy",
+                 "--components", ",".join(components), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["files"] == {c: str(out / c / "model.onnx") for c in components}
     tokenizers = ["tokenizer", "tokenizer_2"][: len(components)]
@@ -332,7 +216,7 @@ def test_cli_export_onnx_text_encoders(erasec_cache_dir, tmp_path, model):
 def test_export_refuses_bad_options(tmp_path):
     with pytest.raises(BuildError, match=r"export-onnx: components vae must be some of unet, text_encoder"):
         ExportOptions(components=("vae",))
-    result = CliRunner().invoke(cli, ["export-onnx", "--model", str(tmp_path / "nothing"), "-o", str(tmp_path / "o")])
+    result = run("export-onnx", "--model", tmp_path / "nothing", "-o", tmp_path / "o")
     assert result.exit_code == 2 and "nothing" in result.output
     with pytest.raises(BuildError) as error:
         export_onnx("builtin:tiny-sd1", tmp_path / "o", ExportOptions(components=("text_encoder_2",)))
@@ -357,7 +241,7 @@ def test_single_file_exports_the_folders_unet(unet_graphs, model):
     feeds = unet_inputs(session, batch=2, size=16)
     unet = UNet2DConditionModel.from_pretrained(str(builtin_model_path(model) / "unet")).eval()
     with torch.no_grad():
-        want = _unet_output(unet, {name: torch.from_numpy(value) for name, value in feeds.items()})
+        want = unet_output(unet, {name: torch.from_numpy(value) for name, value in feeds.items()})
     assert np.max(np.abs(run_step(session, feeds)[0] - want)) <= 1e-5
 
 
@@ -366,7 +250,7 @@ def test_a_single_file_graph_takes_the_patch(unet_graphs, onnx_patch, reference,
     graph = unet_graphs("tiny-sd1.safetensors", "legacy")
     result = apply_onnx(onnx_patch(), graph, tmp_path / "unet.onnx", mode="switchable")
     assert result["sites"] == SITES["tiny-sd1"] and result["confirmed_by"] == "base pin"
-    assert np.max(np.abs(_run(result["files"][0], feeds) - fused)) <= PARITY
+    assert np.max(np.abs(onnx_output(result["files"][0], feeds) - fused)) <= PARITY
 
 
 def test_run_onnx_feeds_a_scalar_timestep_where_the_graph_declares_one(tmp_path):
