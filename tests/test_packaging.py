@@ -34,3 +34,19 @@ def test_wheel_installs_a_working_command(tmp_path):
     assert found == "True", listing.stderr
     assert Path(location).is_relative_to(venv), f"imported {location}, not the wheel"
 
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """A sub-package missing from pyproject's explicit list works in an editable checkout and is
+    absent from an installed erasec (CI installs one): every folder with an __init__.py is listed."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {f"erasec.{name}": name for name in ("compiler", "ir", "passes", "backends", "patches")}
+    found = {
+        ".".join(["erasec", *init.parent.relative_to(root).parts])
+        for top in folders.values()
+        for init in (root / top).rglob("__init__.py")
+    }
+    assert found - set(config["packages"]) == set()
