@@ -28,7 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-from erasec.compiler.models.unet_configs import SD15_UNET, SDXL_UNET  # the real UNet configurations (one place)
+from erasec.compiler.models.families import FAMILIES
+from erasec.compiler.models.families.sd import SD15_UNET, SDXL_UNET  # the real UNet configurations (one place)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = [
@@ -152,12 +153,12 @@ def write_single_file(kind: str, path: Path) -> None:
     for key, value in vae.state_dict().items():
         name, to_conv = layout.vae_key_to_ldm(key, 4)
         shapes[layout.VAE_PREFIX + name] = tuple(value.shape) + ((1, 1) if to_conv else ())
-    prefix = layout.CLIP_PREFIXES[kind if kind == "sdxl" else "sd1"][0] + "text_model."
+    prefix = FAMILIES[kind if kind == "sdxl" else "sd1"].single_file_encoder("text_encoder").prefix + "text_model."
     shapes.update({prefix + k: tuple(v.shape) for k, v in clip_l.items() if not k.endswith("position_ids")})
     if big_g is not None:
         open_clip = layout.clip_to_open_clip({k: v for k, v in big_g.items() if not k.endswith("position_ids")},
                                              extra_block=False)
-        shapes.update({layout.OPEN_CLIP_PREFIXES["sdxl"] + k: tuple(v.shape) for k, v in open_clip.items()})
+        shapes.update({FAMILIES["sdxl"].single_file_encoder("text_encoder_2").prefix + k: tuple(v.shape) for k, v in open_clip.items()})
     _stream_safetensors(path, shapes, 7)
 
 

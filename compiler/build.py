@@ -29,6 +29,7 @@ from .frontend.methods import pipeline_text
 from .frontend.reader import load_spec
 from .frontend.spec import Spec
 from .lowering.lower import Lowering
+from .models.families import FAMILIES
 from .models.protocol import TextModel
 from .models.recording import RecordingModel
 from .outputs import check_build_output
@@ -242,7 +243,7 @@ def build_spec(
 
 
 def edited_paths(program: EditProgram) -> tuple[str, ...]:
-    """What the build edits, in words; for SDXL it says whether the pooled path is edited."""
+    """What the build edits, in words; for a family with a pooled path (SDXL) it says whether that path is edited."""
     paths = []
     for solved in program.solution.spaces:
         space = program.target.space(solved.space)
@@ -252,7 +253,7 @@ def edited_paths(program: EditProgram) -> tuple[str, ...]:
                 paths.extend(f"pooled {s.module_path}[:, :{s.in_features}]" for s in sites)
             elif sites:
                 paths.append(f"cross-attention to_{role} ({len(sites)} layers)")
-    if program.target.family == "sdxl" and not any(p.startswith("pooled") for p in paths):
+    if FAMILIES[program.target.family].pooled and not any(p.startswith("pooled") for p in paths):
         paths.append("not the pooled path (options.pooled: true edits add_embedding.linear_1)")
     return tuple(paths)
 

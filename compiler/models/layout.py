@@ -10,7 +10,8 @@ Text encoder prefixes (§3.1): SD1 ``cond_stage_model.transformer.text_model.`` 
 SD2 ``cond_stage_model.model.`` (OpenCLIP, fused ``in_proj``), SDXL ``conditioner.embedders.0.
 transformer.text_model.`` (CLIP-L) and ``conditioner.embedders.1.model.`` (OpenCLIP-bigG). SD2 uses
 the penultimate OpenCLIP block: its checkpoints hold one more resblock than the diffusers encoder,
-which diffusers (and this reader) skip.
+which diffusers (and this reader) skip. Each family records its prefixes (``Family.single_file``,
+``families/sd.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ VAE_PREFIX = "first_stage_model."
 # the folder's unet/config.json (read by compiler/models/unet_configs.py)
 TEXT_CONFIG_METADATA = "erasec.text_encoders"
 UNET_CONFIG_METADATA = "erasec.unet_config"
-CLIP_PREFIXES = {"sd1": ("cond_stage_model.transformer.",), "sdxl": ("conditioner.embedders.0.transformer.",)}
-OPEN_CLIP_PREFIXES = {"sd2": "cond_stage_model.model.", "sdxl": "conditioner.embedders.1.model."}
 
 _RESNET = (
     ("norm1", "in_layers.0"),

@@ -26,7 +26,6 @@ from pathlib import Path
 from erasec.ir import KeySpace, LinearSite, ModelTarget, VerifyError
 from erasec.ir.naming import LDM_UNET_PREFIX, diffusers_module_path
 
-from . import layout as layouts
 from .builtin import minilm as semantic
 from .builtin import builtin_model_path
 from ..errors import ModelError
@@ -236,14 +235,10 @@ def _with_pooled_space(model: SDModel) -> SDModel:
     embedding; ``pooled`` is ``text_encoder_2``'s projected EoT state (research/methods.md §7).
     Only the pooled columns are a key space; the size/crop columns keep W0.
     """
-    if not FAMILIES[model.family].pooled:
+    family = FAMILIES[model.family]
+    if not family.pooled:
         raise ModelError(f"{model.location}: options.pooled: only SDXL has a pooled text path; this is {model.family}")
-    if model.layout == "diffusers":
-        config_file = model.path / "text_encoder_2" / "config.json"
-        dim = read_json(config_file).get("projection_dim")
-    else:
-        shape = model._file.shapes.get(layouts.OPEN_CLIP_PREFIXES["sdxl"] + "text_projection")
-        dim = shape[1] if shape else None
+    dim = pooled_width(model)
     probe = LinearSite(module_path=POOLED_MODULE, out_features=1, in_features=1, role="pooled")
     shape = model._file.shapes.get(model.weight_name(probe))
     if not isinstance(dim, int) or shape is None or len(shape) != 2 or shape[1] <= dim:
@@ -253,6 +248,19 @@ def _with_pooled_space(model: SDModel) -> SDModel:
         )
     site = LinearSite(module_path=POOLED_MODULE, out_features=shape[0], in_features=dim, role="pooled",
                       full_in_features=shape[1])
-    space = KeySpace(name=POOLED_SPACE, dim=dim, encoder="text_encoder_2.text_embeds", sites=(site,))
+    space = KeySpace(name=POOLED_SPACE, dim=dim, encoder=f"{family.pooled_encoder}.text_embeds", sites=(site,))
     target = ModelTarget(family=model.family, name=model.target.name, spaces=(*model.target.spaces, space))
     return dataclasses.replace(model, target=target)  # loads nothing of the model's: replace starts a fresh memo
+
+
+def pooled_width(model: SDModel) -> int | None:
+    """The width of the pooled text embedding (``text_embeds``): its encoder's ``projection_dim``,
+    or a single file's ``text_projection`` width; None when neither says (or no pooled path)."""
+    component = FAMILIES[model.family].pooled_encoder
+    if component is None:
+        return None
+    if model.layout == "diffusers":
+        return read_json(model.path / component / "config.json").get("projection_dim")
+    prefix = FAMILIES[model.family].single_file_encoder(component).prefix
+    shape = model._file.shapes.get(prefix + "text_projection")
+    return shape[1] if shape else None

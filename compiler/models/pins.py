@@ -16,6 +16,7 @@ import numpy as np
 
 from erasec.patches.pin import base_pin, text_encoder_pin
 
+from .families import FAMILIES
 from .tensor_files import TensorFile
 
 if TYPE_CHECKING:
@@ -80,19 +81,16 @@ def text_encoder_tensors(model: SDModel) -> Mapping[str, np.ndarray] | None:
                 file = TensorFile(path, pickled=False)
                 files.update({f"{folder}/{_clip_name(key)}": (file, key) for key in file.shapes if _wanted(key)})
     else:  # a single file: safetensors or an allowed pickle
-        from . import layout
-
-        family, file = model.target.family, model._file
+        file = model._file
         keys = [key for key in file.shapes if _wanted(key)]
-        for prefix in layout.CLIP_PREFIXES.get(family, ()):
+        for encoder in FAMILIES[model.target.family].single_file:
+            prefix, component = encoder.prefix, encoder.component
             files.update(
-                {f"text_encoder/{_clip_name(k.removeprefix(prefix))}": (file, k) for k in keys if k.startswith(prefix)}
-            )
-        prefix = layout.OPEN_CLIP_PREFIXES.get(family)
-        if prefix:
-            component = "text_encoder" if family == "sd2" else "text_encoder_2"
-            files.update(
-                {f"{component}/open_clip:{k.removeprefix(prefix)}": (file, k) for k in keys if k.startswith(prefix)}
+                {
+                    f"{component}/open_clip:{k.removeprefix(prefix)}" if encoder.open_clip
+                    else f"{component}/{_clip_name(k.removeprefix(prefix))}": (file, k)
+                    for k in keys if k.startswith(prefix)
+                }
             )
     return _LazyTensors(dict(sorted(files.items()))) if files else None
 

@@ -248,7 +248,8 @@ class SDModel:
         return [rows[prompt] for prompt in prompts]
 
     def encode_pooled(self, prompts: Sequence[str]) -> list[np.ndarray]:
-        """Read-only float64 pooled rows (``text_encoder_2``'s ``text_embeds``), one per prompt.
+        """Read-only float64 pooled rows (the family's pooled encoder's ``text_embeds``: SDXL's
+        ``text_encoder_2``), one per prompt.
 
         As StableDiffusionXLPipeline.encode_prompt makes them: ids padded to 77 with tokenizer_2's pad
         token, the projected state at the EoT position (causal, so padding does not change it).
@@ -259,9 +260,10 @@ class SDModel:
         if not prompts:
             return []
         distinct = sorted(set(prompts))
-        ids = dict(zip(distinct, self._tokenize(distinct, "text_encoder_2")))
-        encoder = self._text_encoder("text_encoder_2")
-        pad_id = self._tokenizer("text_encoder_2").pad_token_id
+        component = FAMILIES[self.family].pooled_encoder
+        ids = dict(zip(distinct, self._tokenize(distinct, component)))
+        encoder = self._text_encoder(component)
+        pad_id = self._tokenizer(component).pad_token_id
         rows: dict[str, np.ndarray] = {}
         with torch.inference_mode():
             for start in range(0, len(distinct), _ENCODE_CHUNK):

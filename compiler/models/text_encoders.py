@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from . import layout as layouts
 from .layout import TEXT_CONFIG_METADATA
 from ..errors import ModelError
+from .families import FAMILIES
 from .tensor_files import TensorFile, first_line
 
 _CLIP_HEAD_WIDTH = 64
@@ -202,17 +203,16 @@ def replica(model):
 def load_single_file_encoder(weights: TensorFile, family: str, component: str, *, fp32_compute: bool = True):
     """The ``component`` text encoder of a single-file checkpoint of ``family`` (research/ecosystem.md §3.1);
     ``fp32_compute`` as in ``assemble_clip``."""
-    open_clip = family == "sd2" or component == "text_encoder_2"
+    encoder = FAMILIES[family].single_file_encoder(component)
+    prefix, open_clip = encoder.prefix, encoder.open_clip
     if open_clip:
-        prefix = layouts.OPEN_CLIP_PREFIXES[family]
         names = [k for k in weights.shapes if k.startswith(prefix)]
         raw = {k.removeprefix(prefix): v for k, v in weights.tensors(names).items()}
         try:
-            state = layouts.open_clip_to_clip(raw, drop_last_block=family == "sd2")
+            state = layouts.open_clip_to_clip(raw, drop_last_block=encoder.extra_block)
         except KeyError as error:
             raise ModelError(f"{weights.path}: the OpenCLIP text encoder lacks {prefix}{error.args[0]}") from None
     else:
-        prefix = layouts.CLIP_PREFIXES[family][0]
         names = [k for k in weights.shapes if k.startswith(prefix) and not k.endswith("position_ids")]
         state = {
             k.removeprefix(prefix).removeprefix("text_model."): v for k, v in weights.tensors(names).items()

@@ -2,7 +2,8 @@
 
 A single file (LDM/SGM names, research/ecosystem.md §3.1–§3.2) carries no UNet config. The three
 families erasec reads have fixed UNet architectures (§3.3–§3.5), so the config comes from the
-family, offline — never fetched from a hub as diffusers' ``from_single_file`` would (§3.5):
+family (``Family.unet_config``, ``families/sd.py``), offline — never fetched from a hub as
+diffusers' ``from_single_file`` would (§3.5):
 
 * ``sd1`` — SD1.x (v1.4, v1.5): 4 blocks (320, 640, 1280, 1280), 8 heads, 1×1-conv ``proj_in``,
   cross-attention 768 (CLIP-L); 859.5M parameters;
@@ -28,35 +29,10 @@ from collections.abc import Mapping
 
 from erasec.ir.naming import LDM_UNET_PREFIX
 
+from .families import FAMILIES
 from .layout import UNET_CONFIG_METADATA
 from ..errors import ModelError
 from .tensor_files import TensorFile, first_line
-
-_SD_BLOCKS = dict(
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-)
-# UNet2DConditionModel keyword arguments (the rest are diffusers' defaults: layers_per_block 2,
-# 32 norm groups, 4 channels in and out).
-SD15_UNET = dict(**_SD_BLOCKS, sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-SD2_UNET = dict(
-    **_SD_BLOCKS, sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-    use_linear_projection=True, upcast_attention=True,
-)
-SDXL_UNET = dict(
-    sample_size=128, cross_attention_dim=2048, attention_head_dim=(5, 10, 20), block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
-    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)
-# family → (what the config is, its UNet)
-FAMILY_UNETS: dict[str, tuple[str, dict]] = {
-    "sd1": ("SD1.x", SD15_UNET),
-    "sd2": ("SD2.x", SD2_UNET),
-    "sdxl": ("SDXL base", SDXL_UNET),
-}
 
 
 def _meta_unet(config: Mapping, location: str, source: str):
@@ -114,12 +90,12 @@ def single_file_unet(weights: TensorFile, family: str, location: str):
         if not isinstance(config, dict):
             raise ModelError(f"{location}: {source} is not a JSON object")
     else:
-        name, config = FAMILY_UNETS[family]
-        source = f"the {name} UNet"
+        config = FAMILIES[family].unet_config
+        source = f"the {FAMILIES[family].unet_name} UNet"
     unet = _meta_unet(config, location, source)
     misfits = _misfits(weights.shapes, unet)
     if misfits:
-        names = [name for name, _ in FAMILY_UNETS.values()]
+        names = [candidate.unet_name for candidate in FAMILIES.values()]
         known = ", ".join(names[:-1]) + " or " + names[-1]
         raise ModelError(
             f"{location}: its UNet does not fit {source}: {len(misfits)} tensors differ, first {misfits[0]}; "

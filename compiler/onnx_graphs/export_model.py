@@ -26,7 +26,8 @@ def export_onnx(location: str, folder: str | Path, options: ExportOptions = Expo
     its tensors (``compiler/models/unet_configs.py``); its text encoders are read as builds read them, and
     its tokenizers are erasec's CLIP vocabulary with each encoder's pad token.
     """
-    from ..models.open import open_model
+    from ..models.families import FAMILIES
+    from ..models.open import open_model, pooled_width
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -46,20 +47,24 @@ def export_onnx(location: str, folder: str | Path, options: ExportOptions = Expo
     absent = [component for component in components if component not in present]
     if absent:
         raise BuildError(f"{location}: a {model.family} model has no {absent[0]}; components are {', '.join(present)}")
-    text_embeds_dim = _text_embeds_dim(model) if "text_encoder_2" in present else None
-    sdxl = model.family == "sdxl"
+    pooled_encoder = FAMILIES[model.family].pooled_encoder
+    text_embeds_dim = pooled_width(model) if pooled_encoder in present else None
+    hidden = {component: state for component, state, _ in model.encoders}  # a penultimate encoder exports its hidden states
     seconds: dict[str, float] = {}
     files: dict[str, Path] = {}
     for component in components:
         clock = time.perf_counter()
-        module = _load_single_file_component(model, component) if single else _load_component(model.path, component)
+        if single:
+            module = _load_single_file_component(model, component)
+        else:
+            module = _load_component(model.path, component, projection=component == pooled_encoder)
         target = folder / component / "model.onnx"
         with tempfile.TemporaryDirectory(prefix="erasec-export-") as scratch:
             scratch_file = Path(scratch) / "model.onnx"
             if component == "unet":
                 export_unet(module, scratch_file, options, text_embeds_dim=text_embeds_dim)
             else:
-                export_text_encoder(module, scratch_file, options, hidden_states=sdxl)
+                export_text_encoder(module, scratch_file, options, hidden_states=hidden[component] == "penultimate")
             graph = load_graph(scratch_file)
             graph.producer_name = f"erasec export-onnx ({options.exporter} exporter)"
             write_graph(graph, target)
@@ -88,16 +93,6 @@ def _write_tokenizers(model, folder: Path, components) -> None:
             shutil.copytree(model.path / tokenizer, folder / tokenizer, dirs_exist_ok=True)
 
 
-def _text_embeds_dim(model) -> int | None:
-    """text_encoder_2's ``projection_dim``: the width of SDXL's ``text_embeds``."""
-    if model.layout == "diffusers":
-        return _read_config(model.path / "text_encoder_2").get("projection_dim")
-    from ..models.layout import OPEN_CLIP_PREFIXES
-
-    shape = model._file.shapes.get(OPEN_CLIP_PREFIXES["sdxl"] + "text_projection")
-    return shape[1] if shape else None
-
-
 def _load_single_file_component(model, component: str):
     """A component of a single-file checkpoint, float32 and without hooks, ready to trace."""
     import torch
@@ -111,16 +106,9 @@ def _load_single_file_component(model, component: str):
     return encoder.to(torch.float32).eval()
 
 
-def _read_config(path: Path) -> dict:
-    import json
-
-    try:
-        return json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise BuildError(f"{path / 'config.json'}: cannot read it ({error})") from error
-
-
-def _load_component(path: Path, component: str):
+def _load_component(path: Path, component: str, projection: bool):
+    """A diffusers folder's component, float32 (``projection``: the text encoder with its projection,
+    the family's pooled encoder)."""
     import torch
 
     try:
@@ -130,7 +118,7 @@ def _load_component(path: Path, component: str):
             return UNet2DConditionModel.from_pretrained(str(path / "unet"), torch_dtype=torch.float32).eval()
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-        kind = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
+        kind = CLIPTextModelWithProjection if projection else CLIPTextModel
         return kind.from_pretrained(str(path / component), local_files_only=True, dtype=torch.float32).eval()
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0]

@@ -14,7 +14,8 @@ from erasec.compiler.errors import ModelError
 from erasec.compiler.onnx_graphs.export import ExportOptions
 from erasec.compiler.onnx_graphs.export_model import export_onnx
 from erasec.compiler.models.tensor_files import TensorFile
-from erasec.compiler.models.unet_configs import FAMILY_UNETS, load_single_file_unet, single_file_unet
+from erasec.compiler.models.families import FAMILIES
+from erasec.compiler.models.unet_configs import load_single_file_unet, single_file_unet
 
 # research/ecosystem.md §3.3–§3.4: UNet parameters of SD1.5, SD2.x and SDXL base
 PARAMETERS = {"sd1": 859_520_964, "sd2": 865_910_724, "sdxl": 2_567_463_684}
@@ -36,7 +37,7 @@ class _Header:
         self.shapes, self.metadata = shapes, metadata or {}
 
 
-@pytest.mark.parametrize("family", sorted(FAMILY_UNETS))
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_configs_fit_their_own_ldm_layout(family):
     """Each table builds the real model (its parameter count), and diffusers' converter maps the LDM
     names erasec writes for it back onto it: two independent name tables agree on real shapes."""
@@ -44,7 +45,7 @@ def test_family_configs_fit_their_own_ldm_layout(family):
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**FAMILY_UNETS[family][1])
+        unet = UNet2DConditionModel(**FAMILIES[family].unet_config)
     assert sum(p.numel() for p in unet.parameters()) == PARAMETERS[family]
     assert single_file_unet(_Header(_ldm_shapes(unet)), family, "x").config == unet.config
 

@@ -34,11 +34,11 @@ def _write_single_file(folder: Path, output: Path) -> int:
     from erasec.patches.safetensors_io import atomic_write, serialize
 
     from .. import layout
+    from ..families import FAMILIES  # here, not above: families/sd.py reads builtin/minilm.py
     from ..text_encoders import clip_config_overrides
 
     folder = Path(folder)
-    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    sdxl = "text_encoder_2" in index
+    json.loads((folder / "model_index.json").read_text(encoding="utf-8"))  # a diffusers folder has one
     tensors: dict[str, object] = {}
 
     unet = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
@@ -54,25 +54,24 @@ def _write_single_file(folder: Path, output: Path) -> int:
         tensors[layout.VAE_PREFIX + name] = value[:, :, None, None].contiguous() if to_conv else value
 
     overrides: dict[str, dict] = {}
-    sd2 = not sdxl and json.loads((folder / "text_encoder" / "config.json").read_text())["hidden_act"] == "gelu"
-    encoders = [("text_encoder", "open_clip" if sd2 else "clip")]
-    if sdxl:
-        encoders.append(("text_encoder_2", "open_clip"))
-    for component, kind in encoders:
+    claimed = [family for family in FAMILIES.values() if family.in_folder(folder)]
+    if len(claimed) != 1:
+        raise ValueError(f"{len(claimed)} families claim it")
+    for encoder in claimed[0].single_file:
+        component = encoder.component
         state = load_file(str(folder / component / "model.safetensors"))
         config = json.loads((folder / component / "config.json").read_text(encoding="utf-8"))
         shapes = {key.removeprefix("text_model."): tuple(value.shape) for key, value in state.items()}
-        differing = clip_config_overrides(config, shapes, open_clip=kind == "open_clip")
+        differing = clip_config_overrides(config, shapes, open_clip=encoder.open_clip)
         if differing:
             overrides[component] = differing
-        if kind == "clip":
-            prefix = layout.CLIP_PREFIXES["sdxl" if sdxl else "sd1"][0] + "text_model."
+        if not encoder.open_clip:
+            prefix = encoder.prefix + "text_model."
             for key, value in state.items():
                 tensors[prefix + key.removeprefix("text_model.")] = value
         else:
-            prefix = layout.OPEN_CLIP_PREFIXES["sdxl" if sdxl else "sd2"]
-            for key, value in layout.clip_to_open_clip(state, extra_block=sd2).items():
-                tensors[prefix + key] = value
+            for key, value in layout.clip_to_open_clip(state, extra_block=encoder.extra_block).items():
+                tensors[encoder.prefix + key] = value
     metadata = {TEXT_CONFIG_METADATA: json.dumps(overrides, sort_keys=True)} if overrides else {}
     recorded = {key: value for key, value in unet_config.items() if not key.startswith("_")}
     metadata[UNET_CONFIG_METADATA] = json.dumps(recorded, sort_keys=True)

@@ -16,6 +16,18 @@ from typing import Literal, NamedTuple
 HiddenState = Literal["last", "penultimate"]
 
 
+class SingleFileEncoder(NamedTuple):
+    """Where one text encoder lies in a single-file checkpoint (research/ecosystem.md §3.1): its
+    component, its tensor-name prefix, whether it is stored in OpenCLIP's layout (fused ``in_proj``,
+    ``text_projection`` as a matrix) rather than HF CLIP's, and whether that OpenCLIP tower holds one
+    more block than the diffusers encoder runs (SD2's penultimate-block encoder)."""
+
+    component: str
+    prefix: str
+    open_clip: bool
+    extra_block: bool = False
+
+
 class Encoder(NamedTuple):
     """One text encoder of a family: its component folder, the hidden state its key rows come from,
     and the pad token its tokenizer pads with (the rows of a padded prompt depend on it). A tuple:
@@ -35,13 +47,29 @@ class Family:
     ``text_encoder/``, ``tokenizer/`` — is checked before). ``in_single_file(keys)``: a single file with
     these tensor names is. ``text_width(shapes, location)``: a single file's key-row width, summed over
     its encoders, read from its token embeddings (raises ``ModelError`` when the file lacks one).
+    ``single_file``: where each encoder lies in a single file. ``pooled_encoder``: the component whose
+    projected EoT state is the pooled text embedding (None: no pooled path). ``unet_name`` and
+    ``unet_config``: the family's UNet (``UNet2DConditionModel`` keyword arguments), which a single
+    file without a recorded config is read as (``models/unet_configs.py``).
     """
 
     name: str
     key_space: str  # the KeySpace name of the K/V rows
     encoders: tuple[Encoder, ...]
     pipeline: str  # the diffusers pipeline class ``erasec eval --images`` generates with
-    pooled: bool  # has a pooled text path (``options.pooled``)
+    pooled_encoder: str | None
     in_folder: Callable[[Path], bool]
     in_single_file: Callable[[set[str]], bool]
     text_width: Callable[[Mapping[str, tuple], str], int]
+    single_file: tuple[SingleFileEncoder, ...]
+    unet_name: str
+    unet_config: Mapping[str, object]
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the family has a pooled text path (``options.pooled``)."""
+        return self.pooled_encoder is not None
+
+    def single_file_encoder(self, component: str) -> SingleFileEncoder:
+        """Where ``component`` lies in a single file of this family."""
+        return next(encoder for encoder in self.single_file if encoder.component == component)
