@@ -101,3 +101,21 @@ def unpatched(unet_graphs, reference):
         return outputs[model, exporter]
 
     return output
+
+
+@pytest.fixture(scope="session")
+def reference_parts(tiny_sd1_path):
+    """builtin:tiny-sd1 as the reference scripts load it: transformers' tokenizer and text encoder and
+    diffusers' UNet, with every attn2 to_k/to_v weight in float64 (test_reference, test_referees)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd1_path / "tokenizer", local_files_only=True)
+    encoder = CLIPTextModel.from_pretrained(tiny_sd1_path / "text_encoder", local_files_only=True).eval()
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd1_path / "unet", local_files_only=True)
+    layers = {
+        name: module.weight.detach().double()
+        for name, module in unet.named_modules()
+        if "attn2" in name and (name.endswith("to_k") or name.endswith("to_v"))
+    }
+    return tokenizer, encoder, layers

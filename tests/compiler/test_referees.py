@@ -33,19 +33,9 @@ TOLERANCE = 1e-6  # relative Frobenius error of ΔW, per layer (the build writes
 
 
 @pytest.fixture(scope="module")
-def parts(tiny_sd1_path):
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd1_path / "tokenizer", local_files_only=True)
-    encoder = CLIPTextModel.from_pretrained(tiny_sd1_path / "text_encoder", local_files_only=True).eval()
-    unet = UNet2DConditionModel.from_pretrained(tiny_sd1_path / "unet", local_files_only=True)
-    layers = {
-        name: module.weight.detach().double()
-        for name, module in unet.named_modules()
-        if "attn2" in name and (name.endswith("to_k") or name.endswith("to_v"))
-    }
-    return tokenizer, encoder, layers
+def parts(reference_parts):
+    """(tokenizer, encoder, float64 attn2 K/V weights): tests/compiler/conftest.py."""
+    return reference_parts
 
 
 def _embed(parts, text):

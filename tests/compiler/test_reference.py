@@ -12,29 +12,12 @@ from __future__ import annotations
 import textwrap
 
 import numpy as np
-import pytest
 import torch
 from safetensors.numpy import load_file
 
 from erasec.compiler.build import build
 
 TOLERANCE = 1e-5  # relative Frobenius error of ΔW, per layer
-
-
-@pytest.fixture(scope="module")
-def reference_parts(tiny_sd1_path):
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd1_path / "tokenizer", local_files_only=True)
-    encoder = CLIPTextModel.from_pretrained(tiny_sd1_path / "text_encoder", local_files_only=True).eval()
-    unet = UNet2DConditionModel.from_pretrained(tiny_sd1_path / "unet", local_files_only=True)
-    layers = {
-        name: module.weight.detach().double()
-        for name, module in unet.named_modules()
-        if "attn2" in name and (name.endswith("to_k") or name.endswith("to_v"))
-    }
-    return tokenizer, encoder, layers
 
 
 def _embed(tokenizer, encoder, text):
