@@ -196,7 +196,8 @@ def eval_command(patch, model, suites, prompts, output, images, steps, clip_mode
     from pathlib import Path
 
     from ..eval.report import render_table, write_report
-    from ..eval.run import STAGES, EvalOptions, evaluate_patch
+    from ..eval.results import EvalOptions
+    from ..eval.run import STAGES, evaluate_patch
 
     if images and output is None:
         fail(ErasecError("eval: --images writes grids; give -o FOLDER"))

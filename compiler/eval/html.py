@@ -14,7 +14,7 @@ import html
 import io
 import json
 
-from .run import EvalResult
+from .results import EvalResult
 
 _STYLE = (
     "body{font-family:sans-serif;max-width:64em;margin:2em auto;padding:0 1em;line-height:1.4}"

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from .html import ONE_CONCEPT, number, render_html
-from .run import EvalResult
+from .results import EvalResult
 
 
 def render_table(result: EvalResult) -> str:

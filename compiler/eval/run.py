@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,7 +29,6 @@ from ..models.protocol import TextModel
 from ..models.recording import RecordingModel
 from ..errors import EvalError
 from .metrics import (
-    LayerScore,
     displacement,
     displacement_by_layer,
     efficacy,
@@ -41,102 +39,13 @@ from .metrics import (
 from ..lowering.lower import Lowering
 from ..lowering.prompts import erase_pairs, ordered_entries
 from ..frontend.from_patch import spec_from_dict
+from .results import ConceptResult, EvalOptions, EvalResult
 from .suites import Request, load_prompt_file, load_suite, sort_prompts
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("open", "encode", "metrics", "interference")
-ATTACK_LAMBDA = 0.1  # the adversarial pass's default (passes/adversarial.py), so the two attacks agree
 WORST_SHOWN = 5
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EvalOptions:
-    suites: tuple[str, ...] = ("artists", "coco")
-    prompts: str | None = None  # a user's prompt file (.txt or .csv)
-    attack_lambda: float = ATTACK_LAMBDA
-    interference_max: int = 12  # re-solve each concept alone only up to this many concepts
-    max_unrelated: int = 200  # unrelated prompts kept per suite or file, evenly spaced (0: all)
-    allow_pickle: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.attack_lambda > 0:  # λ > 0 keeps λI + ΣW'ᵀW' positive definite (a zeroed W' has none)
-            raise EvalError(f"--attack-lambda {self.attack_lambda}: must be > 0")
-        for option, value in (("--interference-max", self.interference_max), ("--max-unrelated", self.max_unrelated)):
-            if value < 0:
-                raise EvalError(f"{option} {value}: must be ≥ 0")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConceptResult:
-    concept: str
-    anchor: str
-    efficacy: LayerScore
-    generality: LayerScore | None  # None: no held-out paraphrase of it in the suites/prompts
-    targets: LayerScore | None  # specificity on its unpaired prompts (I2P): 1 − how far they moved
-    recoverability: LayerScore
-    examples: tuple[str, ...]  # a few of its generality prompts
-    prompts: tuple[str, ...]  # its own prompts, as the build lowered them (concept, synonyms, templates)
-
-    def as_dict(self) -> dict:
-        def part(score):
-            return None if score is None else score.as_dict()
-
-        return {
-            "concept": self.concept,
-            "anchor": self.anchor,
-            "efficacy": self.efficacy.as_dict(),
-            "generality": part(self.generality),
-            "target_specificity": part(self.targets),
-            "recoverability": self.recoverability.as_dict(),
-            "generality_examples": list(self.examples),
-            "prompts": list(self.prompts),
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EvalResult:
-    patch: str
-    name: str
-    version: str
-    model: str
-    method: str
-    layers: int  # K/V sites measured (all of the key space's, edited or not)
-    edited_layers: int
-    concepts: tuple[ConceptResult, ...]
-    specificity: tuple[tuple[str, LayerScore], ...]  # group ("preserved", a suite, a file) -> score
-    least_kept: tuple[tuple[str, float], ...]  # the unrelated/preserved prompts that moved most
-    interference: tuple[tuple[float, ...], ...] | None  # [i][j]: erasing concept i alone moved j
-    interference_note: str
-    attack_lambda: float
-    # the same matrix for each K/V site on its own: (module path, matrix), in site order
-    interference_layers: tuple[tuple[str, tuple[tuple[float, ...], ...]], ...] | None = None
-
-    def as_dict(self) -> dict:
-        return {
-            "patch": self.patch,
-            "name": self.name,
-            "version": self.version,
-            "model": self.model,
-            "method": self.method,
-            "layers": self.layers,
-            "edited_layers": self.edited_layers,
-            "concepts": [c.as_dict() for c in self.concepts],
-            "specificity": {group: score.as_dict() for group, score in self.specificity},
-            "least_kept": [{"prompt": p, "specificity": round(v, 6)} for p, v in self.least_kept],
-            "interference": None
-            if self.interference is None
-            else {
-                "concepts": [c.concept for c in self.concepts],
-                "matrix": [[round(v, 6) for v in row] for row in self.interference],
-                "per_layer": {
-                    path: [[round(v, 6) for v in row] for row in matrix]
-                    for path, matrix in (self.interference_layers or ())
-                },
-            },
-            "interference_note": self.interference_note,
-            "attack_lambda": self.attack_lambda,
-        }
 
 
 def _requests(spec, preset) -> list[Request]:

@@ -91,7 +91,7 @@ def encoder_files_digest(model: SDModel) -> str:
     """A SHA-256 of what besides the weights decides the rows: in a diffusers folder, every JSON and
     text file of each encoder's folder (``config.json``) and of its tokenizer's (vocabulary, merges,
     special tokens); for a single file, its header metadata (the text-encoder config it records)."""
-    from .sd import TOKENIZER_OF
+    from .sd_components import TOKENIZER_OF
 
     digest = hashlib.sha256()
     root = Path(model.path)

@@ -32,7 +32,8 @@ from ..errors import ModelError
 from ..hub_cache import hub_id, snapshot_folder
 from .families import FAMILIES
 from .families import sd as sd_families
-from .sd import TOKENIZER_OF, SDModel
+from .sd import SDModel
+from .sd_components import TOKENIZER_OF
 from .tensor_files import TensorFile, read_json, regular_file
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ Text encoders load on the first ``encode``. Each family's key rows (DESIGN.md §
   penultimate, no final layer norm — d=2048, 70 attn2 layers; ``tokenizer_2`` pads with ``!``.
 
 Tokenizers come from the folder, or for a single file from the CLIP vocabulary shipped with erasec:
-never from a hub.
+never from a hub (``sd_components.py`` loads them and the text encoders).
 """
 
 from __future__ import annotations
@@ -29,22 +29,16 @@ from erasec.backends.checkpoint import CheckpointSource
 from erasec.ir import KeySpace, LinearSite, ModelTarget
 from erasec.ir.naming import checkpoint_weight_name
 
-from .builtin import minilm as semantic
-from . import pins, text_encoders
-from .cache_dir import cache_root, cached
+from . import pins, sd_components, text_encoders
 from ..errors import ModelError
 from .families import FAMILIES, Encoder, HiddenState
-from .tensor_files import LazyWeights, TensorFile, first_line, read_json
-from .tokenizer import EOS_TOKEN, MODEL_MAX_LENGTH, OPEN_CLIP_PAD_TOKEN
-from .tokenizer import load_clip_tokenizer, remembered_tokenizer, write_clip_tokenizer
+from .tensor_files import LazyWeights, TensorFile
+from .tokenizer import MODEL_MAX_LENGTH
 
 Layout = Literal["diffusers", "single-file"]
 
 _ENCODE_CHUNK = 64
 _GRAM_BLOCK = 1024  # rows of a K/V matrix widened to float64 at a time by site_gram
-
-TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
-_PAD_NAMES = {EOS_TOKEN: "eot", OPEN_CLIP_PAD_TOKEN: "bang"}
 
 KV_CACHE_BYTES = 512 * 2**20
 
@@ -151,24 +145,8 @@ class SDModel:
         loaded = self._loaded
         with loaded.lock:
             if component not in loaded.tokenizers:
-                loaded.tokenizers[component] = self._load_tokenizer(component)
+                loaded.tokenizers[component] = sd_components.load_tokenizer(self, component)
             return loaded.tokenizers[component]
-
-    def _load_tokenizer(self, component: str):
-        if self.layout == "diffusers":
-            folder = self.path / TOKENIZER_OF[component]
-        else:
-            pad = dict((c, p) for c, _, p in self.encoders)[component]
-            folder = cached(
-                "tokenizers",
-                f"clip-pad-{_PAD_NAMES[pad]}-v1",
-                lambda path: write_clip_tokenizer(path, pad_token=pad),
-                self.cache_dir,
-                folder=True,
-            )
-        load = semantic.load_bert_tokenizer if (folder / "vocab.txt").is_file() else load_clip_tokenizer
-        memo = cache_root(self.cache_dir) / "tokenizers"
-        return remembered_tokenizer(folder, load, memo)
 
     def _text_encoder(self, component: str):
         """This thread's copy of the ``component`` encoder: a ``text_encoders.replica`` of the loaded
@@ -176,36 +154,11 @@ class SDModel:
         loaded = self._loaded
         with loaded.lock:
             if component not in loaded.encoders:
-                loaded.encoders[component] = (
-                    self._folder_encoder(component) if self.layout == "diffusers" else self._file_encoder(component)
-                ).eval()
+                loaded.encoders[component] = sd_components.load_text_encoder(self, component).eval()
             own = loaded.replicas.__dict__
             if component not in own:
                 own[component] = text_encoders.replica(loaded.encoders[component])
             return own[component]
-
-    def _folder_encoder(self, component: str):
-        from transformers import CLIPTextConfig
-
-        folder = self.path / component
-        if semantic.is_bert(read_json(folder / "config.json")):
-            return semantic.load_bert_encoder(folder)
-        files = sorted(folder.glob("*.safetensors"))
-        if len(files) != 1:
-            raise ModelError(
-                f"{folder}: expected one .safetensors weights file, found {len(files)}; erasec reads no .bin pickles"
-            )
-        try:
-            with text_encoders.config_errors(folder / "config.json"):
-                config = CLIPTextConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
-        except OSError as error:
-            raise ModelError(f"{folder}: cannot read the CLIP text config ({first_line(error)})") from error
-        weights = TensorFile(files[0], pickled=False)
-        state = weights.tensors([k for k in weights.shapes if not k.endswith("position_ids")])
-        return text_encoders.assemble_clip(component, config, {k.removeprefix("text_model."): v for k, v in state.items()}, folder)
-
-    def _file_encoder(self, component: str):
-        return text_encoders.load_single_file_encoder(self._file, self.family, component)
 
     def release_text_encoders(self) -> None:
         """Drop the loaded text encoders (they load again if asked); tokenizers stay."""

@@ -80,7 +80,7 @@ def export_onnx(location: str, folder: str | Path, options: ExportOptions = Expo
 def _write_tokenizers(model, folder: Path, components) -> None:
     """Beside each exported encoder its tokenizer: the folder's copy, or for a single file erasec's
     CLIP vocabulary padding as the family's encoder does (what builds tokenize with)."""
-    from ..models.sd import TOKENIZER_OF
+    from ..models.sd_components import TOKENIZER_OF
     from ..models.tokenizer import write_clip_tokenizer
 
     pads = {component: pad for component, _, pad in model.encoders}

@@ -87,7 +87,8 @@ def test_a_dropped_preserve_prompt_is_not_reported_as_kept(tmp_path):
 def test_eval_after_compose_does_not_score_a_dropped_prompt_as_preserved(tmp_path):
     """B preserves 'a painting by Van Gogh'; composed with A, which erases Van Gogh, the union's solve
     drops it, and eval's preserved group is what the union was solved to keep."""
-    from erasec.compiler.eval.run import EvalOptions, evaluate_patch
+    from erasec.compiler.eval.results import EvalOptions
+    from erasec.compiler.eval.run import evaluate_patch
 
     a, _ = _build(tmp_path, "a", "Van Gogh", ["Claude Monet", "a photo of a cat"])
     b, _ = _build(tmp_path, "b", "Kelly McKernan", [DROPPED, "Pablo Picasso"])

@@ -20,7 +20,8 @@ import pytest
 from cli_helpers import run
 from erasec.compiler.eval.html import ONE_CONCEPT, figures, render_html
 from erasec.compiler.eval.report import render_table
-from erasec.compiler.eval.run import EvalOptions, evaluate_patch
+from erasec.compiler.eval.results import EvalOptions
+from erasec.compiler.eval.run import evaluate_patch
 
 SPEC = """\
 erasec: 1

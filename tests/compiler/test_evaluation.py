@@ -16,7 +16,8 @@ import pytest
 from cli_helpers import PRESERVE, run, spec_text
 from erasec.compiler.eval.report import render_html, render_table
 from erasec.compiler.eval.metrics import displacement, efficacy, recoverability, specificity
-from erasec.compiler.eval.run import EvalOptions, evaluate_patch
+from erasec.compiler.eval.results import EvalOptions
+from erasec.compiler.eval.run import evaluate_patch
 from erasec.compiler.eval.suites import SUITES, Request, SuiteRow, load_suite, sort_prompts, templates
 from erasec.patches.read import PatchFile
 
