@@ -143,3 +143,73 @@ def test_the_backend_table_names_every_output_format():
     from erasec.compiler.frontend.spec import OUTPUT_FORMATS
 
     assert tuple(BACKENDS) == OUTPUT_FORMATS
+
+
+def _module_names() -> dict[str, Path]:
+    """Every erasec module: ``erasec.compiler.models.sd`` → its file (a package → its __init__.py)."""
+    names = {}
+    for top in ALLOWED:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            names[".".join(("erasec",) + (parts[:-1] if parts[-1] == "__init__" else parts))] = path
+    return names
+
+
+def _all_edges(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module → the erasec modules it imports anywhere (top level, functions, TYPE_CHECKING blocks):
+    ``from X import n`` counts X, or X.n where that is a module."""
+    edges = {}
+    for module, path in modules.items():
+        package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                source = ".".join(base + ([node.module] if node.module else []))
+                submodules = {f"{source}.{alias.name}" for alias in node.names} & modules.keys()
+                found |= submodules or {source}
+        edges[module] = {name for name in found if name in modules and name != module}
+    return edges
+
+
+def import_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycles():
+    """No module imports one that imports it back, by any path, even from inside a function: a cycle
+    hidden behind a function-level import still ties two modules into one."""
+    assert import_cycles(_all_edges(_module_names())) == []
+
+
+def test_a_cycle_is_caught():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

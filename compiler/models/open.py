@@ -26,7 +26,7 @@ from pathlib import Path
 from erasec.ir import KeySpace, LinearSite, ModelTarget, VerifyError
 from erasec.ir.naming import LDM_UNET_PREFIX, diffusers_module_path
 
-from .builtin import minilm as semantic
+from . import bert
 from .builtin import builtin_model_path
 from ..errors import ModelError
 from ..hub_cache import hub_id, snapshot_folder
@@ -170,7 +170,7 @@ def open_model(
 def _open_folder(path: Path, location: str, family: str | None = None) -> SDModel:
     family = _folder_family(path, location, family)
     space_name, encoders = FAMILIES[family].key_space, FAMILIES[family].encoders
-    if semantic.is_bert(read_json(path / "text_encoder" / "config.json")):
+    if bert.is_bert(read_json(path / "text_encoder" / "config.json")):
         space_name = "minilm"
     dim = 0
     for component, _, _ in encoders:

@@ -4,13 +4,14 @@ its text encoder.
 The digests themselves are ``erasec.patches.pin``'s; this module only finds the tensors in a
 model's files. The text-encoder pin is what ``retarget`` compares: T depends only on text
 embeddings (DESIGN.md §4), so two models with the same text encoder accept the same T.
+
+Each function takes an opened ``SDModel`` (``sd.py``), unannotated: ``sd.py`` imports this module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,14 +20,12 @@ from erasec.patches.pin import base_pin, text_encoder_pin
 from .families import FAMILIES
 from .tensor_files import TensorFile
 
-if TYPE_CHECKING:
-    from .sd import SDModel
 
 _DTYPES = {"F16": "fp16", "F32": "fp32", "BF16": "bf16", "F64": "fp64"}
 _ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
 
 
-def storage_dtype(model: SDModel) -> str | None:
+def storage_dtype(model) -> str | None:
     """How the model's file stores its K/V tensors (``fp16``…), or ``None`` if unknown or mixed."""
     file = model._file  # the opened TensorFile: safetensors or an allowed pickle
     kinds = {_DTYPES.get(file.dtypes.get(model.weight_name(site))) for site in model.target.sites}
@@ -64,7 +63,7 @@ def _clip_name(key: str) -> str:
     return key.removeprefix("text_model.")
 
 
-def text_encoder_tensors(model: SDModel) -> Mapping[str, np.ndarray] | None:
+def text_encoder_tensors(model) -> Mapping[str, np.ndarray] | None:
     """``component/name`` → tensor of every text-encoder weight, or ``None`` for a layout this does
     not know (the patch then records no text-encoder pin and cannot be retargeted).
 
@@ -95,7 +94,7 @@ def text_encoder_tensors(model: SDModel) -> Mapping[str, np.ndarray] | None:
     return _LazyTensors(dict(sorted(files.items()))) if files else None
 
 
-def model_text_encoder_pin(model: SDModel) -> dict | None:
+def model_text_encoder_pin(model) -> dict | None:
     tensors = text_encoder_tensors(model)
     return None if tensors is None else text_encoder_pin(tensors)
 
@@ -121,6 +120,6 @@ class _WeightNames(Mapping):
         return len(self._paths)
 
 
-def model_base_pin(model: SDModel, module_paths) -> dict:
+def model_base_pin(model, module_paths) -> dict:
     """The ``base_pin`` of the model's tensors at ``module_paths`` (diffusers weight names)."""
     return base_pin(_WeightNames(model.kv_weights(), module_paths), dtype=storage_dtype(model))

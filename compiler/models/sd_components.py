@@ -3,27 +3,26 @@
 A folder's own tokenizer and encoder folders (a BERT encoder: the semantic test bed), or for a
 single file erasec's CLIP vocabulary padding with the encoder's pad token (written once into the
 cache) and the encoder read from the file's tensors (``text_encoders.load_single_file_encoder``).
+
+Each function takes an opened ``SDModel`` (``sd.py``), unannotated: ``sd.py`` imports this module.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 from . import text_encoders
 from ..errors import ModelError
-from .builtin import minilm as semantic
+from . import bert
 from .cache_dir import cache_root, cached
 from .tensor_files import TensorFile, first_line, read_json
 from .tokenizer import EOS_TOKEN, OPEN_CLIP_PAD_TOKEN, load_clip_tokenizer, remembered_tokenizer, write_clip_tokenizer
 
-if TYPE_CHECKING:
-    from .sd import SDModel
 
 TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 _PAD_NAMES = {EOS_TOKEN: "eot", OPEN_CLIP_PAD_TOKEN: "bang"}
 
 
-def load_tokenizer(model: SDModel, component: str):
+def load_tokenizer(model, component: str):
     """The tokenizer of ``model``'s ``component`` encoder."""
     if model.layout == "diffusers":
         folder = model.path / TOKENIZER_OF[component]
@@ -36,20 +35,20 @@ def load_tokenizer(model: SDModel, component: str):
             model.cache_dir,
             folder=True,
         )
-    load = semantic.load_bert_tokenizer if (folder / "vocab.txt").is_file() else load_clip_tokenizer
+    load = bert.load_bert_tokenizer if (folder / "vocab.txt").is_file() else load_clip_tokenizer
     memo = cache_root(model.cache_dir) / "tokenizers"
     return remembered_tokenizer(folder, load, memo)
 
 
-def load_text_encoder(model: SDModel, component: str):
+def load_text_encoder(model, component: str):
     """``model``'s ``component`` text encoder, loaded (not yet in eval mode)."""
     if model.layout != "diffusers":
         return text_encoders.load_single_file_encoder(model._file, model.family, component)
     from transformers import CLIPTextConfig
 
     folder = model.path / component
-    if semantic.is_bert(read_json(folder / "config.json")):
-        return semantic.load_bert_encoder(folder)
+    if bert.is_bert(read_json(folder / "config.json")):
+        return bert.load_bert_encoder(folder)
     files = sorted(folder.glob("*.safetensors"))
     if len(files) != 1:
         raise ModelError(

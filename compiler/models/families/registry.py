@@ -3,7 +3,7 @@ check and ``erasec eval --images`` consult. A new family's module adds its value
 
 from __future__ import annotations
 
-from . import sd
 from .family import Family
+from .sd import FAMILIES as SD_FAMILIES
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (*sd.FAMILIES,)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (*SD_FAMILIES,)}

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ...errors import ModelError
-from ..builtin import minilm as semantic
+from .. import bert
 from ..tensor_files import read_json
 from ..tokenizer import EOS_TOKEN, OPEN_CLIP_PAD_TOKEN
 from .family import Encoder, Family, SingleFileEncoder
@@ -56,7 +56,7 @@ def _folder_act(path: Path) -> str | None:
     if (path / "text_encoder_2").is_dir():
         return None
     config = _text_config(path)
-    return "quick_gelu" if semantic.is_bert(config) else config.get("hidden_act")  # BERT: an SD1-shaped test bed
+    return "quick_gelu" if bert.is_bert(config) else config.get("hidden_act")  # BERT: an SD1-shaped test bed
 
 
 def _single_file_kind(keys: set[str]) -> str | None:
