@@ -91,7 +91,7 @@ def test_folder_without_tokenizer_files(tmp_path: Path) -> None:
 def test_fast_tokenizer_gives_transformers_ids(kind, tmp_path, minilm_sd1_path) -> None:
     """The memoised Rust tokenizer gives the transformers tokenizer's ids on every shipped suite
     prompt (and the pad id), so a warm rebuild that never imports transformers keys the same rows."""
-    from erasec.compiler.models.builtin.minilm import load_bert_tokenizer
+    from erasec.compiler.models.bert import load_bert_tokenizer
     from erasec.compiler.eval.suites import SUITES, load_suite
     from erasec.compiler.models.tokenizer import OPEN_CLIP_PAD_TOKEN, FastTokenizer, remembered_tokenizer
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ...errors import ModelError
+from ..families import FAMILIES
 from ..layout import TEXT_CONFIG_METADATA, UNET_CONFIG_METADATA
 
 def write_single_file(folder: Path, output: Path) -> int:
@@ -34,7 +35,6 @@ def _write_single_file(folder: Path, output: Path) -> int:
     from erasec.patches.safetensors_io import atomic_write, serialize
 
     from .. import layout
-    from ..families import FAMILIES  # here, not above: families/sd.py reads builtin/minilm.py
     from ..text_encoders import clip_config_overrides
 
     folder = Path(folder)
