@@ -29,6 +29,8 @@ from safetensors.numpy import load_file
 
 from erasec.compiler.build import build
 
+from reference_edit import edit as _edit
+
 TOLERANCE = 1e-6  # relative Frobenius error of ΔW, per layer (the build writes fp32 factors)
 
 
@@ -45,25 +47,6 @@ def _embed(parts, text):
     with torch.no_grad():
         rows = encoder(tokens.input_ids)[0][0].double()
     return rows, int(tokens.attention_mask.sum()) - 2
-
-
-def _edit(weights, erase, retain, lam, erase_scale, preserve_scale):
-    """One closed-form edit of every layer from ``weights`` (the scripts' loop): per layer
-    ``mat1 = λW + es Σ (W g) kᵀ + ps Σ (W p) pᵀ``, ``mat2 = λI + es Σ k kᵀ + ps Σ p pᵀ``,
-    ``W ← mat1 mat2⁻¹``; ``erase`` is (keys, guides) row pairs, ``retain`` the retained rows."""
-    result = {}
-    for name, w in weights.items():
-        d = w.shape[1]
-        mat1 = lam * w.clone()
-        mat2 = lam * torch.eye(d, dtype=torch.float64)
-        for key, guide in erase:
-            mat1 += erase_scale * torch.outer(w @ guide, key)
-            mat2 += erase_scale * torch.outer(key, key)
-        for key in retain:
-            mat1 += preserve_scale * torch.outer(w @ key, key)
-            mat2 += preserve_scale * torch.outer(key, key)
-        result[name] = torch.linalg.solve(mat2.T, mat1.T).T
-    return result
 
 
 def _legacy_pairs(parts, old_text, new_text):

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
+from reference_edit import edit
+
 from erasec.compiler.build import build
 
 TOLERANCE = 1e-5  # relative Frobenius error of ΔW, per layer
@@ -29,21 +31,9 @@ def _embed(tokenizer, encoder, text):
 
 
 def _solve(layers, erase_pairs, preserve_rows, lam, erase_scale, preserve_scale):
-    """Per layer: mat1 = λW0 + es Σ (W0 g) kᵀ + ps Σ (W0 k_p) k_pᵀ,  mat2 = λI + es Σ k kᵀ + ps Σ k_p k_pᵀ."""
-    result = {}
-    for name, w0 in layers.items():
-        d = w0.shape[1]
-        mat1 = lam * w0.clone()
-        mat2 = lam * torch.eye(d, dtype=torch.float64)
-        for key, guide in erase_pairs:
-            mat1 += erase_scale * torch.outer(w0 @ guide, key)
-            mat2 += erase_scale * torch.outer(key, key)
-        for key in preserve_rows:
-            mat1 += preserve_scale * torch.outer(w0 @ key, key)
-            mat2 += preserve_scale * torch.outer(key, key)
-        w_new = torch.linalg.solve(mat2.T, mat1.T).T  # mat1 @ mat2⁻¹
-        result[name] = (w_new - w0).numpy()
-    return result
+    """ΔW per layer of one edit from W0 (``reference_edit.edit``), as numpy."""
+    edited = edit(layers, erase_pairs, preserve_rows, lam, erase_scale, preserve_scale)
+    return {name: (w - layers[name]).numpy() for name, w in edited.items()}
 
 
 def _lora_deltas(path):
