@@ -5,7 +5,7 @@ methods.md §6.2 item 2): eigen-decompose the preserve moment ``S = Σ p_j k_j k
 turn every eigen-direction with eigenvalue ≥ ``tau`` into a hard row, so ``ΔW k = 0`` on that
 subspace and the K/V outputs of the preserved prompts change only through their components below
 ``tau``. SPEED's ``(S_tt P + αI)⁻¹`` closed form is the same minimiser as ``solve``'s constrained
-one with λ = α and no soft preserve term (``soft=false``); tested in tests/passes/test_presets.py. The preserve set spans directions that the
+one with λ = α and no soft preserve term (``soft=false``); tested in tests/compiler/test_presets.py. The preserve set spans directions that the
 erase edit then cannot use: a request whose keys lie mostly inside it is reported.
 
 ``mode=separable`` (SRS-ME, "Separable Multi-concept Eraser", research/methods.md §6.2 item 3):
