@@ -5,9 +5,10 @@ from .errors import ErasecError, VerifyError
 from .program import Diagnostic, EditProgram, SpaceProgram, phrase_pattern
 from .rows import EraseRows, HardRows, MomentSum, Moments, PreserveRows, Provenance, empty_hard, empty_preserve
 from .solution import DtypeReport, LayerFactors, Solution, SolveReport, SpaceSolution
-from .target import KeySpace, LinearSite, ModelTarget
+from .target import ROLES, KeySpace, LinearSite, ModelTarget
 
 __all__ = [
+    "ROLES",
     "Diagnostic",
     "DtypeReport",
     "EditProgram",

@@ -22,7 +22,7 @@ from .arrays import frozen_array
 from .errors import VerifyError
 from .rows import EraseRows, HardRows, PreserveRows
 from .solution import Solution
-from .target import ModelTarget
+from .target import ROLES, ModelTarget
 
 
 def phrase_pattern(phrases: list[str]) -> re.Pattern | None:
@@ -75,8 +75,8 @@ class SpaceProgram:
             raise VerifyError(f"{where}: the model has no key space {self.space!r}") from None
         if self.site_gram is not None and self.site_gram.shape != (space.dim, space.dim):
             raise VerifyError(f"{where}.site_gram: shape {self.site_gram.shape}, expected ({space.dim}, {space.dim})")
-        if not self.roles or any(role not in ("k", "v", "pooled") for role in self.roles):
-            raise VerifyError(f"{where}.roles: {self.roles} must be a non-empty subset of ('k', 'v', 'pooled')")
+        if not self.roles or any(role not in ROLES for role in self.roles):
+            raise VerifyError(f"{where}.roles: {self.roles} must be a non-empty subset of {ROLES}")
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise VerifyError(f"{where}.lam: {self.lam} is not a finite number ≥ 0")
         for name, rows in (

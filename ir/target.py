@@ -12,15 +12,20 @@ from typing import Literal
 
 from .errors import VerifyError
 
-Family = Literal["sd1", "sd2", "sdxl"]
-# k/v: a cross-attention to_k/to_v; pooled: SDXL's add_embedding.linear_1, read by the pooled text
-# embedding (research/methods.md §7)
-Role = Literal["k", "v", "pooled"]
+Family = Literal["sd1", "sd2", "sdxl", "flux", "chroma", "sd3", "wan"]
+# k/v: a cross-attention to_k/to_v (SD's UNets, Wan's transformer); pooled: SDXL's
+# add_embedding.linear_1 or a DiT's time_text_embed.text_embedder.linear_1, read by the pooled text
+# embedding (research/methods.md §7); context: a diffusion transformer's static text-entry Linear
+# (FLUX/Chroma/SD3 ``context_embedder``), the one map every text row passes before the blocks mix it
+# with image tokens. Sites with a bias keep it: an edit changes the weight only (docs/models.md).
+Role = Literal["k", "v", "pooled", "context"]
+ROLES: tuple[str, ...] = ("k", "v", "pooled", "context")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinearSite:
-    """One bias-free ``Linear(in_features -> out_features)`` whose input is a key-space row."""
+    """One ``Linear(in_features -> out_features)`` whose input is a key-space row; its bias, if any, is
+    never edited."""
 
     module_path: str  # diffusers path, e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
     out_features: int
@@ -33,8 +38,8 @@ class LinearSite:
     def __post_init__(self) -> None:
         if self.out_features <= 0 or self.in_features <= 0:
             raise VerifyError(f"site {self.module_path}: shape ({self.out_features}, {self.in_features}) is empty")
-        if self.role not in ("k", "v", "pooled"):
-            raise VerifyError(f"site {self.module_path}: role {self.role!r} is not 'k', 'v' or 'pooled'")
+        if self.role not in ROLES:
+            raise VerifyError(f"site {self.module_path}: role {self.role!r} is not one of {', '.join(ROLES)}")
         if self.full_in_features is not None and self.full_in_features < self.in_features:
             raise VerifyError(
                 f"site {self.module_path}: full width {self.full_in_features} is below its {self.in_features} columns"
