@@ -214,6 +214,7 @@ class CachingModel(ModelWrapper):
             "kind": kind,
             "padded": padded,
             "truncation": _TRUNCATION,
+            **({"rows": self.inner.padded_rows} if self.inner.padded_rows != _TRUNCATION else {}),
             "torch": _package_version("torch"),
             "transformers": _package_version("transformers"),
         }
@@ -227,7 +228,7 @@ class CachingModel(ModelWrapper):
     def _shape(self, kind: str, padded: bool, tokens: int) -> tuple[int, ...] | None:
         if kind == "pooled":
             return None
-        return (_TRUNCATION if padded else tokens, self.inner.target.spaces[0].dim)
+        return (self.inner.padded_rows if padded else tokens, self.inner.target.spaces[0].dim)
 
     def encode(self, prompts: Sequence[str], *, padded: bool) -> list[np.ndarray]:
         return self._lookup(prompts, "rows", padded)

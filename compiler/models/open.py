@@ -32,6 +32,8 @@ from ..errors import ModelError
 from ..hub_cache import hub_id, snapshot_folder
 from .families import FAMILIES
 from .families import sd as sd_families
+from .dit_open import open_dit_folder
+from .protocol import TextModel
 from .sd import SDModel
 from .sd_components import TOKENIZER_OF
 from .tensor_files import TensorFile, read_json, regular_file
@@ -137,13 +139,17 @@ def open_model(
     allow_pickle: bool = False,
     pooled: bool = False,
     family: str | None = None,
-) -> SDModel:
+    sequence_length: int | None = None,
+) -> TextModel:
     """Open a diffusers folder, a single-file checkpoint, ``builtin:NAME[.safetensors]`` or a hub id
     ``org/name[@revision]`` (or ``hf:org/name``) from the local Hugging Face cache (``hub_cache.py``).
 
     ``pooled``: add SDXL's pooled key space (``options.pooled``): the projected OpenCLIP-bigG pooled
-    embedding and the first columns of ``add_embedding.linear_1`` that read it. ``family``: the
-    spec's ``family:``, used instead of detection (checked against the files' layout).
+    embedding and the first columns of ``add_embedding.linear_1`` that read it; for FLUX and SD3 the
+    pooled vector and ``time_text_embed.text_embedder.linear_1``. ``family``: the spec's ``family:``,
+    used instead of detection (checked against the files' layout). ``sequence_length``: a diffusion
+    transformer's T5 padding (the spec's ``options.sequence_length``; its pipeline's default if None).
+    A folder with ``transformer/`` is a diffusion transformer (``dit_open.py``).
     """
     if location.startswith("builtin:"):
         path = builtin_model_path(location.removeprefix("builtin:"), cache_dir)
@@ -156,6 +162,12 @@ def open_model(
             f"{location}: no such file or folder; give a diffusers folder, a single-file .safetensors "
             "checkpoint or builtin:NAME (or a hub id ORG/NAME in the local Hugging Face cache)"
         )
+    if path.is_dir() and (path / "transformer").is_dir():
+        model = open_dit_folder(path, location, family=family, pooled=pooled, sequence_length=sequence_length)
+        return dataclasses.replace(model, cache_dir=cache_dir)
+    if sequence_length is not None:
+        raise ModelError(f"{location}: options.sequence_length applies to diffusion transformers (T5 rows); "
+                         "this is not one")
     if path.is_dir():
         model = _open_folder(path, location, family)
     else:

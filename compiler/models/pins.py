@@ -22,7 +22,7 @@ from .tensor_files import TensorFile
 
 
 _DTYPES = {"F16": "fp16", "F32": "fp32", "BF16": "bf16", "F64": "fp64"}
-_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
+_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def storage_dtype(model) -> str | None:

@@ -43,6 +43,13 @@ class TextModel(Protocol):
     def encode_pooled(self, prompts: Sequence[str]) -> list[np.ndarray]:
         """Read-only float64 pooled rows, one per prompt (families with a pooled path)."""
 
+    @property
+    def padded_rows(self) -> int:
+        """Rows of a padded prompt (``encode(padded=True)``): 77 for SD, the T5 length for a DiT."""
+
+    def seen_rows(self, tokens: int) -> int:
+        """How many leading rows of a padded prompt of ``tokens`` ids the denoiser attends to."""
+
     def kv_weights(self) -> Mapping[str, np.ndarray]:
         """module_path → read-only float32 (out, in) weight of every site."""
 

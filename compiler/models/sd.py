@@ -29,8 +29,7 @@ from erasec.backends.checkpoint import CheckpointSource
 from erasec.ir import KeySpace, LinearSite, ModelTarget
 from erasec.ir.naming import checkpoint_weight_name
 
-from . import pins, sd_components, text_encoders
-from ..errors import ModelError
+from . import grams, pins, sd_components, text_encoders
 from .families import FAMILIES, Encoder, HiddenState
 from .tensor_files import LazyWeights, TensorFile
 from .tokenizer import MODEL_MAX_LENGTH
@@ -38,7 +37,6 @@ from .tokenizer import MODEL_MAX_LENGTH
 Layout = Literal["diffusers", "single-file"]
 
 _ENCODE_CHUNK = 64
-_GRAM_BLOCK = 1024  # rows of a K/V matrix widened to float64 at a time by site_gram
 
 KV_CACHE_BYTES = 512 * 2**20
 
@@ -82,6 +80,14 @@ class SDModel:
     def encoders(self) -> tuple[Encoder, ...]:
         return FAMILIES[self.family].encoders
 
+    @property
+    def padded_rows(self) -> int:
+        return MODEL_MAX_LENGTH
+
+    def seen_rows(self, tokens: int) -> int:
+        """Every padded row: cross-attention attends to all 77."""
+        return MODEL_MAX_LENGTH
+
     def weight_name(self, site: LinearSite) -> str:
         """The K/V tensor's name in ``unet_weights_file``."""
         return checkpoint_weight_name(site, self.layout)
@@ -104,26 +110,8 @@ class SDModel:
         return dict(self._loaded.kv)
 
     def site_gram(self, space: KeySpace, roles: Sequence[str]) -> np.ndarray:
-        """``Σ_l W0_lᵀ W0_l`` (d, d) in float64 over ``space``'s sites whose role is in ``roles``: the
-        metric in which a change of the shared map T shows in all K/V outputs together. Reads every
-        site of the space and refuses NaN or infinite weights."""
-        from scipy.linalg.blas import dsyrk
-
-        weights = self.kv_weights()
-        upper = np.zeros((space.dim, space.dim), order="F")
-        for site in space.sites:
-            w0 = weights[site.module_path]
-            if not np.all(np.isfinite(w0)):
-                raise ModelError(f"{self.location}: {site.weight_name} contains NaN or infinity; the model file is damaged")
-            if site.role not in roles:
-                continue
-            # rank-k updates of the upper triangle, a block of rows widened to float64 at a time: half
-            # the flops of W0ᵀW0 and no float64 copy of the whole matrix (SDXL: 166,400 × 2048)
-            for start in range(0, w0.shape[0], _GRAM_BLOCK):
-                block = np.asarray(w0[start : start + _GRAM_BLOCK], dtype=np.float64)
-                upper = dsyrk(1.0, block.T, beta=1.0, c=upper, trans=0, lower=0, overwrite_c=1)
-        upper = np.triu(upper)
-        return upper + np.triu(upper, 1).T
+        """``Σ_l W0_lᵀ W0_l`` over ``space``'s sites whose role is in ``roles`` (``grams.site_gram``)."""
+        return grams.site_gram(self.kv_weights(), space, roles, self.location)
 
     def storage_dtype(self) -> str | None:
         return pins.storage_dtype(self)

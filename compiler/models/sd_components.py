@@ -18,7 +18,7 @@ from .tensor_files import TensorFile, first_line, read_json
 from .tokenizer import EOS_TOKEN, OPEN_CLIP_PAD_TOKEN, load_clip_tokenizer, remembered_tokenizer, write_clip_tokenizer
 
 
-TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2", "text_encoder_3": "tokenizer_3"}
 _PAD_NAMES = {EOS_TOKEN: "eot", OPEN_CLIP_PAD_TOKEN: "bang"}
 
 

@@ -95,7 +95,7 @@ def single_file_unet(weights: TensorFile, family: str, location: str):
     unet = _meta_unet(config, location, source)
     misfits = _misfits(weights.shapes, unet)
     if misfits:
-        names = [candidate.unet_name for candidate in FAMILIES.values()]
+        names = [candidate.unet_name for candidate in FAMILIES.values() if candidate.unet_name]
         known = ", ".join(names[:-1]) + " or " + names[-1]
         raise ModelError(
             f"{location}: its UNet does not fit {source}: {len(misfits)} tensors differ, first {misfits[0]}; "

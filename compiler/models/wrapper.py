@@ -43,6 +43,13 @@ class ModelWrapper:
     def encode_pooled(self, prompts: Sequence[str]) -> list[np.ndarray]:
         return self.inner.encode_pooled(prompts)
 
+    @property
+    def padded_rows(self) -> int:
+        return self.inner.padded_rows
+
+    def seen_rows(self, tokens: int) -> int:
+        return self.inner.seen_rows(tokens)
+
     def kv_weights(self) -> Mapping[str, np.ndarray]:
         return self.inner.kv_weights()
 

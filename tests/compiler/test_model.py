@@ -134,7 +134,7 @@ def test_site_order_is_numeric_and_down_mid_up(tiny_sd1_path: Path, tmp_path: Pa
 
 @pytest.mark.parametrize("roles", [("k", "v"), ("v",)])
 def test_site_gram_is_the_sum_of_the_edited_sites_grams(model: SDModel, roles, monkeypatch) -> None:
-    monkeypatch.setattr("erasec.compiler.models.sd._GRAM_BLOCK", 5)  # several row blocks per matrix
+    monkeypatch.setattr("erasec.compiler.models.grams._GRAM_BLOCK", 5)  # several row blocks per matrix
     space = model.target.spaces[0]
     weights = model.kv_weights()
     expected = sum(

@@ -51,6 +51,10 @@ class Family:
     projected EoT state is the pooled text embedding (None: no pooled path). ``unet_name`` and
     ``unet_config``: the family's UNet (``UNet2DConditionModel`` keyword arguments), which a single
     file without a recorded config is read as (``models/unet_configs.py``).
+
+    A diffusion transformer (``families/dit.py``) names its ``denoiser`` folder (``transformer``) and
+    the ``sequence_length`` its pipeline pads the T5 rows to by default; its rows follow the runtime's
+    own rule (``models/dit.py``). The UNet and single-file fields do not apply to it.
     """
 
     name: str
@@ -60,10 +64,23 @@ class Family:
     pooled_encoder: str | None
     in_folder: Callable[[Path], bool]
     in_single_file: Callable[[set[str]], bool]
-    text_width: Callable[[Mapping[str, tuple], str], int]
-    single_file: tuple[SingleFileEncoder, ...]
-    unet_name: str
-    unet_config: Mapping[str, object]
+    text_width: Callable[[Mapping[str, tuple], str], int] | None = None
+    single_file: tuple[SingleFileEncoder, ...] = ()
+    unet_name: str = ""
+    unet_config: Mapping[str, object] | None = None
+    denoiser: str = "unet"  # the folder of the edited network: unet, or transformer for a DiT
+    sequence_length: int | None = None  # a DiT's default padded T5 length (diffusers' max_sequence_length)
+    # a DiT's T5 rows (models/dit.py): "unmasked" (FLUX, SD3: every padding row carries the prompt),
+    # "one_pad" (Chroma: masked, the tokens and one padding row seen), "zero_filled" (Wan: masked, cut at
+    # the prompt's length, zeros after)
+    text_rows: Literal["unmasked", "one_pad", "zero_filled"] | None = None
+    text_projection: str | None = None  # a transformer module the rows pass before the sites (Wan's text embedder)
+    clean_prompts: bool = False  # the pipeline cleans prompt text first (WanPipeline's prompt_clean)
+
+    @property
+    def transformer(self) -> bool:
+        """Whether the family is a diffusion transformer (``families/dit.py``)."""
+        return self.denoiser != "unet"
 
     @property
     def pooled(self) -> bool:

@@ -4,6 +4,7 @@ check and ``erasec eval --images`` consult. A new family's module adds its value
 from __future__ import annotations
 
 from .family import Family
+from .dit import FAMILIES as DIT_FAMILIES
 from .sd import FAMILIES as SD_FAMILIES
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (*SD_FAMILIES,)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (*SD_FAMILIES, *DIT_FAMILIES)}

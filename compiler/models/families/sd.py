@@ -52,8 +52,9 @@ def _text_config(path: Path) -> dict:
 
 
 def _folder_act(path: Path) -> str | None:
-    """The one-encoder folder's CLIP activation, or None for an SDXL folder (never read then)."""
-    if (path / "text_encoder_2").is_dir():
+    """The one-encoder folder's CLIP activation, or None for an SDXL folder or a folder without a UNet
+    (never read then)."""
+    if (path / "text_encoder_2").is_dir() or not (path / "unet").is_dir():
         return None
     config = _text_config(path)
     return "quick_gelu" if bert.is_bert(config) else config.get("hidden_act")  # BERT: an SD1-shaped test bed
@@ -125,7 +126,7 @@ SDXL = Family(
     ),
     pipeline="StableDiffusionXLPipeline",
     pooled_encoder="text_encoder_2",
-    in_folder=lambda path: (path / "text_encoder_2").is_dir(),
+    in_folder=lambda path: (path / "unet").is_dir() and (path / "text_encoder_2").is_dir(),
     in_single_file=lambda keys: _single_file_kind(keys) == "sdxl",
     text_width=_sdxl_width,
     single_file=(
