@@ -167,7 +167,8 @@ def build_spec(
 
         try:
             model = open_model(
-                spec.model, allow_pickle=options.allow_pickle, pooled=spec.options.pooled, family=spec.family
+                spec.model, allow_pickle=options.allow_pickle, pooled=spec.options.pooled, family=spec.family,
+                sequence_length=spec.options.sequence_length,
             )
         except ErasecError as error:  # the spec's line that named the model; --model needs none
             if options.model is not None:

@@ -20,7 +20,10 @@ from .spec import ON_CONFLICT, ONNX_MODES, OUTPUT_DTYPES, OUTPUT_FORMATS, Option
 from .text_files import inside, read_utf8
 from .yaml_nodes import MAX_SCALAR_CHARS, TAG, NodeReader, node_kind, quote
 
-OPTION_KEYS = ("lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled", "rece")
+OPTION_KEYS = (
+    "lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled", "rece",
+    "sequence_length",
+)
 RECE_KEYS = ("recipe", "rounds", "attack_lambda", "retain")  # the rece pass's schedule (passes/rece.py)
 RECE_RECIPES = ("nudity", "unsafe", "artist", "object")
 RECE_RETAIN = ("blank", "spec")
@@ -28,6 +31,7 @@ MAX_RECE_ROUNDS = 20
 OPTIONS_NOT_YET = ("rows", "preserve", "adversarial")  # DESIGN.md §3
 OUTPUT_KEYS = ("format", "dtype", "rank", "link", "mode", "graph")
 
+MAX_SEQUENCE_LENGTH = 4096  # T5 rows: beyond any pipeline's max_sequence_length (T5's own is 512)
 MAX_RANK = 65_536  # above any layer's full rank in SD1/SD2/SDXL (the build also checks the layers')
 MAX_OPTION = 1e6  # lambda, the scales: far past any useful value, far below float64 overflow in a Gram
 MIN_POSITIVE_OPTION = 1e-6  # erase_scale, preserve_scale: smaller ones square to nothing in a Gram
@@ -87,7 +91,16 @@ class SpecPartsReader(NodeReader):
             pipeline=pipeline,
             pooled=self.flag(fields, "pooled", "options.pooled"),
             rece=self.rece(fields["rece"][1]) if "rece" in fields else None,
+            sequence_length=self.sequence_length(fields["sequence_length"][1]) if "sequence_length" in fields else None,
         )
+
+    def sequence_length(self, node: Node) -> int:
+        """``options.sequence_length``: the T5 padding a diffusion transformer's rows are computed at
+        (docs/models.md: diffusers FLUX-dev 512, FLUX-schnell and SD3 256, ComfyUI at least 256)."""
+        length = self.integer(node, "options.sequence_length")
+        if not 1 <= length <= MAX_SEQUENCE_LENGTH:
+            raise self.error(node, "options.sequence_length", f"{length} is not in [1, {MAX_SEQUENCE_LENGTH}]")
+        return length
 
     def rece(self, node: Node) -> tuple[tuple[str, object], ...]:
         """``options.rece``: RECE's schedule — a recipe by name (the reference's per-type settings)

@@ -28,7 +28,7 @@ BUILTIN_PREFIX = "builtin:"
 OUTPUT_FORMATS = ("kohya", "peft", "checkpoint", "onnx")  # backends/kohya.py, peft.py, checkpoint.py, onnx/
 ONNX_MODES = ("bake", "switchable", "adapter")  # backends/onnx/rewrite.py
 OUTPUT_DTYPES = ("fp32", "fp16", "bf16")
-FAMILIES = ("sd1", "sd2", "sdxl")
+FAMILIES = ("sd1", "sd2", "sdxl", "flux", "chroma", "sd3", "wan")
 ON_CONFLICT = ("warn", "error")
 
 
@@ -56,6 +56,7 @@ class Options:
     pooled: bool = False  # SDXL: also edit the pooled path, add_embedding.linear_1 (docs/models.md)
     # method rece's schedule (docs/spec.md): (key, value) pairs of recipe, rounds, attack_lambda, retain
     rece: tuple[tuple[str, object], ...] | None = None
+    sequence_length: int | None = None  # a DiT's T5 padding (docs/models.md); None: its pipeline's default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +121,7 @@ class Spec:
                 **({"on_conflict": self.options.on_conflict} if self.options.on_conflict is not None else {}),
                 **({"pooled": True} if self.options.pooled else {}),  # absent when off: older specs keep their JSON
                 **({"rece": dict(self.options.rece)} if self.options.rece is not None else {}),
+                **({"sequence_length": self.options.sequence_length} if self.options.sequence_length is not None else {}),
             },
             "output": {
                 "format": self.output.format,

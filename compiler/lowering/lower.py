@@ -46,9 +46,10 @@ from erasec.compiler.frontend.presets import Preset
 
 from ..errors import ModelError
 from ..frontend.spec import Spec
+from ..models.families import FAMILIES
 from ..models.protocol import TextModel
 from .prompts import Settings, erase_pairs, ordered_entries, prior_prompts, resolve_settings, retain_prompts
-from .rows import RowRule, length_batches
+from .rows import RowRule, RuntimeRows, length_batches
 
 
 class Lowering:
@@ -110,7 +111,19 @@ class Lowering:
             )
         )
 
+    def _for_model(self, preset: Preset) -> Preset:
+        """The preset as it applies to this model. A diffusion transformer (``families/dit.py``) is
+        edited on every row its runtime feeds, whatever the preset's row rule (``rows.RuntimeRows``),
+        and at its text-entry sites when the preset names K/V roles it does not have (FLUX, Chroma, SD3:
+        ``context_embedder``); docs/models.md, "Diffusion transformers"."""
+        if not FAMILIES[self.model.family].transformer:
+            return preset
+        present = {site.role for site in self.model.target.spaces[0].sites}
+        roles = tuple(role for role in preset.roles if role in present) or tuple(sorted(present))
+        return replace(preset, rows="runtime", roles=roles)
+
     def _lower(self, spec: Spec, preset: Preset) -> EditProgram:
+        preset = self._for_model(preset)
         settings = resolve_settings(spec, preset)
         space = self.model.target.spaces[0]
         pairs = erase_pairs(spec, preset)
@@ -121,7 +134,9 @@ class Lowering:
         padded = preset.rows != "last_token"
         # the empty prompt's 77 rows are the unconditional branch's input: always padded
         encoded_empty = self.model.encode([""], padded=True)[0]
-        rows = RowRule(preset.rows, ids, last)
+        rows = RuntimeRows(ids, last, self.model.seen_rows) if preset.rows == "runtime" else RowRule(preset.rows, ids, last)
+        # the empty prompt's rows the denoiser sees, and for Wan its first zero-filled row (the constant row)
+        encoded_empty = encoded_empty[: min(rows.visible("", encoded_empty.shape[0]) + 1, encoded_empty.shape[0])]
 
         share = 1.0 / len(pairs) if preset.erase_weighting == "mean" else 1.0
         erase_rows = sum(rows.count(prompt, guide) for _, prompt, guide, _ in pairs)
@@ -137,7 +152,7 @@ class Lowering:
         sources = [(prompt, prompt, preserve_scale, which) for prompt in retain]
         prior_rows = sum(len(ids[prompt]) - 1 for prompt in prior)
         sources += [(p, f"<prior {preset.prior}> {p}", settings.prior_scale / max(prior_rows, 1), "tokens") for p in prior]
-        total = len(retain) * (77 if padded else 1) + prior_rows
+        total = len(retain) * (self.model.padded_rows if padded else 1) + prior_rows
         preserve = self._preserve_rows(sources, rows, pattern, space.dim, total > space.dim)
 
         invariant_rows = HardRows(
@@ -245,9 +260,9 @@ class Lowering:
             for i in batch:
                 prompt, label, weight, which = sources[i]
                 array = encoded[which == "all"][prompt]
-                tokens = np.arange(array.shape[0])
+                tokens = np.arange(rows.visible(prompt, array.shape[0]))
                 if which != "all":
-                    tokens = tokens[rows.subject(prompt, tokens)] if which == "subject" else tokens[1:]
+                    tokens = tokens[rows.subject(prompt, tokens)] if which == "subject" else tokens[rows.first_token :]
                 keep = np.ones(tokens.size, dtype=bool)
                 if fold is not None and not (pattern is not None and pattern.search(prompt)):
                     keep = rows.subject(prompt, tokens)

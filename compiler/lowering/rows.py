@@ -43,9 +43,39 @@ class RowRule:
         """The unpadded token length the longest of ``prompts`` encodes at."""
         return max(len(self.ids[prompt]) for prompt in prompts)
 
+    first_token = 1  # the first row a prompt's own tokens give (row 0 is CLIP's BOS, the same for all)
+
+    def visible(self, prompt: str, rows: int) -> int:
+        """How many of a padded prompt's ``rows`` the denoiser sees: all of them (SD's cross-attention)."""
+        return rows
+
     def subject(self, prompt: str, tokens: np.ndarray) -> np.ndarray:
         """A mask over ``tokens``: the prompt's subject (last-token) row, or the first row if it has none."""
         mask = tokens == self.last[prompt]
         if not mask.any():
             mask[0] = True
         return mask
+
+
+class RuntimeRows(RowRule):
+    """A diffusion transformer's rule (``runtime``): every row its pipeline feeds the transformer
+    (``models/dit.py``: all padded T5 rows for FLUX and SD3, the tokens and one padding row for Chroma,
+    the tokens for Wan), row r of a prompt paired with row r of its guide, both padded as the runtime
+    pads them. ``seen(n)`` is the model's ``seen_rows``; T5 has no BOS, so a prompt's first token row
+    counts."""
+
+    first_token = 0
+
+    def __init__(self, ids: dict[str, list[int]], last: dict[str, int], seen) -> None:
+        super().__init__("runtime", ids, last)
+        self.seen = seen
+
+    def count(self, prompt: str, guide: str) -> int:
+        return self.seen(len(self.ids[prompt]))
+
+    def select(self, prompt: str, guide: str, old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        count = self.visible(prompt, old.shape[0])
+        return old[:count], new[:count], np.arange(count)
+
+    def visible(self, prompt: str, rows: int) -> int:
+        return min(self.seen(len(self.ids[prompt])), rows)
