@@ -1,11 +1,15 @@
-"""The PEFT/diffusers LoRA backend (``output.format: peft``), for diffusers-only users.
+"""The PEFT/diffusers LoRA backend (``output.format: peft``), the layout diffusers itself writes.
 
 The layout ``save_lora_weights`` writes (research/ecosystem.md §1.3): per site
-``unet.<diffusers module path>.lora_A.weight`` [r, in] and ``.lora_B.weight`` [out, r], no alpha
+``<component>.<diffusers module path>.lora_A.weight`` [r, in] and ``.lora_B.weight`` [out, r], no alpha
 tensors, and the LoRA config in the header as ``lora_adapter_metadata`` (JSON of ``LoraConfig``
-keyword arguments prefixed ``unet.``), with ``lora_alpha = r`` so PEFT's scaling is exactly 1.
-Diffusers loads it with ``load_lora_weights`` on any SD1/SD2/SDXL pipeline; A1111 and ComfyUI do not
-match these names for attention layers (§1.4, §1.5) — use the kohya format there.
+keyword arguments prefixed ``<component>.``), with ``lora_alpha = r`` so PEFT's scaling is exactly 1.
+The component is ``unet`` for SD1/SD2/SDXL and ``transformer`` for the diffusion transformers
+(``erasec.ir.naming.peft_component``): diffusers' loaders keep only keys and config entries under it.
+Diffusers loads it with ``load_lora_weights`` on every pipeline erasec targets; A1111 and ComfyUI do not
+match these names for SD attention layers (§1.4, §1.5) — use the kohya format there. For FLUX,
+Chroma and SD3, ComfyUI maps ``transformer.<diffusers path>`` too (docs/models.md, "DiT patches: which
+file loads where").
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import ClassVar, Mapping
 import numpy as np
 
 from erasec.ir import ModelTarget, Solution
-from erasec.ir.naming import peft_module_name
+from erasec.ir.naming import peft_adapter_config, peft_module_name
 
 from .factors import LoraOptions, site_factors, uniform_rank
 
@@ -40,9 +44,10 @@ def build_peft(
     tensors: dict[str, object] = {}
     modules = []
     for site, up, down in site_factors(solution, target, base_weights, options, rank):
-        name = peft_module_name(site)
+        name = peft_module_name(site, target.family)
         tensors[f"{name}.lora_A.weight"] = down
         tensors[f"{name}.lora_B.weight"] = up
         modules.append(site.module_path)
-    config = {"unet.r": rank, "unet.lora_alpha": rank, "unet.target_modules": sorted(modules)}
+    config = peft_adapter_config(target.family, rank, modules)
     return tensors, rank, {ADAPTER_METADATA_KEY: json.dumps(config, sort_keys=True)}
+

@@ -13,6 +13,10 @@ A ``LinearSite`` is named by its diffusers module path. The other spellings foll
 * **PEFT/diffusers** (research/ecosystem.md §1.3): ``unet.`` + diffusers module path.
 * **checkpoint**: ``model.diffusion_model.`` + LDM path + ``.weight`` in a single file; the diffusers
   path + ``.weight`` inside ``unet/diffusion_pytorch_model.safetensors`` of a folder.
+
+The diffusion transformers (flux, chroma, sd3, wan) have their own tables in ``dit_naming.py``: their
+kohya names follow the native single-file paths (``lora_unet_txt_in``, ``lora_unet_y_embedder_mlp_0``,
+``lora_unet_blocks_0_cross_attn_k``) and their PEFT names start ``transformer.``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from .dit_naming import is_dit, native_module_path
 from .errors import VerifyError
 from .target import LinearSite
 
@@ -73,17 +78,35 @@ def diffusers_module_path(ldm_path: str, layers_per_block: int = LAYERS_PER_BLOC
 
 
 def kohya_module_name(site: LinearSite | str, family: str) -> str:
-    """The kohya module name of a site: diffusers-style for SD1/SD2, SGM/LDM-style for SDXL (§1.7)."""
+    """The kohya module name of a site: diffusers-style for SD1/SD2, SGM/LDM-style for SDXL (§1.7), the
+    native single-file path for a diffusion transformer (kohya's FLUX and SD3 networks and musubi-tuner's
+    Wan network wrap the BFL/SAI/Wan modules: ``lora_unet_txt_in``, ``lora_unet_blocks_0_cross_attn_k``)."""
     path = site.module_path if isinstance(site, LinearSite) else site
-    if family == "sdxl":
+    if is_dit(family):
+        path = native_module_path(path, family)
+    elif family == "sdxl":
         path = ldm_module_path(path)
     return "lora_unet_" + path.replace(".", "_")
 
 
-def peft_module_name(site: LinearSite | str) -> str:
-    """``unet.<diffusers module path>``, the prefix diffusers' ``load_lora_weights`` routes to the UNet."""
+def peft_component(family: str) -> str:
+    """The pipeline component a PEFT patch's names and ``lora_adapter_metadata`` keys start with:
+    diffusers' loaders keep only the keys under it (``load_lora_adapter``'s ``prefix``)."""
+    return "transformer" if is_dit(family) else "unet"
+
+
+def peft_module_name(site: LinearSite | str, family: str) -> str:
+    """``unet.<diffusers module path>`` (SD) or ``transformer.<…>`` (DiT): the prefix diffusers'
+    ``load_lora_weights`` routes to the denoiser."""
     path = site.module_path if isinstance(site, LinearSite) else site
-    return f"unet.{path}"
+    return f"{peft_component(family)}.{path}"
+
+
+def peft_adapter_config(family: str, rank: int, modules: list[str]) -> dict[str, object]:
+    """A PEFT patch's ``lora_adapter_metadata``: r = lora_alpha = rank (scaling exactly 1) over exactly
+    ``modules``, keyed under the component diffusers filters the config by (``peft_component``)."""
+    component = peft_component(family)
+    return {f"{component}.r": rank, f"{component}.lora_alpha": rank, f"{component}.target_modules": sorted(modules)}
 
 
 def checkpoint_weight_name(site: LinearSite | str, layout: Layout) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .manifest_checks import NETWORK_MODULES
 from .safetensors_io import atomic_write, encode, header_bytes
 
 FORMAT_VERSION = "2"
@@ -41,6 +42,15 @@ _FAMILY_KEYS = {
         "https://github.com/Stability-AI/generative-models",
         "1024x1024",
     ),
+    # The diffusion transformers, as kohya sd-scripts writes them (library/flux_utils.py
+    # MODEL_VERSION_FLUX_V1 / MODEL_VERSION_CHROMA, library/sai_model_spec.py ARCH_FLUX_1_UNKNOWN,
+    # ARCH_FLUX_1_CHROMA, ARCH_SD3_M, IMPL_FLUX, IMPL_CHROMA; kohya-ss/sd-scripts@48d368f): the variant
+    # (dev/schnell, SD3 Medium/3.5 Large) is not told apart, so the unversioned names. sd-scripts has
+    # no Wan constants (musubi-tuner trains Wan): "wan" names the family.
+    "flux": ("False", "flux1", "flux-1/lora", "https://github.com/black-forest-labs/flux", "1024x1024"),
+    "chroma": ("False", "chroma", "chroma/lora", "https://huggingface.co/lodestones/Chroma", "1024x1024"),
+    "sd3": ("False", "sd3", "stable-diffusion-3/lora", "diffusers", "1024x1024"),
+    "wan": ("False", "wan", "wan/lora", "https://github.com/Wan-Video/Wan2.1", "832x480"),
 }
 
 
@@ -91,7 +101,7 @@ class Manifest:
                 {
                     "ss_v2": ss_v2,
                     "ss_base_model_version": base_version,
-                    "ss_network_module": "networks.lora",
+                    "ss_network_module": NETWORK_MODULES[self.family],
                     "ss_network_dim": str(self.rank),
                     "ss_network_alpha": str(self.rank),
                     "ss_network_args": "{}",

@@ -11,10 +11,19 @@ import re
 from pathlib import Path
 from typing import Mapping
 
+from erasec.ir.dit_naming import DIT_FAMILIES, is_dit, is_dit_site, sites_text
+from erasec.ir.naming import peft_component
+
 from .errors import PatchError
 
-FAMILIES = ("sd1", "sd2", "sdxl")
+FAMILIES = ("sd1", "sd2", "sdxl", *DIT_FAMILIES)
 POOLED_LAYER = "add_embedding.linear_1"
+# ss_network_module: the kohya network a file of the family is trained with (sd-scripts
+# networks/lora.py, lora_flux.py — FLUX and Chroma —, lora_sd3.py; musubi-tuner networks/lora_wan.py)
+NETWORK_MODULES = {
+    "sd1": "networks.lora", "sd2": "networks.lora", "sdxl": "networks.lora",
+    "flux": "networks.lora_flux", "chroma": "networks.lora_flux", "sd3": "networks.lora_sd3", "wan": "networks.lora_wan",
+}
 DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}
 KV_LAYER = re.compile(
     r"(?:(?:down|up)_blocks\.\d{1,3}\.attentions\.\d{1,3}|mid_block\.attentions\.0)"
@@ -132,6 +141,17 @@ def check_base(path: Path, base: dict) -> None:
         raise fail(path, f"{key}.text_encoder", "is not a pin (an object with a sha256) or null")
 
 
+def editable_layer(layer: object, family: str, pooled: bool) -> bool:
+    """Whether a patch of ``family`` may declare ``layer``: a UNet ``attn2.to_k/to_v`` (SDXL's pooled
+    layer with ``options.pooled``), or one of a diffusion transformer's sites (``ir/dit_naming.py``;
+    FLUX's and SD3's pooled site is part of the family's target, not an option)."""
+    if not isinstance(layer, str):
+        return False
+    if is_dit(family):
+        return is_dit_site(layer, family)
+    return bool(KV_LAYER.fullmatch(layer)) or (layer == POOLED_LAYER and family == "sdxl" and pooled)
+
+
 def check_spaces(path: Path, spaces: list, family: str, pooled: bool, rank: int) -> None:
     if not spaces:
         raise fail(path, "erasec.spaces", "is empty; the patch declares no layer")
@@ -154,15 +174,12 @@ def check_spaces(path: Path, spaces: list, family: str, pooled: bool, rank: int)
         if not isinstance(layers, list) or not layers:
             raise fail(path, f"{where}.layers", "is not a non-empty list of module paths")
         for layer in layers:
-            allowed = isinstance(layer, str) and (
-                KV_LAYER.fullmatch(layer) or (layer == POOLED_LAYER and family == "sdxl" and pooled)
-            )
-            if not allowed:
-                raise fail(
-                    path, f"{where}.layers",
-                    f"{layer!r} is not a module erasec edits (attn2.to_k/to_v, or SDXL's {POOLED_LAYER} "
-                    "with options.pooled)",
+            if not editable_layer(layer, family, pooled):
+                edited = (
+                    sites_text(family) if is_dit(family)
+                    else f"attn2.to_k/to_v, or SDXL's {POOLED_LAYER} with options.pooled"
                 )
+                raise fail(path, f"{where}.layers", f"{layer!r} is not a module erasec edits ({edited})")
             if layer in seen_layers:
                 raise fail(path, f"{where}.layers", f"{layer} is declared twice")
             seen_layers.add(layer)
@@ -182,23 +199,26 @@ def check_report(path: Path, report: dict) -> None:
 ADAPTER_KEY = "lora_adapter_metadata"  # a PEFT patch's LoraConfig (backends/peft.py)
 
 
-def rank_of(path: Path, metadata: Mapping[str, str], layout: str = "kohya") -> int:
+def rank_of(path: Path, metadata: Mapping[str, str], layout: str = "kohya", family: str = "sd1") -> int:
     """The patch's rank: kohya's ``ss_network_dim`` (with alpha, module and args as erasec writes
-    them), or a PEFT patch's config ``unet.r`` (``validate._check_adapter`` checks the rest of it).
+    them, ``NETWORK_MODULES`` by ``family``), or a PEFT patch's config ``<component>.r`` (``unet``, or
+    ``transformer`` for a diffusion transformer: ``ir.naming.peft_component``;
+    ``validate._check_adapter`` checks the rest of it).
     erasec writes no ``ss_*`` keys into a PEFT patch (A1111 would list it as a LoRA it applies, then
     apply nothing); one written before that still has them, and they must agree."""
     if layout == "peft":
-        rank = json_value(path, metadata, ADAPTER_KEY, dict).get("unet.r")
+        component = peft_component(family)
+        rank = json_value(path, metadata, ADAPTER_KEY, dict).get(f"{component}.r")
         if not is_int(rank) or not 1 <= rank <= 1 << 20:
-            raise fail(path, ADAPTER_KEY, f"unet.r {rank!r} is not a rank (a positive integer)")
-        if "ss_network_dim" in metadata and rank_of(path, metadata) != rank:
+            raise fail(path, ADAPTER_KEY, f"{component}.r {rank!r} is not a rank (a positive integer)")
+        if "ss_network_dim" in metadata and rank_of(path, metadata, "kohya", family) != rank:
             raise fail(path, "ss_network_dim", f"{metadata['ss_network_dim']!r}, but the PEFT config's r is {rank}")
         return rank
     dim = metadata.get("ss_network_dim", "")
     if not dim.isascii() or not dim.isdigit() or not 1 <= int(dim) <= 1 << 20:
         raise fail(path, "ss_network_dim", f"{dim!r} is not a rank (a positive integer)")
     rank = int(dim)
-    expected = {"ss_network_alpha": str(rank), "ss_network_module": "networks.lora", "ss_network_args": "{}"}
+    expected = {"ss_network_alpha": str(rank), "ss_network_module": NETWORK_MODULES[family], "ss_network_args": "{}"}
     for key, value in expected.items():
         if metadata.get(key) != value:
             raise fail(path, key, f"{metadata.get(key)!r}, expected {value!r}: loaders would scale or build the modules otherwise")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from erasec.ir import LayerFactors, ModelTarget, Solution, SolveReport, SpaceSolution
+from erasec.ir.dit_naming import CONTEXT_SITE, POOLED_SITE
 
 from .errors import PatchError
 from .manifest_checks import POOLED_LAYER
@@ -29,7 +30,11 @@ def patch_target(patch: PatchFile, target: ModelTarget, where: str) -> ModelTarg
 
 
 def _role(layer: str) -> str:
-    return "pooled" if layer == POOLED_LAYER else "k" if layer.endswith(".to_k") else "v"
+    if layer in (POOLED_LAYER, POOLED_SITE):
+        return "pooled"
+    if layer == CONTEXT_SITE:
+        return "context"
+    return "k" if layer.endswith(".to_k") else "v"
 
 
 def patch_solution(patch: PatchFile, scale: float) -> Solution:

@@ -7,8 +7,10 @@ A patch is what its manifest says (docs/patch-format.md, "Reading a patch"):
   (``…attn1_to_q``), a text-encoder LoRA or a stray non-LoRA tensor is refused, and so is a declared
   layer without its factors;
 * a declared layer is an ``attn2.to_k``/``to_v`` of a UNet attention block or, for SDXL with
-  ``options.pooled``, ``add_embedding.linear_1``: the modules erasec edits; their names map to
-  tensor names one to one;
+  ``options.pooled``, ``add_embedding.linear_1``, or a diffusion transformer's site
+  (``erasec.ir.dit_naming``: ``context_embedder``, the pooled ``time_text_embed.text_embedder.linear_1``,
+  Wan's ``blocks.{i}.attn2.to_k/to_v``): the modules erasec edits; their names map to tensor names one
+  to one;
 * every module has the rank ``ss_network_dim``, ``alpha`` = rank (kohya) or the PEFT config
   ``r`` = ``lora_alpha`` = rank (a PEFT patch has no ``ss_*`` keys) with exactly the declared target modules — so the scale a loader
   applies is 1 — one float dtype, the spec's ``output.dtype``, and the tensors tile the data;
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Literal, Mapping
 
 from erasec.ir.errors import VerifyError
-from erasec.ir.naming import kohya_module_name, peft_module_name
+from erasec.ir.naming import kohya_module_name, peft_adapter_config, peft_module_name
 
 from .manifest_checks import (
     ADAPTER_KEY,
@@ -101,7 +103,7 @@ def check_patch(
     check_spec(path, spec, metadata)
     check_base(path, base)
     layout = spec.get("output", {}).get("format", "kohya")
-    rank = rank_of(path, metadata, layout)
+    rank = rank_of(path, metadata, layout, base["family"])
     pooled = (spec.get("options") or {}).get("pooled") is True
     check_spaces(path, spaces, base["family"], pooled, rank)
     check_report(path, report)
@@ -113,14 +115,16 @@ def check_patch(
     modules, dtype = _check_tensors(path, entries, spaces, base["family"], layout, rank, alphas)
     if dtype != spec.get("output", {}).get("dtype", "fp32"):
         raise fail(path, "erasec.spec.output.dtype", f"{spec['output'].get('dtype')!r}, but the tensors are {dtype}")
-    _check_adapter(path, metadata, layout, rank, sorted(m.layer for m in modules))
+    _check_adapter(path, metadata, layout, base["family"], rank, sorted(m.layer for m in modules))
     return Declared(
         spec=spec, base=base, spaces=tuple(spaces), report=report, rank=rank, layout=layout, dtype=dtype,
         modules=modules,
     )
 
 
-def _check_adapter(path: Path, metadata: Mapping[str, str], layout: str, rank: int, layers: list[str]) -> None:
+def _check_adapter(
+    path: Path, metadata: Mapping[str, str], layout: str, family: str, rank: int, layers: list[str]
+) -> None:
     """PEFT's config decides what diffusers builds: exactly what ``backends/peft.py`` writes, so no
     extra target module, no ``rank_pattern``/``alpha_pattern``, no random initialisation."""
     if layout == "kohya":
@@ -128,8 +132,7 @@ def _check_adapter(path: Path, metadata: Mapping[str, str], layout: str, rank: i
             raise fail(path, ADAPTER_KEY, "a kohya patch carries no PEFT config; a loader would build other modules")
         return
     config = json_value(path, metadata, ADAPTER_KEY, dict)
-    expected = {"unet.r": rank, "unet.lora_alpha": rank, "unet.target_modules": layers}
-    if config != expected:
+    if config != peft_adapter_config(family, rank, layers):
         raise fail(path, ADAPTER_KEY, f"is not r = lora_alpha = {rank} over exactly the declared layers")
 
 
@@ -139,7 +142,7 @@ def _check_tensors(path, entries, spaces, family, layout, rank, alphas) -> tuple
     for space in spaces:
         for layer in space["layers"]:
             try:
-                prefix = peft_module_name(layer) if layout == "peft" else kohya_module_name(layer, family)
+                prefix = peft_module_name(layer, family) if layout == "peft" else kohya_module_name(layer, family)
             except VerifyError as error:
                 raise fail(path, "erasec.spaces", str(error)) from None
             prefixes.append((layer, space["space"], prefix))

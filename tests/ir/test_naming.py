@@ -55,7 +55,7 @@ def test_names_in_every_layout() -> None:
     )
     assert kohya_module_name(site, "sdxl") == "lora_unet_output_blocks_2_1_transformer_blocks_7_attn2_to_k"
     assert kohya_module_name(site, "sd1") == "lora_unet_up_blocks_0_attentions_2_transformer_blocks_7_attn2_to_k"
-    assert peft_module_name(site) == "unet.up_blocks.0.attentions.2.transformer_blocks.7.attn2.to_k"
+    assert peft_module_name(site, "sd1") == "unet.up_blocks.0.attentions.2.transformer_blocks.7.attn2.to_k"
     assert checkpoint_weight_name(site, "diffusers") == f"{site.module_path}.weight"
     assert checkpoint_weight_name(site, "single-file") == (
         "model.diffusion_model.output_blocks.2.1.transformer_blocks.7.attn2.to_k.weight"
