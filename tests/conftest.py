@@ -47,3 +47,18 @@ def minilm_sd1_path(erasec_cache_dir: Path) -> Path:
     from erasec.compiler.models.builtin import builtin_model_path
 
     return builtin_model_path("minilm-sd1")
+
+
+@pytest.fixture(scope="session")
+def dit_builtin(erasec_cache_dir: Path):
+    """``dit_builtin("tiny-flux")``: a diffusion-transformer built-in's folder (tiny-flux, tiny-chroma,
+    tiny-sd3, tiny-wan, minilm-flux), built once per session on first use."""
+    from erasec.compiler.models.builtin import builtin_model_path
+
+    return builtin_model_path
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_path(dit_builtin) -> Path:
+    """The ``builtin:tiny-flux`` diffusers folder, built once per session."""
+    return dit_builtin("tiny-flux")

