@@ -16,13 +16,14 @@ from pathlib import Path
 
 from yaml.nodes import Node, ScalarNode
 
+from .neighbors import read_neighbors
 from .spec import ON_CONFLICT, ONNX_MODES, OUTPUT_DTYPES, OUTPUT_FORMATS, Options, OutputSpec
 from .text_files import inside, read_utf8
 from .yaml_nodes import MAX_SCALAR_CHARS, TAG, NodeReader, node_kind, quote
 
 OPTION_KEYS = (
     "lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled", "rece",
-    "sequence_length",
+    "sequence_length", "neighbors",
 )
 RECE_KEYS = ("recipe", "rounds", "attack_lambda", "retain")  # the rece pass's schedule (passes/rece.py)
 RECE_RECIPES = ("nudity", "unsafe", "artist", "object")
@@ -91,6 +92,7 @@ class SpecPartsReader(NodeReader):
             pipeline=pipeline,
             pooled=self.flag(fields, "pooled", "options.pooled"),
             rece=self.rece(fields["rece"][1]) if "rece" in fields else None,
+            neighbors=read_neighbors(self, fields["neighbors"][1]) if "neighbors" in fields else None,
             sequence_length=self.sequence_length(fields["sequence_length"][1]) if "sequence_length" in fields else None,
         )
 

@@ -34,6 +34,9 @@ class Preset:
     prior_scale: float = 0.0
     # RECE: also lower each erase prompt's 77 padded rows with its guide's, and the rounds' retain rows
     attack_rows: bool = False
+    # neighbours mined from the vocabulary and preserved per erased concept (compiler/lowering/neighbors.py;
+    # 0 = off unless the spec sets options.neighbors)
+    neighbors: int = 0
 
 
 PRESETS: dict[str, Preset] = {

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from ..hub_cache import HUB_PREFIX, hub_id
+from .neighbors import Neighbors
 from .yaml_nodes import quote, spec_error
 
 FORMAT_VERSION = 1
@@ -56,6 +57,7 @@ class Options:
     pooled: bool = False  # SDXL: also edit the pooled path, add_embedding.linear_1 (docs/models.md)
     # method rece's schedule (docs/spec.md): (key, value) pairs of recipe, rounds, attack_lambda, retain
     rece: tuple[tuple[str, object], ...] | None = None
+    neighbors: Neighbors | None = None  # concepts near each erased one, preserved (compiler/frontend/neighbors.py)
     sequence_length: int | None = None  # a DiT's T5 padding (docs/models.md); None: its pipeline's default
 
 
@@ -121,6 +123,7 @@ class Spec:
                 **({"on_conflict": self.options.on_conflict} if self.options.on_conflict is not None else {}),
                 **({"pooled": True} if self.options.pooled else {}),  # absent when off: older specs keep their JSON
                 **({"rece": dict(self.options.rece)} if self.options.rece is not None else {}),
+                **({"neighbors": self.options.neighbors.canonical()} if self.options.neighbors is not None else {}),
                 **({"sequence_length": self.options.sequence_length} if self.options.sequence_length is not None else {}),
             },
             "output": {

@@ -48,6 +48,7 @@ from ..errors import ModelError
 from ..frontend.spec import Spec
 from ..models.families import FAMILIES
 from ..models.protocol import TextModel
+from .neighbors import mine, neighbor_settings
 from .prompts import Settings, erase_pairs, ordered_entries, prior_prompts, resolve_settings, retain_prompts
 from .rows import RowRule, RuntimeRows, length_batches
 
@@ -97,6 +98,9 @@ class Lowering:
 
     def lower(self, spec: Spec, preset: Preset) -> EditProgram:
         program = self._lower(spec, preset)
+        neighbors = neighbor_settings(spec, preset)
+        if neighbors is not None:  # the concepts nearest each erased one, preserved (neighbors.py)
+            program = mine(self, spec, program, neighbors)
         erased = {phrase.casefold(): entry.concept for entry in spec.erase for phrase in (entry.concept, *entry.synonyms)}
         clashes = sorted({p for p in spec.preserve if p.casefold() in erased})
         return program.with_diagnostics(
