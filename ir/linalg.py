@@ -104,3 +104,21 @@ def regeneration_gap(shared: np.ndarray, gram: np.ndarray, keys: np.ndarray, lam
     attack = regeneration_embeddings(shared, gram, keys, lam)
     gap = attack @ shared.T - keys
     return np.sqrt(np.einsum("ij,jk,ik->i", gap, gram, gap) / np.einsum("ij,jk,ik->i", keys, gram, keys))
+
+
+def constrained_map(matrix: np.ndarray, keys: np.ndarray, targets: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``X = [targets, 0] (Cᵀ A⁻¹ C)⁻¹ Cᵀ A⁻¹`` with ``C = [keysᵀ, heldᵀ]``, as factors ``(left, right)``,
+    ``X = left @ right.T``: the ``X`` that minimises ``tr(X A Xᵀ)`` subject to ``X kᵢ = tᵢ`` for each
+    row of ``keys`` and ``X h = 0`` for each row of ``held`` (Lagrange: ``X A = Λ Cᵀ``, ``X C = [T, 0]``).
+
+    ``matrix`` (A, d × d) is SPD; ``keys`` (m, d), ``targets`` (m, n_out) as rows, ``held`` (h, d).
+    Raises ``numpy.linalg.LinAlgError`` when the constraint rows are linearly dependent.
+    """
+    constraints = np.concatenate([keys, held]).T  # C, (d, m + h)
+    factor = scipy.linalg.cho_factor(matrix, lower=True, check_finite=True)
+    solved = scipy.linalg.cho_solve(factor, constraints)  # A⁻¹ C
+    inner = constraints.T @ solved
+    inner_factor = scipy.linalg.cho_factor((inner + inner.T) * 0.5, lower=True)
+    wanted = np.concatenate([targets, np.zeros((held.shape[0], targets.shape[1]))])  # [T; 0], (m + h, n_out)
+    left = scipy.linalg.cho_solve(inner_factor, wanted).T  # [T, 0] (CᵀA⁻¹C)⁻¹ as (n_out, m + h)
+    return left, solved

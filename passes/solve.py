@@ -12,6 +12,8 @@ which minimises the objective subject to ΔW H = 0. When every target is a guide
 with TIME's ridge; the shared form is derived and checked in research/methods.md §1.5). Otherwise
 each site gets ``ΔW_l = R_l diag(w) Kᵀ P`` from its residual ``R_l = V*_l − W0_l K``. Either way
 one Cholesky factorisation of A serves every site, and rank(ΔW) ≤ number of erase rows.
+When sites carry rows of their own (``ir.SiteRows``: SPEED's per-layer retain sets), each is solved
+on its own the same way, ``ΔW_l = W0_l (T_l − I)`` with its preserve and hard rows, and stored per layer.
 Folded rows (``ir.Moments``, streamed in by the lowering when there are more rows than d) enter A
 and B through their moments; the solution is then the full d × d ``T − I = B P``.
 
@@ -28,7 +30,14 @@ from typing import ClassVar
 import numpy as np
 
 from erasec.ir import EditProgram, EraseRows, LayerFactors, Solution, SolveReport, SpaceProgram, SpaceSolution
-from erasec.ir.linalg import ConstrainedSolver, orthonormal_right, orthonormal_span, spd_condition, weighted_gram
+from erasec.ir.linalg import (
+    ConstrainedSolver,
+    constrained_map,
+    orthonormal_right,
+    orthonormal_span,
+    spd_condition,
+    weighted_gram,
+)
 
 from .base import EditPass
 from .errors import SolveError
@@ -85,12 +94,53 @@ class SolvePass(EditPass):
     name: ClassVar[str] = "solve"
 
     max_condition: float = 1e12
+    # erase rows as constraints: each mapped onto its guide exactly (``_exact``), not a weighted term
+    exact: bool = False
 
     def __post_init__(self) -> None:
         self.check_range("max-condition", self.max_condition, 1.0, 1e15)
 
+    def _exact(self, space: SpaceProgram, rows, hard_keys: np.ndarray, dim: int) -> SpaceSolution:
+        """``exact=true``: ``min λ‖T − I‖² + Σ p ‖(T − I) kp‖²`` subject to ``T k = g`` for every erase row
+        and ``(T − I) h = 0`` for every hard row (``ir.linalg.constrained_map``): an erased row's output at
+        every site is its guide's, exactly, and λ and the preserve rows spend the freedom left. Needs
+        every erase row explicit and the erase and hard rows linearly independent (at most d)."""
+        total = rows.count + (rows.folded.rows if rows.folded is not None else 0)
+        if rows.folded is not None or total > dim:
+            raise SolveError(
+                f"key space {space.space}: solve{{exact=true}} maps at most {dim} erase rows exactly, this has "
+                f"{total}; erase fewer prompts (or a shorter sequence_length), or drop exact"
+            )
+        matrix = space.preserve.gram()
+        matrix[np.diag_indices(dim)] += space.lam
+        condition = _condition_checked(space, matrix, self.max_condition)
+        held = orthonormal_span(hard_keys).T
+        targets = rows.guides - rows.keys
+        try:
+            left, right = constrained_map(matrix, rows.keys, targets, held)
+        except np.linalg.LinAlgError:
+            raise SolveError(
+                f"key space {space.space}: solve{{exact=true}}: the erase rows and hard rows are linearly "
+                "dependent, so no map meets them all exactly; drop exact or the duplicate prompts"
+            ) from None
+        left, right = orthonormal_right(left, right)
+        delta = left @ right.T
+        gap = np.linalg.norm(rows.keys @ delta.T - targets) / max(np.linalg.norm(targets), np.finfo(float).tiny)
+        if held.shape[0]:
+            gap += np.linalg.norm(held @ delta.T) / max(np.linalg.norm(delta), np.finfo(float).tiny)
+        return SpaceSolution(
+            space=space.space,
+            form="shared",
+            rank=right.shape[1],
+            left=left,
+            right=right,
+            report=SolveReport(condition=condition, residual=float(gap), hard_rank=held.shape[0]),
+        )
+
     def _shared(self, space: SpaceProgram, rows, hard_keys: np.ndarray, dim: int) -> SpaceSolution:
         """The shared-form solution for guide-target ``rows`` of ``space`` with ``hard_keys`` held fixed."""
+        if self.exact:
+            return self._exact(space, rows, hard_keys, dim)
         matrix = system_matrix(space, dim, rows)
         condition = _condition_checked(space, matrix, self.max_condition)
         solver, basis = _solver(space, matrix, hard_keys)
@@ -137,11 +187,37 @@ class SolvePass(EditPass):
             ),
         )
 
+    def _per_site(self, space: SpaceProgram, dim: int) -> SpaceSolution:
+        """Each edited site solved on its own, with the preserve rows in force there and the space's
+        hard rows plus its own (SPEED's per-layer retain sets): ``ΔW_l = W0_l (T_l − I)``, stored per layer."""
+        if not space.erase.shared or space.separable:
+            raise SolveError(f"key space {space.space}: per-site rows need guide (anchor) targets and a joint solve")
+        layers, reports = [], []
+        for site in space.site_rows:
+            preserve = space.preserve if site.preserve is None else site.preserve
+            hard = space.hard.keys if site.hard is None else np.concatenate([space.hard.keys, site.hard.keys])
+            part = self._shared(replace(space, preserve=preserve), space.erase, hard, dim)
+            layers.append(LayerFactors(module_path=site.module_path, up=site.weight @ part.left, down=part.right.T))
+            reports.append(part.report)
+        return SpaceSolution(
+            space=space.space,
+            form="per-layer",
+            rank=layers[0].down.shape[0],
+            layers=tuple(layers),
+            report=SolveReport(
+                condition=max(r.condition for r in reports),
+                residual=max(r.residual for r in reports),
+                hard_rank=max(r.hard_rank for r in reports),
+            ),
+        )
+
     def _solve_space(self, program: EditProgram, space: SpaceProgram) -> SpaceSolution:
         dim = program.target.space(space.space).dim
         erase = space.erase
         if erase.count == 0:
             raise SolveError(f"key space {space.space}: no erase rows; the spec must erase at least one concept")
+        if any(site.own_rows for site in space.site_rows):
+            return self._per_site(space, dim)
         if space.separable:
             if not erase.shared:
                 raise SolveError(f"key space {space.space}: separable solves need guide (anchor) targets")
