@@ -170,6 +170,19 @@ def test_minilm_flux_reads_the_pretrained_minilm_rows(pipeline, dit_builtin):
     assert paraphrase > unrelated + 0.1, (paraphrase, unrelated)  # pretrained: paraphrases lie close
 
 
+def test_minilm_flux_padding_drowns_the_prompt_as_docs_say(pipeline):
+    """docs/models.md: unmasked, 512 pad tokens make unrelated prompts' [CLS] rows near-equal."""
+    pipe = pipeline("minilm-flux")
+    prompts = ["a painting by Van Gogh", "a bowl of tomato soup"]
+    cosine = {}
+    with torch.inference_mode():
+        for length in (32, 512):
+            rows = pipe._get_t5_prompt_embeds(prompts, max_sequence_length=length, device=torch.device("cpu"))
+            first = torch.nn.functional.normalize(rows[:, 0], dim=-1)
+            cosine[length] = float(first[0] @ first[1])
+    assert cosine == {32: pytest.approx(0.66, abs=0.01), 512: pytest.approx(0.98, abs=0.01)}
+
+
 # -- the cache -------------------------------------------------------------------------------------
 
 

@@ -20,8 +20,9 @@ Where the recipes leave the tests, it is so that the fixture has the real model'
 * Every component has its own seed (its index in the recipe), so no two share weights: the tests
   seed all with 0, which would make the two CLIPs and the two Wan experts identical.
 
-FLUX's scheduler is FLUX.1-dev's configuration (dynamic shifting); Chroma's too; SD3's is
-SD3-medium's (shift 3.0); Wan's the test's UniPC flow scheduler.
+FLUX's transformer has no guidance embedder (``guidance_embeds`` False, as the tests and
+FLUX.1-schnell). FLUX and Chroma use FLUX.1-dev's scheduler configuration (dynamic shifting), SD3
+SD3-medium's (shift 3.0), Wan the tests' UniPC flow scheduler.
 """
 
 from __future__ import annotations

@@ -81,7 +81,10 @@ def write_minilm_flux(folder: Path) -> None:
     """Write the diffusers folder of ``builtin:minilm-flux``: tiny-flux with MiniLM in the T5 slot.
 
     FluxPipeline runs ``text_encoder_2`` without an attention mask, as it runs T5, so BERT's rows
-    depend on the padding here exactly as FLUX's T5 rows do (no ``use_attention_mask``)."""
+    depend on the padding here exactly as FLUX's T5 rows do (no ``use_attention_mask``). MiniLM was
+    trained masked, so many pad tokens drown the prompt: the [CLS] rows of "a painting by Van Gogh"
+    and "a bowl of tomato soup" have cosine 0.66 at ``max_sequence_length`` 32 but 0.98 at FLUX's
+    default 512. Measure quality at a short padding (32 to 77 rows)."""
     from .dit_recipes import _flux_transformer, flux_index, write_flux_parts
     from .recipes import write_index
 
