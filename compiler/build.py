@@ -72,6 +72,7 @@ class BuildResult:
     diagnostics: tuple[str, ...] = ()  # what passes reported: "<severity> [<pass>] <message>"
     format: str = "kohya"  # output.format: kohya | peft | checkpoint | onnx
     prompts: dict[str, int] = field(default_factory=dict)  # {"cached": n, "encoded": m} distinct prompts
+    drift: dict[str, dict] = field(default_factory=dict)  # options.max_drift: key space -> where its budget landed
 
     def as_dict(self) -> dict:
         return {
@@ -95,6 +96,7 @@ class BuildResult:
             "pooled_scores": None if self.pooled_scores is None else self.pooled_scores.as_dict(),
             "paths": list(self.paths),
             "prompts": dict(self.prompts),
+            **({"drift": dict(self.drift)} if self.drift else {}),  # absent without options.max_drift
         }
 
 
@@ -238,8 +240,28 @@ def build_spec(
         condition=max(s.report.condition for s in program.solution.spaces),
         format=spec.output.format,
         diagnostics=tuple(f"{d.severity} [{d.origin}] {d.message}" for d in program.diagnostics)
-        + low_efficacy_warning(spec, scores),  # a concept erased far less than its method normally does
+        + low_efficacy_warning(spec, scores)  # a concept erased far less than its method normally does
+        + format_warning(spec, program),
         prompts={"cached": caching.hits if caching else 0, "encoded": len(caching.encoded) if caching else 0},
+        drift=drift_report(program),
+    )
+
+
+def drift_report(program: EditProgram) -> dict[str, dict]:
+    """Per key space, where ``drift-budget`` put the erase weights (empty without a budget): the build
+    summary's and ``erasec.report.drift``'s record (docs/patch-format.md)."""
+    return {space.space: space.drift.as_dict() for space in program.spaces if space.drift is not None}
+
+
+def format_warning(spec: Spec, program: EditProgram) -> tuple[str, ...]:
+    """A DiT patch in kohya's names loads in kohya's tools and ComfyUI, but diffusers drops those names
+    without an error (docs/models.md, "DiT patches: which file loads where"): say so at build time."""
+    family = FAMILIES[program.target.family]
+    if not family.transformer or spec.output.format != "kohya":
+        return ()
+    return (
+        f"warning [format] diffusers' {family.pipeline} does not apply kohya names (it drops them without an "
+        "error); for diffusers build with output.format: peft (docs/models.md)",
     )
 
 
@@ -248,14 +270,18 @@ def edited_paths(program: EditProgram) -> tuple[str, ...]:
     paths = []
     for solved in program.solution.spaces:
         space = program.target.space(solved.space)
-        for role in ("k", "v", "pooled"):
+        for role in ("k", "v", "pooled", "context"):
             sites = [s for s in space.sites if s.role == role and solved.edits(role)]
             if role == "pooled" and sites:
                 paths.extend(f"pooled {s.module_path}[:, :{s.in_features}]" for s in sites)
+            elif role == "context" and sites:
+                paths.extend(f"text entry {s.module_path} (weight only, bias kept)" for s in sites)
             elif sites:
                 paths.append(f"cross-attention to_{role} ({len(sites)} layers)")
-    if FAMILIES[program.target.family].pooled and not any(p.startswith("pooled") for p in paths):
-        paths.append("not the pooled path (options.pooled: true edits add_embedding.linear_1)")
+    family = FAMILIES[program.target.family]
+    if family.pooled and not any(p.startswith("pooled") for p in paths):
+        module = "time_text_embed.text_embedder.linear_1" if family.transformer else "add_embedding.linear_1"
+        paths.append(f"not the pooled path (options.pooled: true edits {module})")
     return tuple(paths)
 
 
@@ -281,7 +307,7 @@ def _emit_job(
             }
             for s in program.solution.spaces
         ),
-        report=scores.as_dict(),
+        report={**scores.as_dict(), **({"drift": drift_report(program)} if drift_report(program) else {})},
         base_pin=model.base_pin(touched) if lora else {},
         text_encoder=model.text_encoder_pin() if lora else None,
         shared=encode_shared(program.solution) if lora else None,

@@ -161,3 +161,48 @@ def test_masked_families_rows_are_the_pipelines_own(built, family):
             embeds = pipe.transformer.condition_embedder.text_embedder(embeds)
     model = open_model(str(folder), sequence_length=LENGTH)
     np.testing.assert_allclose(model.encode([PROMPT], padded=True)[0], embeds[0].double().numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_a_spec_built_patch_fuses_in_diffusers_to_w0_plus_delta(family, tmp_path):
+    """The issue's "done when": a FLUX and an SD3 patch built from a spec (pooled path included, the
+    PEFT layout diffusers loads) fuse through the pipeline's own ``load_lora_weights`` + ``fuse_lora``
+    to W0 + ΔW on every edited weight (1e-5 relative), and nothing else in the pipeline moves."""
+    import torch
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    from erasec.compiler.models.builtin import builtin_model_path
+
+    folder = builtin_model_path(FAMILIES[family])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"erasec: 1\nname: fuse\nversion: 1.0.0\nmodel: {folder}\nmethod: uce\n"
+        f"erase:\n  - {{concept: {PROMPT}, anchor: {ANCHOR}}}\npreserve: [Claude Monet, a photo of a cat]\n"
+        f"options:\n  pooled: true\n  sequence_length: {LENGTH}\noutput:\n  format: peft\n"
+    )
+    patch = tmp_path / "patch.safetensors"
+    result = run("build", spec, "-o", patch, "--allow-outside-spec")
+    assert result.exit_code == 0, result.output
+    weights = load_file(str(folder / TRANSFORMER))
+    deltas = _shared_deltas(patch, weights)
+    assert set(deltas) == {"context_embedder", "time_text_embed.text_embedder.linear_1"}
+
+    pipeline = {"flux": FluxPipeline, "sd3": StableDiffusion3Pipeline}[family]
+    pipe = pipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
+    before = {name: {k: v.clone() for k, v in getattr(pipe, name).state_dict().items()} for name in pipe.components
+              if isinstance(getattr(pipe, name), torch.nn.Module)}
+    pipe.load_lora_weights(str(patch))
+    pipe.fuse_lora(lora_scale=1.0, components=["transformer"])
+    pipe.unload_lora_weights()
+    for name, state in before.items():
+        after = getattr(pipe, name).state_dict()
+        assert set(after) == set(state), name
+        for key, value in state.items():
+            layer = key.removesuffix(".weight")
+            if name == "transformer" and layer in deltas:
+                expected = value.double().numpy() + deltas[layer]
+                got = after[key].double().numpy()
+                assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-5, key
+                assert np.linalg.norm(deltas[layer]) > 1e-3 * np.linalg.norm(expected), key  # a real edit
+            else:
+                assert torch.equal(after[key], value), (name, key)
