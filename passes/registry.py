@@ -11,13 +11,17 @@ _PASSES: dict[str, str] = {
     "adversarial": "erasec.passes.adversarial:AdversarialPass",
     "canonicalize": "erasec.passes.canonicalize:CanonicalizePass",
     "check-conflicts": "erasec.passes.check_conflicts:CheckConflictsPass",
+    "directed-augment": "erasec.passes.directed_augment:DirectedAugmentPass",
+    "drift-budget": "erasec.passes.drift_budget:DriftBudgetPass",
     "filter-preserve": "erasec.passes.filter_preserve:FilterPreservePass",
+    "influence-filter": "erasec.passes.influence_filter:InfluenceFilterPass",
     "mine-neighbors": "erasec.passes.mine_neighbors:MineNeighborsPass",
     "orthogonalize": "erasec.passes.orthogonalize:OrthogonalizePass",
     "rece": "erasec.passes.rece:RecePass",
     "compress": "erasec.passes.compress:CompressPass",
     "invariants": "erasec.passes.invariants:InvariantsPass",
     "solve": "erasec.passes.solve:SolvePass",
+    "solve-exact": "erasec.passes.solve:ExactSolvePass",
 }
 
 

@@ -94,22 +94,22 @@ class SolvePass(EditPass):
     name: ClassVar[str] = "solve"
 
     max_condition: float = 1e12
-    # erase rows as constraints: each mapped onto its guide exactly (``_exact``), not a weighted term
-    exact: bool = False
+    # erase rows as constraints, each mapped onto its guide exactly (``_exact``): ``solve-exact``
+    exact: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.check_range("max-condition", self.max_condition, 1.0, 1e15)
 
     def _exact(self, space: SpaceProgram, rows, hard_keys: np.ndarray, dim: int) -> SpaceSolution:
-        """``exact=true``: ``min λ‖T − I‖² + Σ p ‖(T − I) kp‖²`` subject to ``T k = g`` for every erase row
+        """``solve-exact``: ``min λ‖T − I‖² + Σ p ‖(T − I) kp‖²`` subject to ``T k = g`` for every erase row
         and ``(T − I) h = 0`` for every hard row (``ir.linalg.constrained_map``): an erased row's output at
         every site is its guide's, exactly, and λ and the preserve rows spend the freedom left. Needs
         every erase row explicit and the erase and hard rows linearly independent (at most d)."""
         total = rows.count + (rows.folded.rows if rows.folded is not None else 0)
         if rows.folded is not None or total > dim:
             raise SolveError(
-                f"key space {space.space}: solve{{exact=true}} maps at most {dim} erase rows exactly, this has "
-                f"{total}; erase fewer prompts (or a shorter sequence_length), or drop exact"
+                f"key space {space.space}: at most {dim} erase rows can be mapped exactly, this has {total}; "
+                "erase fewer prompts (or a shorter sequence_length), or use solve"
             )
         matrix = space.preserve.gram()
         matrix[np.diag_indices(dim)] += space.lam
@@ -120,8 +120,8 @@ class SolvePass(EditPass):
             left, right = constrained_map(matrix, rows.keys, targets, held)
         except np.linalg.LinAlgError:
             raise SolveError(
-                f"key space {space.space}: solve{{exact=true}}: the erase rows and hard rows are linearly "
-                "dependent, so no map meets them all exactly; drop exact or the duplicate prompts"
+                f"key space {space.space}: the erase rows and hard rows are linearly dependent, so no map "
+                "meets them all exactly; drop the duplicate prompts, or use solve"
             ) from None
         left, right = orthonormal_right(left, right)
         delta = left @ right.T
@@ -250,3 +250,12 @@ class SolvePass(EditPass):
             spaces=tuple(replace(self._solve_space(program, space), roles=space.roles) for space in program.spaces)
         )
         return replace(program, solution=solution)
+
+
+@dataclass(frozen=True, slots=True)
+class ExactSolvePass(SolvePass):
+    """``solve-exact``: ``solve`` with every erase row a constraint (``SolvePass._exact``): an erased row's
+    output at every site is its guide's exactly, where at most d linearly independent rows allow it."""
+
+    name: ClassVar[str] = "solve-exact"
+    exact: ClassVar[bool] = True

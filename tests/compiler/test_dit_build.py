@@ -3,7 +3,7 @@ built-ins, an erased prompt's rows land on its anchor's outputs at the edited si
 runtime feeds, bias included; the solved ΔW does not depend on the bias; the rows are the ones the
 pipeline itself computes.
 
-The erase rows are hard constraints (``solve{exact=true}``: each erase row mapped onto its anchor's
+The erase rows are hard constraints (``solve-exact``: each erase row mapped onto its anchor's
 exactly, λ spending the freedom left), with no more rows than the key dimension; the tolerance, 1e-6
 relative, is the issue's."""
 
@@ -33,7 +33,7 @@ def _spec(model: str, *, method: str = "uce", extra: str = "") -> str:
         f"erasec: 1\nname: dit\nversion: 1.0.0\nmodel: {model}\nmethod: {method}\n"
         f"erase:\n  - {{concept: {PROMPT}, anchor: {ANCHOR}}}\n"
         f"options:\n  lambda: 0.1\n  sequence_length: {LENGTH}\n"
-        "  pipeline: canonicalize,solve{exact=true},compress\n"
+        "  pipeline: canonicalize,solve-exact,compress\n"
         f"{extra}"
         "output:\n  format: peft\n"
     )

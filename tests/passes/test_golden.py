@@ -33,6 +33,7 @@ from programs import (
     named_preserve_program,
     random_program,
     rece_program,
+    site_rows_program,
     with_site_gram,
 )
 
@@ -58,6 +59,11 @@ def _gram(seed: int = 0, **options) -> EditProgram:
 
 def _solved(seed: int = 0) -> EditProgram:
     return SolvePass().apply(_gram(seed, dim=6, erase=3))
+
+
+def _filtered(pipeline: str = "influence-filter") -> EditProgram:
+    """``site_rows_program`` after ``pipeline``: sites with preserve (and hard) rows of their own."""
+    return Pipeline.parse(pipeline).apply(site_rows_program())
 
 
 def _per_layer(seed: int = 0) -> EditProgram:
@@ -87,8 +93,35 @@ CASES: dict[str, tuple[Case, ...]] = {
         Case("rank-cap", "compress{dtype=fp16 max-rank=2 max-error=1}", _solved, "rank 3 capped to 2, its error and fp16's rounding reported"),
         Case("refused", "compress{max-rank=1 max-error=1e-6}", _solved, "a cap beyond the error budget is refused"),
     ),
+    "drift-budget": (
+        Case(
+            "binds",
+            "drift-budget{max-drift=0.2},solve",
+            lambda: _gram(dim=6, erase=3, preserve=6),
+            "drift 0.296 at the spec's weights: the erase weights are scaled until the preserve rows move 0.2",
+        ),
+        Case("within", "drift-budget{max-drift=0.5}", lambda: _gram(dim=6, erase=3, preserve=6), "within budget: only the record"),
+        Case(
+            "refused",
+            "drift-budget{max-drift=0.05}",
+            lambda: _gram(dim=6, erase=3, preserve=6),
+            "below the drift at half the spec's efficacy: no erasure meets it",
+        ),
+    ),
+    "directed-augment": (
+        Case(
+            "copies",
+            "directed-augment{count=3 seed=0}",
+            site_rows_program,
+            "per site, the preserve rows in shuffled order and the copies its plain erase edit moves more than average",
+        ),
+    ),
     "filter-preserve": (
         Case("named", "filter-preserve", named_preserve_program, "preserve prompts naming 'Van Gogh' or 'Vincent' are dropped, with notes"),
+    ),
+    "influence-filter": (
+        Case("kept", "influence-filter", site_rows_program, "each site keeps the preserve rows its plain erase edit moves more than average"),
+        Case("no-weights", "influence-filter", _small, "a program without the sites' base weights is refused"),
     ),
     "invariants": (
         Case("centroids", "invariants{centroids=2}", invariant_rows_program, "BOS, the empty prompt's row and 2 centroids become hard rows"),
@@ -104,6 +137,7 @@ CASES: dict[str, tuple[Case, ...]] = {
             lambda: _small(dim=6, requests=("x", "y")),
             "the space is marked separable: each request solved on its own",
         ),
+        Case("per-site", "orthogonalize{soft=false}", _filtered, "each site's own preserve rows become its own hard rows"),
     ),
     "rece": (
         Case("rounds", "rece{recipe=object rounds=2}", rece_program, "UCE, then two attack rounds: one solution of rank 6"),
@@ -112,6 +146,16 @@ CASES: dict[str, tuple[Case, ...]] = {
         Case("shared", "solve", _small, "one shared map T − I of rank 2"),
         Case("per-layer", "solve", _per_layer, "per-site residual targets: factors per layer"),
         Case("refused", "solve", lambda: _small(erase=0), "no erase rows: nothing to solve for"),
+        Case(
+            "per-site",
+            "solve",
+            lambda: _filtered("influence-filter,orthogonalize{soft=false}"),
+            "sites with hard rows of their own are solved one by one: factors per layer",
+        ),
+    ),
+    "solve-exact": (
+        Case("exact", "solve-exact", _small, "each erase row mapped onto its guide exactly (residual 0)"),
+        Case("refused", "solve-exact", lambda: _small(erase=5), "more erase rows than the key width: no exact map"),
     ),
 }
 
