@@ -4,6 +4,7 @@ from .arrays import frozen_array, structurally_equal
 from .errors import ErasecError, VerifyError
 from .program import Diagnostic, EditProgram, SpaceProgram, phrase_pattern
 from .rows import EraseRows, HardRows, MomentSum, Moments, PreserveRows, Provenance, empty_hard, empty_preserve
+from .site_rows import SiteRows
 from .solution import DtypeReport, LayerFactors, Solution, SolveReport, SpaceSolution
 from .target import ROLES, KeySpace, LinearSite, ModelTarget
 
@@ -23,6 +24,7 @@ __all__ = [
     "Moments",
     "PreserveRows",
     "Provenance",
+    "SiteRows",
     "Solution",
     "SolveReport",
     "SpaceProgram",

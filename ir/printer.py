@@ -98,6 +98,13 @@ def print_space(space: SpaceProgram, dim: int, sites: int) -> list[str]:
         _erase(lines, space.attack_sources, "attack-sources")
     if space.attack_retain is not None:
         _preserve(lines, space.attack_retain, "attack-retain")
+    for site in space.site_rows[:MAX_ROWS]:
+        own = "".join(
+            f" {name} rows={rows.count}" for name, rows in (("preserve", site.preserve), ("hard", site.hard)) if rows is not None
+        )
+        lines.append(f"    site {site.module_path} W0{list(site.weight.shape)} |W0|={fmt(np.linalg.norm(site.weight))}{own}")
+    if len(space.site_rows) > MAX_ROWS:
+        lines.append(f"    ... {len(space.site_rows) - MAX_ROWS} more sites")
     return lines
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from .arrays import frozen_array
 from .errors import VerifyError
 from .rows import EraseRows, HardRows, PreserveRows
+from .site_rows import SiteRows
 from .solution import Solution
 from .target import ROLES, ModelTarget
 
@@ -62,6 +63,9 @@ class SpaceProgram:
     # position with its guide's 77 rows, and the retain rows of that stage; None for other methods
     attack_sources: EraseRows | None = None
     attack_retain: PreserveRows | None = None
+    # per edited site, in target order: W0_l and rows of that site alone (ir/site_rows.py); empty
+    # unless a pass reads the base weights (SPEED's per-layer retain sets)
+    site_rows: tuple[SiteRows, ...] = ()
 
     def __post_init__(self) -> None:
         if self.site_gram is not None:
@@ -91,6 +95,13 @@ class SpaceProgram:
             for i, prov in enumerate(rows.provenance):
                 if not prov.request:
                     raise VerifyError(f"{where}.{name}[{i}]: no provenance")
+        if self.site_rows:
+            paths = [rows.module_path for rows in self.site_rows]
+            expected = [site.module_path for site in space.sites if site.role in self.roles]
+            if paths != expected:
+                raise VerifyError(f"{where}.site_rows: sites {paths}, expected the edited sites {expected} in order")
+            for rows in self.site_rows:
+                rows.check(f"{where}.site_rows[{rows.module_path}]", space.site(rows.module_path).out_features, space.dim)
         if self.erase.residuals is not None:
             paths = [path for path, _ in self.erase.residuals]
             expected = sorted(site.module_path for site in space.sites)
@@ -157,5 +168,6 @@ class EditProgram:
                 else:
                     paths = sorted(layer.module_path for layer in sol.layers)
                     expected = sorted(site.module_path for site in space.sites)
-                    if paths != expected:
+                    edited = sorted(site.module_path for site in space.sites if sol.edits(site.role))
+                    if paths not in (expected, edited):  # per-site solves factor only the edited sites
                         raise VerifyError(f"solution[{sol.space}]: factors for {paths}, the space feeds {expected}")

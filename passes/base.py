@@ -112,6 +112,30 @@ class EditPass(ABC):
         separable solve); the lowering then folds none of them into moments (``ir.Moments``)."""
         return False
 
+    def reads_site_weights(self) -> bool:
+        """True when the pass needs each edited site's base weight W0_l (SPEED's per-layer retain
+        sets); the lowering then supplies them as ``SpaceProgram.site_rows``."""
+        return False
+
+    def reads_preserve_rows(self) -> bool:
+        """True when the pass needs every preserve row one by one; the lowering then folds none."""
+        return False
+
+    def check_site_weights(self, program: EditProgram) -> None:
+        """Raise ``PassError`` unless every key space with preserve rows carries its sites' base weights
+        and keeps every preserve row explicit: this pass reads them."""
+        for space in program.spaces:
+            if space.preserve.total and not space.site_rows:
+                raise PassError(
+                    f"key space {space.space}: no base weights in the program; build with a pipeline that lists "
+                    "this pass (the lowering then supplies them)"
+                )
+            if space.preserve.folded is not None:
+                raise PassError(
+                    f"key space {space.space}: needs every preserve row, but {space.preserve.folded.rows} are folded "
+                    "into moments; build with a pipeline that lists this pass (the lowering then keeps them)"
+                )
+
     def check_unfolded(self, program: EditProgram) -> None:
         """Raise ``PassError`` when a key space's erase rows were folded: this pass needs them all."""
         for space in program.spaces:

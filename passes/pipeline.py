@@ -152,6 +152,14 @@ class Pipeline:
         """Whether any pass needs every erase row (``EditPass.reads_erase_rows``)."""
         return any(p.reads_erase_rows() for p in self.passes)
 
+    def reads_site_weights(self) -> bool:
+        """Whether any pass needs the edited sites' base weights (``EditPass.reads_site_weights``)."""
+        return any(p.reads_site_weights() for p in self.passes)
+
+    def reads_preserve_rows(self) -> bool:
+        """Whether any pass needs every preserve row (``EditPass.reads_preserve_rows``)."""
+        return any(p.reads_preserve_rows() for p in self.passes)
+
     def apply(self, program: EditProgram) -> EditProgram:
         program.verify()
         if self.callback is not None:

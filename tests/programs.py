@@ -15,6 +15,7 @@ from erasec.ir import (
     ModelTarget,
     PreserveRows,
     Provenance,
+    SiteRows,
     SpaceProgram,
     empty_hard,
 )
@@ -176,3 +177,13 @@ def rece_program(seed: int = 0, dim: int = 6) -> EditProgram:
     )
     retain = PreserveRows(keys=rng.standard_normal((2, dim)), weights=np.ones(2), provenance=provenance("preserve", 2, ""))
     return with_space(program, attack_sources=sources, attack_retain=retain)
+
+
+def site_rows_program(seed: int = 0, dim: int = 6, preserve: int = 8) -> EditProgram:
+    """influence-filter's and directed-augment's input: ``preserve`` retain rows and, per site, its
+    base weight (``ir.SiteRows``), as the lowering supplies them when a pass reads them."""
+    rng = np.random.default_rng(seed)
+    program = random_program(rng, dim=dim, erase=2, preserve=preserve)
+    weights = base_weights(program.target, rng)
+    sites = tuple(SiteRows(module_path=path, weight=weight) for path, weight in weights.items())
+    return with_space(program, site_rows=sites)

@@ -109,17 +109,18 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="speed",
-            summary="SPEED: last-token rows, mean targets, to_v only; preserve subspace and BOS/empty-prompt "
-            "invariants held exactly (null-space projection)",
-            pipeline="canonicalize,filter-preserve,invariants{centroids=3},"
-            "orthogonalize{mode=hard tau=0.1 soft=false},solve",
+            summary="SPEED as published: last-token rows, mean targets, to_v only; per layer, the retain rows the "
+            "edit moves most (IPF) and their directed perturbations (DPA) held exactly with BOS/empty-prompt "
+            "invariants (null-space projection)",
+            pipeline="canonicalize,filter-preserve,invariants{centroids=3},influence-filter,"
+            "directed-augment{count=10 seed=0},orthogonalize{mode=hard tau=0.1 soft=false},solve",
             rows="last_token",
             lam=1.0,
             erase_scale=1.0,
             preserve_scale=1.0,
             preserve_empty=False,
             blank_guide="",
-            reference="Li et al., 2025, arXiv 2503.07392; train_erase_null.py @6d3df0c (IPF/DPA filters not applied)",
+            reference="Li et al., 2025, arXiv 2503.07392; train_erase_null.py @6d3df0c",
             roles=("v",),
             erase_weighting="mean",
         ),

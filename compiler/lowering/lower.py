@@ -38,6 +38,7 @@ from erasec.ir import (
     MomentSum,
     PreserveRows,
     Provenance,
+    SiteRows,
     SpaceProgram,
     empty_hard,
     phrase_pattern,
@@ -68,18 +69,34 @@ class Lowering:
 
     STREAM = 64  # prompts (erase pairs) encoded per batch
 
-    def __init__(self, model: TextModel, *, fold_erase: bool = False, fold_preserve: bool = True, attack_retain: str = "blank") -> None:
+    def __init__(
+        self,
+        model: TextModel,
+        *,
+        fold_erase: bool = False,
+        fold_preserve: bool = True,
+        attack_retain: str = "blank",
+        site_weights: bool = False,
+    ) -> None:
         self.model = model
         self.fold_erase = fold_erase
         self.fold_preserve = fold_preserve
+        self.site_weights = site_weights  # supply each edited site's W0 (ir.SiteRows) for the passes that read it
         self.attack_retain = attack_retain  # RECE's rounds: "blank" (' ' per erase prompt) or "spec" ('' + preserve)
 
     @classmethod
     def for_pipeline(cls, model: TextModel, pipeline) -> "Lowering":
-        """The lowering whose rows ``pipeline`` will transform: erase rows fold unless a pass reads them;
-        the retain set of RECE's rounds is the ``rece`` pass's."""
+        """The lowering whose rows ``pipeline`` will transform: erase and preserve rows fold unless a pass
+        reads them; base weights come along when a pass reads them; the retain set of RECE's rounds is
+        the ``rece`` pass's."""
         retain = next((p.retain for p in pipeline.passes if p.name == "rece"), "blank")
-        return cls(model, fold_erase=not pipeline.reads_erase_rows(), attack_retain=retain)
+        return cls(
+            model,
+            fold_erase=not pipeline.reads_erase_rows(),
+            fold_preserve=not pipeline.reads_preserve_rows(),
+            attack_retain=retain,
+            site_weights=pipeline.reads_site_weights(),
+        )
 
     def _encode(self, prompts: list[str], padded: bool) -> dict[str, np.ndarray]:
         distinct = sorted(set(prompts))
@@ -172,6 +189,7 @@ class Lowering:
             invariant_rows=invariant_rows,
             site_gram=self.model.site_gram(space, preset.roles),
             roles=preset.roles,
+            site_rows=self._site_rows(space, preset.roles),
             **(self._attack_rows(spec, preset, pairs, settings.erase_scale, space.dim) if preset.attack_rows else {}),
         )
         pooled = [self._pooled(space, pairs, retain, settings, preserve_scale) for space in self.model.target.spaces[1:]]
@@ -221,6 +239,18 @@ class Lowering:
             weights=np.array([w for part in explicit for w in part[2]]),
             provenance=tuple(p for part in explicit for p in part[3]),
             folded=None if fold is None else fold.result(),
+        )
+
+    def _site_rows(self, space, roles) -> tuple[SiteRows, ...]:
+        """Each edited site's W0 (its key-space columns) in float64, when a pass reads them (SPEED's
+        per-layer retain sets, passes/influence_filter.py); otherwise none."""
+        if not self.site_weights:
+            return ()
+        weights = self.model.kv_weights()
+        return tuple(
+            SiteRows(module_path=site.module_path, weight=np.asarray(weights[site.module_path])[:, : site.in_features])
+            for site in space.sites
+            if site.role in roles
         )
 
     def _attack_rows(self, spec: Spec, preset: Preset, pairs, scale: float, dim: int) -> dict:
@@ -314,4 +344,5 @@ class Lowering:
             invariant_rows=HardRows(keys=rows[""][None], provenance=(Provenance(request="invariant", prompt="", token=1),)),
             site_gram=self.model.site_gram(space, ("pooled",)),
             roles=("pooled",),
+            site_rows=self._site_rows(space, ("pooled",)),
         )

@@ -46,7 +46,8 @@ def expected_deltas(spec_path):
     spec = load_spec(spec_path, methods=tuple(PRESETS), allow_outside=True)  # a test's spec may name a cached model
     # encoded as a build encodes (one prompt per pass, one thread; no cache): the same rows, bit for bit
     model = CachingModel(open_model(spec.model, pooled=spec.options.pooled), None)
-    program = Pipeline.parse(PRESETS[spec.method].pipeline).apply(Lowering(model).lower(spec, PRESETS[spec.method]))
+    pipeline = Pipeline.parse(PRESETS[spec.method].pipeline)  # its passes say what the lowering keeps (speed: W0)
+    program = pipeline.apply(Lowering.for_pipeline(model, pipeline).lower(spec, PRESETS[spec.method]))
     weights = model.kv_weights()
     expected = {}
     for solved in program.solution.spaces:

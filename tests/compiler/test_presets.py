@@ -42,8 +42,8 @@ def _plain_ridge(w0, K, G, w, Kp, p, lam):
     return mat1 @ np.linalg.inv(mat2) - w0
 
 
-def _run(name, program):
-    return Pipeline.parse(PRESETS[name].pipeline).apply(program).solution.spaces[0]
+def _run(name, program, pipeline=None):
+    return Pipeline.parse(pipeline or PRESETS[name].pipeline).apply(program).solution.spaces[0]
 
 
 def _compare(solution, weights, expected, sites):
@@ -129,7 +129,8 @@ def test_rece_sequential_rounds_edit_the_current_weights():
 
 def test_speed_closed_form_with_invariants():
     """ΔW = W0 (S_at − S_tt) P [I − M K2 (K2ᵀ P M K2)⁻¹ K2ᵀ P] M,  M = (S_tt P + αI)⁻¹  (SPEED eq., λ = 0),
-    on to_v only; K2 = BOS row + 3 position-contiguous centroids of the empty prompt's rows."""
+    on to_v only; K2 = BOS row + 3 position-contiguous centroids of the empty prompt's rows. The preset's
+    pipeline without its retain-set passes: the script's --aug_num 0, which skips IPF and DPA."""
     preset = PRESETS["speed"]
     program, weights = _program(preset, erase=3, preserve=2)
     space = program.spaces[0]
@@ -156,6 +157,49 @@ def test_speed_closed_form_with_invariants():
         site.module_path: (weights[site.module_path] @ shared if site.role == "v" else np.zeros_like(weights[site.module_path]))
         for site in program.target.sites
     }
-    solution = _run("speed", program)
+    closed_form = PRESETS["speed"].pipeline.replace("influence-filter,", "").replace("directed-augment{count=10 seed=0},", "")
+    solution = _run("speed", program, closed_form)
     assert solution.roles == ("v",)
+    _compare(solution, weights, expected, program.target.sites)
+
+
+def test_speed_retain_passes_against_the_script_on_many_rows():
+    """The whole preset (IPF, then DPA's copies kept per chunk of 128 rows) against the script's
+    edit_model (tests/reference_edit.py, Ouxiang-Li/SPEED @6d3df0c train_erase_null.py) on 400 retain
+    rows near a 3-dimensional subspace, so that IPF keeps more than one chunk and a null space is left;
+    both sides draw from numpy generators seeded alike."""
+    import torch
+    from erasec.ir import SiteRows
+    from reference_edit import speed_edit
+
+    preset = PRESETS["speed"]
+    program, weights = _program(preset, erase=3, preserve=0)
+    rng = np.random.default_rng(5)
+    retain = rng.standard_normal((400, 3)) @ rng.standard_normal((3, DIM)) + 0.01 * rng.standard_normal((400, DIM))
+    preserve = PreserveRows(keys=retain, weights=np.ones(400), provenance=tuple(Provenance(request="preserve", prompt=f"p{i}", token=1) for i in range(400)))
+    sites = tuple(SiteRows(module_path=s.module_path, weight=weights[s.module_path]) for s in program.target.sites if s.role == "v")
+    space = replace(program.spaces[0], preserve=preserve, site_rows=sites)
+    program = replace(program, spaces=(space,))
+    filtered = Pipeline.parse("influence-filter").apply(program).spaces[0].site_rows
+    assert all(site.preserve.count > 128 for site in filtered)  # DPA sees two chunks
+
+    def t(array):
+        return torch.from_numpy(np.array(array))  # a writable copy of a read-only IR array
+    empty = space.invariant_rows.keys
+    K2 = np.stack([empty[0], empty[1:3].mean(0), empty[3:5].mean(0), empty[5:7].mean(0)], axis=1)
+    edited = speed_edit(
+        {site.module_path: t(site.weight) for site in sites},
+        t(space.erase.keys),
+        t(space.erase.guides),
+        t(retain),
+        t(K2),
+        rng=np.random.default_rng(0),
+        retain_scale=preset.lam,
+    )
+    expected = {
+        site.module_path: (edited[site.module_path].numpy() - weights[site.module_path] if site.role == "v" else np.zeros_like(weights[site.module_path]))
+        for site in program.target.sites
+    }
+    solution = _run("speed", program)
+    assert solution.form == "per-layer"
     _compare(solution, weights, expected, program.target.sites)

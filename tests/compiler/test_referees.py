@@ -14,12 +14,14 @@ layer as the script does, ``W ← mat1 · mat2⁻¹`` (a dense float64 solve ins
 * ``rece``: CharlesGong12/RECE @403a67f ``train.py`` (the epoch loop and its retain list),
   ``utils/embedding_calculation/close_form_emb.py::close_form_emb_regzero`` and
   ``erase_methods/uce.py::edit_model_adversarial``; its first stage is the ``uce-legacy`` script.
-
-(SPEED's referee belongs with its IPF/DPA filters, issue 17 notes.)
+* ``speed``: Ouxiang-Li/SPEED @6d3df0c ``train_erase_null.py`` (``edit_model`` with baseline 'SPEED',
+  ``generate_perturbed_embs``, ``__main__``'s defaults), in tests/reference_edit.py; its random draws
+  come from one seeded numpy generator that the test hands to both sides.
 """
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import numpy as np
@@ -30,8 +32,12 @@ from safetensors.numpy import load_file
 from erasec.compiler.build import build
 
 from reference_edit import edit as _edit
+from reference_edit import speed_edit as _speed_edit
 
 TOLERANCE = 1e-6  # relative Frobenius error of ΔW, per layer (the build writes fp32 factors)
+# SPEED's projector solve amplifies the ≤ 4e-7 (fp32) gap between rows encoded at the prompt's length
+# (erasec) and padded to 77 (the script) about fourfold: 1.2e-6 measured in float64 and in the patch
+SPEED_TOLERANCE = 3e-6
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +75,15 @@ def _lora_deltas(path):
     return deltas
 
 
-def _compare(path, base, edited):
+def _compare(path, base, edited, layers=32, tolerance=TOLERANCE):
     deltas = _lora_deltas(path)
-    assert len(deltas) == len(base) == 32
+    assert len(deltas) == len(base) == layers
     worst = 0.0
     for name, w0 in base.items():
         expected = (edited[name] - w0).numpy()
         got = deltas["lora_unet_" + name.replace(".", "_")]
         worst = max(worst, np.linalg.norm(got - expected) / np.linalg.norm(expected))
-    assert worst < TOLERANCE, f"relative error {worst:.2e}"
+    assert worst < tolerance, f"relative error {worst:.2e}"
     return worst
 
 
@@ -206,3 +212,71 @@ def test_compose_reruns_the_rece_recipe_on_the_union(tmp_path, parts):
     composed = tmp_path / "composed.safetensors"
     compose_patches(paths, str(composed))
     _compare(composed, *_rece(parts, ["nudity", "Van Gogh"], [], rounds=3, attack_lambda=0.1, retain="blank"))
+
+
+# the retain prompts of the SPEED referees; the one naming Van Gogh is dropped on both sides
+SPEED_RETAIN = (
+    "Claude Monet", "Thomas Kinkade", "Pablo Picasso", "Salvador Dali", "Andy Warhol", "Rembrandt",
+    "a photo of a dog", "a red car", "Leonardo da Vinci", "Edvard Munch", "a bowl of fruit", "a painting by Van Gogh",
+)
+
+
+def _speed(parts, targets, anchors, seed, **options):
+    """train_erase_null.py @6d3df0c: last-subject rows, the retain texts naming a target dropped (its
+    regex) and shuffled, to_v only (--params V), layers visited down, mid, up as erasec's sites are (the script
+    walks its state dict: down, up, mid; with one stream of draws that only decides which draws a
+    layer gets). K2 is the BOS row of '' and the means of 3 contiguous runs of its rows 1..76:
+    erasec's stand-in for kmeans_pytorch (docs/compiler.md lists it)."""
+    base = {name: w for name, w in parts[2].items() if name.endswith("attn2.to_v")}
+    order = sorted(base, key=lambda name: (("down", "mid", "up").index(name.split("_")[0]), name))
+
+    def last(text):
+        rows, index = _embed(parts, text)
+        return rows[index]
+
+    retain = [t for t in SPEED_RETAIN if not any(re.search(r"\b" + re.escape(c.lower()) + r"\b", t.lower()) for c in targets)]
+    # the script shuffles its CSV's order; erasec shuffles the preserve prompts' canonical order (by
+    # casefold: a permuted spec builds the same patch), so the same permutation starts from that
+    retain.sort(key=lambda text: (text.casefold(), text))
+    null = _embed(parts, "")[0]
+    K2 = torch.stack([null[0], *(run.mean(0) for run in torch.tensor_split(null[1:], 3))]).T
+    edited = _speed_edit(
+        {name: base[name] for name in order},
+        torch.stack([last(t) for t in targets]),
+        torch.stack([last(a) for a in anchors]),
+        torch.stack([last(t) for t in retain]),
+        K2,
+        rng=np.random.default_rng(seed),
+        **options,
+    )
+    return base, edited
+
+
+def test_speed_referee(tmp_path, parts):
+    """SPEED as published (IPF, DPA with 10 copies, τ 0.1, retain_scale 1, lamb 0) equals the reference
+    re-derived with the same seeded draws. Here every non-zero eigenvalue of each layer's retain moment
+    is above τ, so the projector is the span of the kept rows and each layer's weakest direction,
+    whatever the draws."""
+    body = f"erase: [{{concept: Van Gogh, anchor: art}}, {{concept: Kelly McKernan}}]\npreserve: [{', '.join(SPEED_RETAIN)}]\n"
+    path = _build(tmp_path, "speed", body)
+    base, edited = _speed(parts, ["Kelly McKernan", "Van Gogh"], ["", "art"], seed=0)
+    _compare(path, base, edited, layers=16, tolerance=SPEED_TOLERANCE)
+
+
+def test_speed_referee_without_the_filter(tmp_path, parts):
+    """The multi-concept scripts' settings (--disable_filter, --retain_scale 0.05), 20 copies per row and
+    another seed, through options.pipeline and options.lambda. Here eigenvalues near τ make the
+    projector depend on the draws: the reference with the next seed is another edit."""
+    pipeline = (
+        "canonicalize,filter-preserve,invariants{centroids=3},directed-augment{count=20 seed=7},"
+        "orthogonalize{mode=hard tau=0.1 soft=false},solve"
+    )
+    body = (
+        f"erase: [{{concept: Van Gogh, anchor: art}}]\npreserve: [{', '.join(SPEED_RETAIN)}]\n"
+        + f'options: {{lambda: 0.05, pipeline: "{pipeline}"}}\n'
+    )
+    path = _build(tmp_path, "speed", body)
+    options = {"aug_num": 20, "retain_scale": 0.05, "disable_filter": True}
+    _compare(path, *_speed(parts, ["Van Gogh"], ["art"], seed=7, **options), layers=16, tolerance=SPEED_TOLERANCE)
+    with pytest.raises(AssertionError, match="relative error"):
+        _compare(path, *_speed(parts, ["Van Gogh"], ["art"], seed=8, **options), layers=16, tolerance=SPEED_TOLERANCE)
