@@ -13,6 +13,13 @@ Row selection follows the method (research/methods.md §1.2, §1.3, §10 items 1
   guide's row of the same token — walking the prompt's tokens, the guide pointer advances to the
   next equal token id (an unmatched token keeps the pointer's position); rows after the prompt's EoT
   follow the guide's consecutively, clipped at 76. (TIME also maps "an" to "a"; not done here.)
+* ``eot_pad`` (TRCE stage 1, Chen et al., ICCV 2025, arXiv 2503.07389; research/methods.md §5.2): the
+  prompt's first end-of-text row and every padding row after it (``len(ids) − 1 … 76``), row
+  ``EoT + t`` paired with the guide's ``EoT + t`` clipped at 76 — the rows that carry a whole
+  prompt's meaning, for concepts no single word names. TRCE's default weights keep only the first
+  EoT row; this rule keeps the padding too. Implicit entries' trigger pairs take the method's
+  ``implicit_rows`` rule (this one unless ``options.implicit_rows`` says otherwise); their names
+  and every other pair take ``rows``.
 
 Erase weights are ``erase_scale × strength``, divided by the number of erase prompts when the
 method averages its targets (SPEED's ``S_tt``, ``S_at`` are means). The lowering also records,
@@ -50,8 +57,8 @@ from ..frontend.spec import Spec
 from ..models.families import FAMILIES
 from ..models.protocol import TextModel
 from .neighbors import mine, neighbor_settings
-from .prompts import Settings, erase_pairs, ordered_entries, prior_prompts, resolve_settings, retain_prompts
-from .rows import RowRule, RuntimeRows, length_batches
+from .prompts import Settings, erase_pairs, ordered_entries, prior_prompts, resolve_settings, retain_prompts, trigger_pairs
+from .rows import RowRule, RuntimeRows, TriggerRows, length_batches
 
 
 class Lowering:
@@ -147,7 +154,8 @@ class Lowering:
         preset = self._for_model(preset)
         settings = resolve_settings(spec, preset)
         space = self.model.target.spaces[0]
-        pairs = erase_pairs(spec, preset)
+        triggers = trigger_pairs(spec, preset)
+        pairs = erase_pairs(spec, preset) + triggers
         retain = retain_prompts(spec, preset)
         prior = prior_prompts(preset.prior) if settings.prior_scale > 0 else []
         ids = self._ids([p for _, p, _, _ in pairs] + [g for _, _, g, _ in pairs] + retain + prior + [""])
@@ -158,22 +166,35 @@ class Lowering:
         rows = RuntimeRows(ids, last, self.model.seen_rows) if preset.rows == "runtime" else RowRule(preset.rows, ids, last)
         # the empty prompt's rows the denoiser sees, and for Wan its first zero-filled row (the constant row)
         encoded_empty = encoded_empty[: min(rows.visible("", encoded_empty.shape[0]) + 1, encoded_empty.shape[0])]
+        # implicit entries' trigger pairs take their own rule (a transformer's runtime rule already takes
+        # every row), and all erase prompts are padded if it needs it
+        trigger_rule = spec.options.implicit_rows or preset.implicit_rows
+        erase_rule = rows
+        if triggers and preset.rows != "runtime":
+            erase_rule = TriggerRows(rows, RowRule(trigger_rule, ids, last), [(p, g) for _, p, g, _ in triggers])
+        implicit_padded = erase_rule is not rows and trigger_rule != "last_token"
+        erase_padded = padded or implicit_padded
 
         share = 1.0 / len(pairs) if preset.erase_weighting == "mean" else 1.0
-        erase_rows = sum(rows.count(prompt, guide) for _, prompt, guide, _ in pairs)
-        erase = self._erase_rows(pairs, rows, padded, settings.erase_scale * share, space.dim, erase_rows > space.dim)
+        erase_rows = sum(erase_rule.count(prompt, guide) for _, prompt, guide, _ in pairs)
+        erase = self._erase_rows(pairs, erase_rule, erase_padded, settings.erase_scale * share, space.dim, erase_rows > space.dim)
 
         preserve_scale = settings.preserve_scale
         if preserve_scale is None:
             preserve_scale = max(0.1, 1.0 / max(len(retain), 1))
         pattern = phrase_pattern([p for entry in spec.erase for p in (entry.concept, *entry.synonyms)])
         # the user's prompts, then the prior's rows (every token row of each prompt; BOS excluded: it is
-        # the same for all) with its total weight spread evenly
-        which = "all" if padded else "subject"
+        # the same for all) with its total weight spread evenly; when trigger rows reach into the padding,
+        # the preserved prompts' padding rows are held too (docs/compiler.md, "Implicit concepts")
+        which = "all" if erase_padded else "subject"
         sources = [(prompt, prompt, preserve_scale, which) for prompt in retain]
-        prior_rows = sum(len(ids[prompt]) - 1 for prompt in prior)
-        sources += [(p, f"<prior {preset.prior}> {p}", settings.prior_scale / max(prior_rows, 1), "tokens") for p in prior]
-        total = len(retain) * (self.model.padded_rows if padded else 1) + prior_rows
+        prior_rows = sum(self.model.padded_rows - 1 if implicit_padded else len(ids[prompt]) - 1 for prompt in prior)
+        prior_which = "padded" if implicit_padded else "tokens"
+        if isinstance(rows, RuntimeRows):  # a DiT's prior: every row its runtime feeds (the padding carries text)
+            prior_rows = sum(rows.visible(prompt, self.model.padded_rows) for prompt in prior)
+            prior_which = "all"
+        sources += [(p, f"<prior {preset.prior}> {p}", settings.prior_scale / max(prior_rows, 1), prior_which) for p in prior]
+        total = len(retain) * (self.model.padded_rows if erase_padded else 1) + prior_rows
         preserve = self._preserve_rows(sources, rows, pattern, space.dim, total > space.dim)
 
         invariant_rows = HardRows(
@@ -280,20 +301,22 @@ class Lowering:
 
     def _preserve_rows(self, sources, rows: "RowRule", pattern, dim: int, many: bool) -> PreserveRows:
         """The preserve rows of ``sources`` — (prompt, label, weight per row, which rows count: "all" 77
-        padded rows, the "subject" row alone, or the "tokens" after BOS) — streamed like ``_erase_rows``;
+        padded rows, the "subject" row alone, the "tokens" after BOS, or the "padded" rows after BOS) —
+        streamed like ``_erase_rows``;
         with ``many`` rows, each prompt keeps its subject row explicit (all its rows when it names an
         erased phrase) and the rest fold into moments."""
         fold = MomentSum(dim, cross=False) if many and self.fold_preserve else None
         explicit: list = [None] * len(sources)  # per source: (keys, weights, provenance), in order
-        for batch in length_batches(sources, lambda source: 77 if source[3] == "all" else rows.width(source[0]), self.STREAM):
+        padded = ("all", "padded")
+        for batch in length_batches(sources, lambda source: 77 if source[3] in padded else rows.width(source[0]), self.STREAM):
             encoded = {
-                pad: self._encode(sorted({sources[i][0] for i in batch if (sources[i][3] == "all") == pad}), pad)
+                pad: self._encode(sorted({sources[i][0] for i in batch if (sources[i][3] in padded) == pad}), pad)
                 for pad in (False, True)
             }
             folded = ([], [], [])
             for i in batch:
                 prompt, label, weight, which = sources[i]
-                array = encoded[which == "all"][prompt]
+                array = encoded[which in padded][prompt]
                 tokens = np.arange(rows.visible(prompt, array.shape[0]))
                 if which != "all":
                     tokens = tokens[rows.subject(prompt, tokens)] if which == "subject" else tokens[rows.first_token :]
