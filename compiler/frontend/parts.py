@@ -22,7 +22,7 @@ from .text_files import inside, read_utf8
 from .yaml_nodes import MAX_SCALAR_CHARS, TAG, NodeReader, node_kind, quote
 
 OPTION_KEYS = (
-    "lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled", "rece",
+    "lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled", "rece", "max_drift",
     "sequence_length", "neighbors",
 )
 RECE_KEYS = ("recipe", "rounds", "attack_lambda", "retain")  # the rece pass's schedule (passes/rece.py)
@@ -92,6 +92,7 @@ class SpecPartsReader(NodeReader):
             pipeline=pipeline,
             pooled=self.flag(fields, "pooled", "options.pooled"),
             rece=self.rece(fields["rece"][1]) if "rece" in fields else None,
+            max_drift=self.max_drift(fields),
             neighbors=read_neighbors(self, fields["neighbors"][1]) if "neighbors" in fields else None,
             sequence_length=self.sequence_length(fields["sequence_length"][1]) if "sequence_length" in fields else None,
         )
@@ -129,6 +130,17 @@ class SpecPartsReader(NodeReader):
         if not values:
             raise self.error(node, "options.rece", f"is empty; give any of {', '.join(RECE_KEYS)}, or remove it")
         return tuple((key, values[key]) for key in RECE_KEYS if key in values)
+
+    def max_drift(self, fields: dict) -> float | None:
+        """``options.max_drift``: the drift budget, a fraction of the preserved rows' K/V outputs in (0, 1)."""
+        if "max_drift" not in fields:
+            return None
+        node = fields["max_drift"][1]
+        number = self.number(node, "options.max_drift")
+        if not 0 < number < 1:
+            what = f"{quote(node.value)} is not in (0, 1); a drift budget is a fraction of the preserved rows' outputs, e.g. 0.05"
+            raise self.error(node, "options.max_drift", what)
+        return number
 
     def flag(self, fields: dict, key: str, where: str) -> bool:
         if key not in fields:

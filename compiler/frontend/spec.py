@@ -57,6 +57,7 @@ class Options:
     pooled: bool = False  # SDXL: also edit the pooled path, add_embedding.linear_1 (docs/models.md)
     # method rece's schedule (docs/spec.md): (key, value) pairs of recipe, rounds, attack_lambda, retain
     rece: tuple[tuple[str, object], ...] | None = None
+    max_drift: float | None = None  # drift budget, in (0, 1): passes/drift_budget.py (None: no budget)
     neighbors: Neighbors | None = None  # concepts near each erased one, preserved (compiler/frontend/neighbors.py)
     sequence_length: int | None = None  # a DiT's T5 padding (docs/models.md); None: its pipeline's default
 
@@ -123,6 +124,7 @@ class Spec:
                 **({"on_conflict": self.options.on_conflict} if self.options.on_conflict is not None else {}),
                 **({"pooled": True} if self.options.pooled else {}),  # absent when off: older specs keep their JSON
                 **({"rece": dict(self.options.rece)} if self.options.rece is not None else {}),
+                **({"max_drift": self.options.max_drift} if self.options.max_drift is not None else {}),
                 **({"neighbors": self.options.neighbors.canonical()} if self.options.neighbors is not None else {}),
                 **({"sequence_length": self.options.sequence_length} if self.options.sequence_length is not None else {}),
             },
