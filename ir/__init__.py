@@ -1,7 +1,6 @@
 """erasec.ir — the data model: plain data and math, no torch, nothing else of erasec."""
 
 from .arrays import frozen_array, structurally_equal
-from .drift import DriftLanding
 from .errors import ErasecError, VerifyError
 from .program import Diagnostic, EditProgram, SpaceProgram, phrase_pattern
 from .rows import EraseRows, HardRows, MomentSum, Moments, PreserveRows, Provenance, empty_hard, empty_preserve
@@ -12,7 +11,6 @@ from .target import ROLES, KeySpace, LinearSite, ModelTarget
 __all__ = [
     "ROLES",
     "Diagnostic",
-    "DriftLanding",
     "DtypeReport",
     "EditProgram",
     "EraseRows",

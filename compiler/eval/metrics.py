@@ -223,6 +223,19 @@ def efficacy(keys: np.ndarray, guides: np.ndarray, weights: Mapping[str, np.ndar
     return _one_minus_ratio(after, before, keys.shape[0])
 
 
+def progress(keys: np.ndarray, guides: np.ndarray, weights: Mapping[str, np.ndarray], deltas: Mapping[str, np.ndarray]) -> float:
+    """``Σ ⟨ΔW k, W0 (g − k)⟩ / Σ ‖W0 (g − k)‖²`` over rows and sites: the share of the gap to the guide
+    closed along the gap (1: all of it; 0: none, or only sideways moves). ``efficacy`` also charges the
+    sideways part, which no edit can avoid where a prompt and its safe counterpart differ in more than
+    the concept (Ring-A-Bell's pairs change the scene too); docs/results.md, "Implicit concepts"."""
+    along = gap = 0.0
+    for path, w0 in weights.items():
+        difference = (guides - keys) @ w0.T
+        along += float(np.sum(difference * (keys @ deltas[path].T)))
+        gap += float(np.sum(difference**2))
+    return along / gap if gap > 0 else 0.0
+
+
 def output_change(rows: np.ndarray, weights: Mapping[str, np.ndarray], deltas: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """``‖ΔW_l c‖²`` and ``‖W0_l c‖²`` for every row c, summed over the sites: two arrays (rows,)."""
     moved, base = np.zeros(rows.shape[0]), np.zeros(rows.shape[0])

@@ -9,22 +9,26 @@ key so that later steps can say where in the spec a value was written (``Spec.wh
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from yaml.nodes import Node, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .neighbors import read_neighbors
+from .presets import ROW_RULES
 from .spec import ON_CONFLICT, ONNX_MODES, OUTPUT_DTYPES, OUTPUT_FORMATS, Options, OutputSpec
 from .text_files import inside, read_utf8
 from .yaml_nodes import MAX_SCALAR_CHARS, TAG, NodeReader, node_kind, quote
 
 OPTION_KEYS = (
-    "lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled", "rece", "max_drift",
-    "sequence_length", "neighbors",
+    "lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled", "rece",
+    "sequence_length", "neighbors", "implicit_rows",
 )
+TRIGGER_KEYS = ("prompt", "counterpart", "file")  # an item of an implicit entry's triggers
 RECE_KEYS = ("recipe", "rounds", "attack_lambda", "retain")  # the rece pass's schedule (passes/rece.py)
 RECE_RECIPES = ("nudity", "unsafe", "artist", "object")
 RECE_RETAIN = ("blank", "spec")
@@ -92,7 +96,9 @@ class SpecPartsReader(NodeReader):
             pipeline=pipeline,
             pooled=self.flag(fields, "pooled", "options.pooled"),
             rece=self.rece(fields["rece"][1]) if "rece" in fields else None,
-            max_drift=self.max_drift(fields),
+            implicit_rows=self.choice(fields["implicit_rows"][1], "options.implicit_rows", ROW_RULES)
+            if "implicit_rows" in fields
+            else None,
             neighbors=read_neighbors(self, fields["neighbors"][1]) if "neighbors" in fields else None,
             sequence_length=self.sequence_length(fields["sequence_length"][1]) if "sequence_length" in fields else None,
         )
@@ -130,17 +136,6 @@ class SpecPartsReader(NodeReader):
         if not values:
             raise self.error(node, "options.rece", f"is empty; give any of {', '.join(RECE_KEYS)}, or remove it")
         return tuple((key, values[key]) for key in RECE_KEYS if key in values)
-
-    def max_drift(self, fields: dict) -> float | None:
-        """``options.max_drift``: the drift budget, a fraction of the preserved rows' K/V outputs in (0, 1)."""
-        if "max_drift" not in fields:
-            return None
-        node = fields["max_drift"][1]
-        number = self.number(node, "options.max_drift")
-        if not 0 < number < 1:
-            what = f"{quote(node.value)} is not in (0, 1); a drift budget is a fraction of the preserved rows' outputs, e.g. 0.05"
-            raise self.error(node, "options.max_drift", what)
-        return number
 
     def flag(self, fields: dict, key: str, where: str) -> bool:
         if key not in fields:
@@ -204,16 +199,20 @@ class SpecPartsReader(NodeReader):
 
     # -- files -------------------------------------------------------------------------------------
 
-    def list_file(self, key: Node, value: Node, path: str) -> tuple[str, list[tuple[str, int]]]:
-        """The path as written and the (entry, line number) pairs of a ``file:`` list."""
+    def file_text(self, key: Node, value: Node, path: str) -> tuple[str, str]:
+        """The path as written and the text of the file a ``file:`` key names (confined, regular UTF-8)."""
         written = self.string(value, path)
         if not written.strip():
             raise self.error(value, path, "is empty; give the path of a text file, one entry a line")
         full = self.path(key, path, written)
         try:
-            text = read_utf8(Path(full))
+            return written, read_utf8(Path(full))
         except ValueError as e:
             raise self.error(key, path, f"cannot read {full!r} ({e})") from None
+
+    def list_file(self, key: Node, value: Node, path: str) -> tuple[str, list[tuple[str, int]]]:
+        """The path as written and the (entry, line number) pairs of a ``file:`` list."""
+        written, text = self.file_text(key, value, path)
         entries = []
         for number, line in enumerate(text.split("\n"), 1):
             line = line.strip()
@@ -223,3 +222,83 @@ class SpecPartsReader(NodeReader):
                     raise self.error(key, path, what)
                 entries.append((line, number))
         return written, entries
+
+    # -- implicit entries ------------------------------------------------------------------------
+
+    def implicit(self, item: Node, fields: dict, path: str, anchor: str) -> dict:
+        """An erase entry's ``implicit`` and ``triggers`` (docs/spec.md, "Implicit concepts"), as
+        ``EraseEntry`` fields: an implicit entry needs triggers, triggers need ``implicit: true``."""
+        implicit = self.boolean(fields["implicit"][1], f"{path}.implicit") if "implicit" in fields else False
+        if not implicit:
+            if "triggers" in fields:
+                raise self.error(fields["triggers"][0], f"{path}.triggers", "applies to implicit entries; add implicit: true")
+            return {}
+        if "file" in fields:
+            what = "not allowed in a file entry; give the implicit concept an entry of its own with 'concept'"
+            raise self.error(fields["implicit"][0], f"{path}.implicit", what)
+        if "triggers" not in fields:
+            what = "an implicit entry needs triggers; add triggers: [prompts] or triggers: [{file: PATH}]"
+            raise self.error(fields["implicit"][0], f"{path}.implicit", what)
+        triggers = self.triggers(fields["triggers"][1], f"{path}.triggers")
+        for prompt, counterpart in triggers:
+            if not counterpart and prompt.casefold() == anchor.casefold():
+                what = f"{quote(prompt)} has no counterpart and is the anchor itself; give it a counterpart or remove it"
+                raise self.error(fields["triggers"][1], f"{path}.triggers", what)
+        return {"implicit": True, "triggers": triggers}
+
+    def triggers(self, node: Node, path: str) -> tuple[tuple[str, str], ...]:
+        """(prompt, counterpart) pairs from a list of prompts, ``{prompt, counterpart}`` mappings and
+        ``{file: PATH}`` lists; stripped, the first of repeated prompts kept; "" = no counterpart."""
+        out: dict[str, str] = {}
+        for index, item in enumerate(self.sequence(node, path)):
+            where = f"{path}[{index}]"
+            if not isinstance(item, MappingNode):
+                pairs = [(self.string(item, where).strip(), "", item, where)]
+            else:
+                fields = self.mapping(item, where, TRIGGER_KEYS)
+                if "file" in fields:
+                    if len(fields) > 1:
+                        raise self.error(item, where, "give either 'file' or 'prompt', not both")
+                    pairs = self.trigger_file(*fields["file"], f"{where}.file")
+                elif "prompt" in fields:
+                    counterpart = fields.get("counterpart")
+                    counterpart = self.string(counterpart[1], f"{where}.counterpart").strip() if counterpart else ""
+                    pairs = [(self.string(fields["prompt"][1], f"{where}.prompt").strip(), counterpart, item, where)]
+                else:
+                    raise self.error(item, where, "missing key 'prompt' (or 'file' for a list of trigger prompts)")
+            for prompt, counterpart, at, what_path in pairs:
+                if not prompt:
+                    raise self.error(at, what_path, "a trigger prompt is empty")
+                if prompt == counterpart:
+                    raise self.error(at, what_path, f"{quote(prompt)} is its own counterpart; give a safe prompt")
+                out.setdefault(prompt, counterpart)
+        if not out:
+            raise self.error(node, path, "the list is empty; give the prompts that carry the concept")
+        return tuple(out.items())
+
+    def trigger_file(self, key: Node, value: Node, path: str) -> list[tuple[str, str, Node, str]]:
+        """A triggers ``file:``: a ``.csv`` with a ``prompt`` column and an optional ``counterpart``
+        column (the shipped suites' layout, compiler/data/suites/README.md), else one prompt a line."""
+        written, text = self.file_text(key, value, path)
+        if not written.lower().endswith(".csv"):
+            rows = [(prompt, "", key, f"{path} ({written} line {n})") for prompt, n in self.list_file(key, value, path)[1]]
+        else:
+            try:
+                table = csv.DictReader(io.StringIO(text, newline=""))
+                columns = table.fieldnames or []
+                if "prompt" not in columns:
+                    shown = ", ".join(quote(c) for c in columns) or "none"
+                    raise self.error(key, path, f"{quote(written, 1024)} has no 'prompt' column (columns: {shown})")
+                rows = [
+                    ((row.get("prompt") or "").strip(), (row.get("counterpart") or "").strip(), key, f"{path} ({written} line {table.line_num})")
+                    for row in table
+                    if (row.get("prompt") or "").strip()
+                ]
+            except csv.Error as e:
+                raise self.error(key, path, f"cannot read {quote(written, 1024)} as CSV ({e})") from None
+            for prompt, counterpart, _, where in rows:
+                if max(len(prompt), len(counterpart)) > MAX_SCALAR_CHARS:
+                    raise self.error(key, where, f"an entry holds at most {MAX_SCALAR_CHARS:,} characters")
+        if not rows:
+            raise self.error(key, path, f"{quote(written, 1024)} lists no trigger prompts")
+        return rows

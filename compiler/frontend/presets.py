@@ -9,9 +9,10 @@ prints this table.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-RowRule = Literal["last_token", "legacy_span", "time_aligned"]
+RowRule = Literal["last_token", "legacy_span", "time_aligned", "eot_pad"]
+ROW_RULES: tuple[str, ...] = get_args(RowRule)  # lowering/lower.py's docstring says what each selects
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,6 +35,9 @@ class Preset:
     prior_scale: float = 0.0
     # RECE: also lower each erase prompt's 77 padded rows with its guide's, and the rounds' retain rows
     attack_rows: bool = False
+    # the rows of an implicit entry's trigger prompts (docs/spec.md, "Implicit concepts"): TRCE's stage 1
+    # maps their end-of-text rows onto a safe prompt's (Chen et al., ICCV 2025, arXiv 2503.07389)
+    implicit_rows: RowRule = "eot_pad"
     # neighbours mined from the vocabulary and preserved per erased concept (compiler/lowering/neighbors.py;
     # 0 = off unless the spec sets options.neighbors)
     neighbors: int = 0

@@ -35,7 +35,7 @@ from .yaml_nodes import quote, spec_error
 
 _TOP_KEYS = ("erasec", "name", "version", "model", "family", "method", "erase", "preserve", "options", "output")
 _REQUIRED_KEYS = ("erasec", "name", "version", "erase")
-_ERASE_KEYS = ("concept", "file", "anchor", "synonyms", "templates", "strength")
+_ERASE_KEYS = ("concept", "file", "anchor", "synonyms", "templates", "strength", "implicit", "triggers")
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 # semver.org 2.0.0's regex, with [0-9] for \d (which would take any Unicode digit).
@@ -132,6 +132,7 @@ class SpecReader(SpecPartsReader):
                 synonyms=self.synonyms(fields, path, concepts[0][0]),
                 templates=self.templates(fields, path),
                 strength=self.strength(fields, path),
+                **self.implicit(item, fields, path, anchor),
             )
             for concept, where, where_path, detail in concepts:
                 if anchor.casefold() == concept.casefold():

@@ -42,6 +42,10 @@ class EraseEntry:
     synonyms: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()
     strength: float = 1.0
+    # a concept carried by whole prompts (nudity, violence): its trigger prompts, each with its safe
+    # counterpart ("" = the entry's anchor), lowered with the method's implicit row rule
+    implicit: bool = False
+    triggers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,7 +61,7 @@ class Options:
     pooled: bool = False  # SDXL: also edit the pooled path, add_embedding.linear_1 (docs/models.md)
     # method rece's schedule (docs/spec.md): (key, value) pairs of recipe, rounds, attack_lambda, retain
     rece: tuple[tuple[str, object], ...] | None = None
-    max_drift: float | None = None  # drift budget, in (0, 1): passes/drift_budget.py (None: no budget)
+    implicit_rows: str | None = None  # the row rule of implicit entries' triggers (None: the method's)
     neighbors: Neighbors | None = None  # concepts near each erased one, preserved (compiler/frontend/neighbors.py)
     sequence_length: int | None = None  # a DiT's T5 padding (docs/models.md); None: its pipeline's default
 
@@ -111,6 +115,8 @@ class Spec:
                     "synonyms": list(e.synonyms),
                     "templates": list(e.templates),
                     "strength": e.strength,
+                    # absent unless implicit: older specs keep their JSON
+                    **({"implicit": True, "triggers": [{"prompt": p, "counterpart": c} for p, c in e.triggers]} if e.implicit else {}),
                 }
                 for e in self.erase
             ],
@@ -124,7 +130,7 @@ class Spec:
                 **({"on_conflict": self.options.on_conflict} if self.options.on_conflict is not None else {}),
                 **({"pooled": True} if self.options.pooled else {}),  # absent when off: older specs keep their JSON
                 **({"rece": dict(self.options.rece)} if self.options.rece is not None else {}),
-                **({"max_drift": self.options.max_drift} if self.options.max_drift is not None else {}),
+                **({"implicit_rows": self.options.implicit_rows} if self.options.implicit_rows is not None else {}),
                 **({"neighbors": self.options.neighbors.canonical()} if self.options.neighbors is not None else {}),
                 **({"sequence_length": self.options.sequence_length} if self.options.sequence_length is not None else {}),
             },

@@ -56,6 +56,17 @@ def erase_pairs(spec: Spec, preset: Preset) -> list[tuple[str, str, str, float]]
     return pairs
 
 
+def trigger_pairs(spec: Spec, preset: Preset) -> list[tuple[str, str, str, float]]:
+    """(request, trigger prompt, safe counterpart, strength) for every implicit entry's triggers, in
+    spec order; a trigger without a counterpart takes the entry's anchor (the method's blank guide
+    when that is empty), the rule docs/spec.md states."""
+    pairs = []
+    for entry in ordered_entries(spec):
+        anchor = entry.anchor if entry.anchor.strip() else preset.blank_guide
+        pairs += [(entry.concept, prompt, counterpart or anchor, entry.strength) for prompt, counterpart in entry.triggers]
+    return pairs
+
+
 def ordered_entries(spec: Spec):
     """The erase entries in a canonical order: a spec's list order changes nothing it builds."""
     return sorted(spec.erase, key=lambda entry: (entry.concept.casefold(), entry.concept))

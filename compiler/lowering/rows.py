@@ -25,6 +25,8 @@ class RowRule:
     def count(self, prompt: str, guide: str) -> int:
         if self.rule == "legacy_span":
             return 77 - max(self.last[prompt], self.last[guide])
+        if self.rule == "eot_pad":
+            return 77 - (self.last[prompt] + 1)
         return 77 if self.rule == "time_aligned" else 1
 
     def select(self, prompt: str, guide: str, old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -36,6 +38,12 @@ class RowRule:
             return old, new, np.arange(i, i + old.shape[0])
         if self.rule == "time_aligned":
             return old, new[time_alignment(self.ids[prompt], self.ids[guide], old.shape[0])], np.arange(old.shape[0])
+        if self.rule == "eot_pad":
+            # the first end-of-text row and the padding after it, offset t from each EoT paired, clipped
+            # at the guide's last row (TIME's rule for the rows after EoT)
+            i, j = self.last[prompt] + 1, self.last[guide] + 1
+            offsets = np.arange(old.shape[0] - i)
+            return old[i:], new[np.minimum(j + offsets, new.shape[0] - 1)], i + offsets
         i, j = self.last[prompt], self.last[guide]
         return old[i][None], new[j][None], np.arange(i, i + 1)
 
@@ -55,6 +63,25 @@ class RowRule:
         if not mask.any():
             mask[0] = True
         return mask
+
+
+class TriggerRows(RowRule):
+    """The erase pairs' rule: ``names`` (the method's) for every pair except implicit entries' trigger
+    pairs (prompt, counterpart), which take ``trigger`` (``Preset.implicit_rows`` or
+    ``options.implicit_rows``)."""
+
+    def __init__(self, names: RowRule, trigger: RowRule, triggers) -> None:
+        super().__init__(names.rule, names.ids, names.last)
+        self.names, self.trigger, self.triggers = names, trigger, frozenset(triggers)
+
+    def _rule(self, prompt: str, guide: str) -> RowRule:
+        return self.trigger if (prompt, guide) in self.triggers else self.names
+
+    def count(self, prompt: str, guide: str) -> int:
+        return self._rule(prompt, guide).count(prompt, guide)
+
+    def select(self, prompt: str, guide: str, old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._rule(prompt, guide).select(prompt, guide, old, new)
 
 
 class RuntimeRows(RowRule):
