@@ -1,6 +1,7 @@
 """erasec.ir — the data model: plain data and math, no torch, nothing else of erasec."""
 
 from .arrays import frozen_array, structurally_equal
+from .drift import DriftLanding
 from .errors import ErasecError, VerifyError
 from .program import Diagnostic, EditProgram, SpaceProgram, phrase_pattern
 from .rows import EraseRows, HardRows, MomentSum, Moments, PreserveRows, Provenance, empty_hard, empty_preserve
@@ -11,6 +12,7 @@ from .target import ROLES, KeySpace, LinearSite, ModelTarget
 __all__ = [
     "ROLES",
     "Diagnostic",
+    "DriftLanding",
     "DtypeReport",
     "EditProgram",
     "EraseRows",

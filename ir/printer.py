@@ -105,6 +105,12 @@ def print_space(space: SpaceProgram, dim: int, sites: int) -> list[str]:
         lines.append(f"    site {site.module_path} W0{list(site.weight.shape)} |W0|={fmt(np.linalg.norm(site.weight))}{own}")
     if len(space.site_rows) > MAX_ROWS:
         lines.append(f"    ... {len(space.site_rows) - MAX_ROWS} more sites")
+    if space.drift is not None:
+        d = space.drift
+        lines.append(
+            f"    drift-budget max={fmt(d.max_drift)} scale={fmt(d.scale)} drift={fmt(d.drift)} efficacy={fmt(d.efficacy)} "
+            f"full-drift={fmt(d.full_drift)} full-efficacy={fmt(d.full_efficacy)} preserve-rows={d.preserve_rows}"
+        )
     return lines
 
 

@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from .arrays import frozen_array
+from .drift import DriftLanding
 from .errors import VerifyError
 from .rows import EraseRows, HardRows, PreserveRows
 from .site_rows import SiteRows
@@ -66,6 +67,8 @@ class SpaceProgram:
     # per edited site, in target order: W0_l and rows of that site alone (ir/site_rows.py); empty
     # unless a pass reads the base weights (SPEED's per-layer retain sets)
     site_rows: tuple[SiteRows, ...] = ()
+    # where drift-budget put the erase weights (passes/drift_budget.py); None: no budget
+    drift: DriftLanding | None = None
 
     def __post_init__(self) -> None:
         if self.site_gram is not None:

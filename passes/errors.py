@@ -19,6 +19,10 @@ class SolveError(PassError):
     """The least-squares system is singular or too ill-conditioned to trust; the message names the fix."""
 
 
+class DriftBudgetError(PassError):
+    """No erasure meets a drift budget, or the drift cannot be measured; the message names the least drift."""
+
+
 class PassCrash(RuntimeError):
     """A pass raised something other than an ``ErasecError``: a bug, not bad input. The message names
     the pass and those run before it; ``__cause__`` is the original exception with its traceback.

@@ -60,6 +60,24 @@ def describe(patch: PatchFile) -> dict:
     }
 
 
+def drift_lines(drift: dict) -> list[str]:
+    """Where ``options.max_drift`` landed, per key space (``erasec.report.drift``, docs/patch-format.md):
+    ``erasec inspect``'s lines and the build summary's, so a budget that weakened the erasure says so."""
+    lines = []
+    for space, landed in sorted(drift.items()):
+        how = (
+            f"binds: erase weights × {landed['scale']:.3g}, efficacy {landed['efficacy']:.3f} "
+            f"({landed['full_efficacy']:.3f} and drift {landed['full_drift']:.4f} at the spec's strength)"
+            if landed["binding"]
+            else f"within budget at the spec's strength (efficacy {landed['efficacy']:.3f})"
+        )
+        lines.append(
+            f"  drift budget {landed['max_drift']:g} ({space}, {landed['preserve_rows']} preserve rows): "
+            f"drift {landed['drift']:.4f}; {how}"
+        )
+    return lines
+
+
 def render(facts: dict) -> str:
     """The human-readable form of ``describe``'s facts."""
     base = facts["base"]
@@ -96,6 +114,7 @@ def render(facts: dict) -> str:
         lines.append(f"  dropped   {dropped} (names an erased concept; not solved for)")
     if report.get("specificity") is not None:
         lines.append(f"  specificity {report['specificity']:.4f} over {report.get('preserve_rows')} preserved rows")
+    lines.extend(drift_lines(report.get("drift") or {}))
     if facts["derived_from"]:
         lines.append(f"  derived   {facts['derived_from']}")
     lines.append(f"  modules   {len(facts['modules'])} (all a loader applies: ΔW = up @ down, alpha = rank)")

@@ -194,6 +194,21 @@ def check_report(path: Path, report: dict) -> None:
     dropped = report.get("dropped_preserve", [])
     if not isinstance(dropped, list) or not all(isinstance(prompt, str) for prompt in dropped):
         raise fail(path, "erasec.report.dropped_preserve", "is not a list of preserve prompts")
+    check_drift(path, report.get("drift", {}))
+
+
+DRIFT_NUMBERS = ("max_drift", "scale", "drift", "efficacy", "full_drift", "full_efficacy", "floor")
+
+
+def check_drift(path: Path, drift: object) -> None:
+    """``erasec.report.drift``: key space → where ``options.max_drift`` landed (docs/patch-format.md)."""
+    for space, landed in drift.items() if isinstance(drift, dict) else [(None, None)]:
+        where = "erasec.report.drift" + ("" if space is None else f".{space}")
+        if not isinstance(landed, dict) or not isinstance(landed.get("binding"), bool) or not is_int(landed.get("preserve_rows")):
+            raise fail(path, where, "is not a drift-budget record (binding, preserve_rows and numbers)")
+        bad = [key for key in DRIFT_NUMBERS if not is_number(landed.get(key))]
+        if bad:
+            raise fail(path, f"{where}.{bad[0]}", f"{landed.get(bad[0])!r} is not a number")
 
 
 ADAPTER_KEY = "lora_adapter_metadata"  # a PEFT patch's LoraConfig (backends/peft.py)

@@ -163,6 +163,9 @@ def build_summary(result) -> str:
         prompt, value = scores.worst_preserve
         lines.append(f"  least preserved: {prompt!r} {value:.4f}")
     lines.append("  (text pathway, all edited K/V layers, on the spec's own rows; 1 = fully erased / fully kept)")
+    from erasec.patches.inspect import drift_lines  # erasec inspect prints the same lines
+
+    lines.extend(drift_lines(getattr(result, "drift", None) or {}))
     for diagnostic in result.diagnostics:
         lines.append(f"  {diagnostic}")
     if pooled is not None:

@@ -145,6 +145,9 @@ def figures(result: EvalResult) -> list[tuple[str, object]]:
         figure.colorbar(image, ax=axis)
         out.append(("Interference", figure))
 
+    if result.drift_curve is not None:
+        out.append(("Efficacy against drift", _drift_figure(plt, result.drift_curve)))
+
     figure, axis = plt.subplots(figsize=(7, 3))
     for concept in result.concepts:
         axis.plot([v for _, v in concept.efficacy.layers], marker=".", label=concept.concept)
@@ -155,6 +158,26 @@ def figures(result: EvalResult) -> list[tuple[str, object]]:
     axis.set_title("efficacy per layer", fontsize=9)
     out.append(("Efficacy per layer", figure))
     return out
+
+
+def _drift_figure(plt, curve):
+    """Efficacy of the spec's rows against the drift of the preserved rows, one point per erase-weight
+    scale (compiler/eval/drift_curve.py), the budget as a line and this patch as a star."""
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    axis.plot([p[1] for p in curve.points], [p[2] for p in curve.points], marker=".", color="#36c", label="× erase weights")
+    for index, (scale, drift, efficacy) in enumerate(curve.points):
+        if index % 2 == 0:
+            label = f"×{scale:g}" if scale >= 1 else f"×1/{round(1 / scale)}"
+            axis.annotate(label, (drift, efficacy), xytext=(4, -10), textcoords="offset points", fontsize=6, color="#555")
+    if curve.max_drift is not None:
+        axis.axvline(curve.max_drift, linestyle="--", color="#a00", label=f"budget {curve.max_drift:g}")
+    axis.plot([curve.landed[1]], [curve.landed[2]], marker="*", markersize=12, color="#a00", linestyle="none", label="this patch")
+    axis.margins(x=0.1)
+    axis.set_xlabel(f"drift of the {curve.preserve_rows} preserved rows (lower is better)")
+    axis.set_ylabel("efficacy (higher is better)")
+    axis.legend(fontsize=7, loc="lower right", frameon=False)
+    axis.set_title("what each step of erasure costs", fontsize=9)
+    return figure
 
 
 def _png(figure) -> str:

@@ -39,11 +39,30 @@ def render_table(result: EvalResult) -> str:
             lines.append(f"  {concept.concept[:20]:<{width}} " + " ".join(f"{v:6.3f}" for v in row))
     else:
         lines.append(f"  interference: {ONE_CONCEPT if len(result.concepts) == 1 else result.interference_note}")
+    lines += drift_curve_lines(result)
     lines.append(
         "  (text pathway, exact; efficacy/generality 1 = reads as the anchor, kept 1 = untouched, "
         f"recoverable 1 = a closed-form attack (λ={result.attack_lambda:g}) restores it; docs/evaluation.md)"
     )
     return "\n".join(lines)
+
+
+def drift_curve_lines(result: EvalResult) -> list[str]:
+    """The efficacy-against-drift curve (compiler/eval/drift_curve.py) as a few columns, and the patch's point."""
+    curve = result.drift_curve
+    if curve is None:
+        return [f"  efficacy against drift: {result.drift_note}"] if result.drift_note else []
+    shown = curve.points[::2]  # 1/1024, 1/256, … 16 × the spec's erase weights
+    budget = "" if curve.max_drift is None else f", budget {curve.max_drift:g}"
+    scale, drift, efficacy = curve.landed
+    return [
+        "",
+        f"  efficacy against drift (erase weights × scale; drift of the {curve.preserve_rows} preserve rows as solved)",
+        "  " + f"{'scale':<9}" + "".join(f"{p[0]:>8.3g}" for p in shown),
+        "  " + f"{'drift':<9}" + "".join(f"{p[1]:>8.4f}" for p in shown),
+        "  " + f"{'efficacy':<9}" + "".join(f"{p[2]:>8.4f}" for p in shown),
+        f"  this patch: scale {scale:.3g}, drift {drift:.4f}, efficacy {efficacy:.4f}{budget}",
+    ]
 
 
 REPORT_FILES = ("report.json", "report.html")

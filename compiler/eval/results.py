@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import EvalError
+from .drift_curve import DriftCurve
 from .metrics import LayerScore
 
 ATTACK_LAMBDA = 0.1  # the adversarial pass's default (passes/adversarial.py), so the two attacks agree
@@ -72,6 +73,8 @@ class EvalResult:
     attack_lambda: float
     # the same matrix for each K/V site on its own: (module path, matrix), in site order
     interference_layers: tuple[tuple[str, tuple[tuple[float, ...], ...]], ...] | None = None
+    drift_curve: DriftCurve | None = None  # efficacy against drift of the patch's spec (drift_curve.py)
+    drift_note: str = ""  # why there is no curve
 
     def as_dict(self) -> dict:
         return {
@@ -97,4 +100,6 @@ class EvalResult:
             },
             "interference_note": self.interference_note,
             "attack_lambda": self.attack_lambda,
+            "drift_curve": None if self.drift_curve is None else self.drift_curve.as_dict(),
+            **({"drift_note": self.drift_note} if self.drift_note else {}),
         }

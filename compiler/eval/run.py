@@ -28,6 +28,7 @@ from erasec.patches.read import read_patch
 from ..models.protocol import TextModel
 from ..models.recording import RecordingModel
 from ..errors import EvalError
+from .drift_curve import drift_curve
 from .metrics import (
     displacement,
     displacement_by_layer,
@@ -128,6 +129,7 @@ def evaluate_patch(
     progress: Callable[[str], None] = lambda stage: None,  # called as each of STAGES begins
 ) -> EvalResult:
     """Every metric of docs/evaluation.md for the patch at ``patch_path`` on ``model_location``."""
+    from ..models.embedding_cache import CachingModel, EmbeddingCache
     from ..models.open import open_model  # torch and transformers load here
 
     progress("open")
@@ -196,6 +198,12 @@ def evaluate_patch(
         ratios = np.add.reduceat(moved, starts) / np.maximum(np.add.reduceat(outputs, starts), np.finfo(float).tiny)
         per_prompt.update(zip(prompts, (1.0 - np.sqrt(ratios)).tolist()))
     least = tuple(sorted(per_prompt.items(), key=lambda item: (item[1], item[0]))[:WORST_SHOWN])
+    landed = ((patch.report or {}).get("drift") or {}).get(space.name, {}).get("scale", 1.0)
+    pipeline_text = patch.metadata.get("erasec.pipeline") or preset.pipeline
+    # the curve lowers the whole spec (the method's prior too): through the embedding cache, the rows
+    # the patch's build encoded are read back instead of encoded again
+    cached = CachingModel(model.inner, EmbeddingCache.at())
+    curve, curve_note = drift_curve(spec, preset, pipeline_text, cached, landed)
 
     progress("interference")
     matrix, layers, note = _interference(patch, spec, preset, model, space, weights, deltas, own_rows, options)
@@ -214,4 +222,6 @@ def evaluate_patch(
         interference_note=note,
         interference_layers=layers,
         attack_lambda=options.attack_lambda,
+        drift_curve=curve,
+        drift_note=curve_note,
     )

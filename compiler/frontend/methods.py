@@ -1,5 +1,6 @@
 """A spec's method made concrete: the pipeline text it builds with (the method's preset, or the
-spec's ``options.pipeline``, with the spec's dtype, ``on_conflict`` and ``rece`` schedule applied)."""
+spec's ``options.pipeline``, with the spec's dtype, ``on_conflict``, ``rece`` schedule and
+``max_drift`` budget applied)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,29 @@ def pipeline_text(spec: Spec) -> str:
         text = str(Pipeline(passes))
     if spec.options.rece is not None:
         text = _with_rece_schedule(spec, text)
+    if spec.options.max_drift is not None:
+        text = _with_drift_budget(spec, text)
     return text
+
+
+def _with_drift_budget(spec: Spec, text: str) -> str:
+    """``options.max_drift`` as a ``drift-budget`` pass right before the pipeline's ``solve`` (it
+    re-weights the rows that solve reads), or the budget set on the one the pipeline already has."""
+    from erasec.passes.drift_budget import DriftBudgetPass
+
+    passes = Pipeline.parse(text).passes
+    names = [p.name for p in passes]
+    if "drift-budget" in names:
+        return str(Pipeline(tuple(
+            dataclasses.replace(p, max_drift=spec.options.max_drift) if p.name == "drift-budget" else p for p in passes
+        )))
+    if "solve" not in names:
+        raise SpecError(
+            f"{spec.where('options.max_drift')}: the pipeline has no solve pass to budget (method {spec.method} "
+            "solves in its own rounds); remove max_drift or use a method that ends in solve"
+        )
+    at = names.index("solve")
+    return str(Pipeline(passes[:at] + (DriftBudgetPass(max_drift=spec.options.max_drift),) + passes[at:]))
 
 
 def _with_rece_schedule(spec: Spec, text: str) -> str:

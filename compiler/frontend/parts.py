@@ -25,7 +25,7 @@ from .text_files import inside, read_utf8
 from .yaml_nodes import MAX_SCALAR_CHARS, TAG, NodeReader, node_kind, quote
 
 OPTION_KEYS = (
-    "lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled", "rece",
+    "lambda", "erase_scale", "preserve_scale", "prior_scale", "on_conflict", "pipeline", "pooled", "rece", "max_drift",
     "sequence_length", "neighbors", "implicit_rows",
 )
 TRIGGER_KEYS = ("prompt", "counterpart", "file")  # an item of an implicit entry's triggers
@@ -99,6 +99,7 @@ class SpecPartsReader(NodeReader):
             implicit_rows=self.choice(fields["implicit_rows"][1], "options.implicit_rows", ROW_RULES)
             if "implicit_rows" in fields
             else None,
+            max_drift=self.max_drift(fields),
             neighbors=read_neighbors(self, fields["neighbors"][1]) if "neighbors" in fields else None,
             sequence_length=self.sequence_length(fields["sequence_length"][1]) if "sequence_length" in fields else None,
         )
@@ -136,6 +137,17 @@ class SpecPartsReader(NodeReader):
         if not values:
             raise self.error(node, "options.rece", f"is empty; give any of {', '.join(RECE_KEYS)}, or remove it")
         return tuple((key, values[key]) for key in RECE_KEYS if key in values)
+
+    def max_drift(self, fields: dict) -> float | None:
+        """``options.max_drift``: the drift budget, a fraction of the preserved rows' K/V outputs in (0, 1)."""
+        if "max_drift" not in fields:
+            return None
+        node = fields["max_drift"][1]
+        number = self.number(node, "options.max_drift")
+        if not 0 < number < 1:
+            what = f"{quote(node.value)} is not in (0, 1); a drift budget is a fraction of the preserved rows' outputs, e.g. 0.05"
+            raise self.error(node, "options.max_drift", what)
+        return number
 
     def flag(self, fields: dict, key: str, where: str) -> bool:
         if key not in fields:

@@ -62,6 +62,7 @@ class Options:
     # method rece's schedule (docs/spec.md): (key, value) pairs of recipe, rounds, attack_lambda, retain
     rece: tuple[tuple[str, object], ...] | None = None
     implicit_rows: str | None = None  # the row rule of implicit entries' triggers (None: the method's)
+    max_drift: float | None = None  # drift budget, in (0, 1): passes/drift_budget.py (None: no budget)
     neighbors: Neighbors | None = None  # concepts near each erased one, preserved (compiler/frontend/neighbors.py)
     sequence_length: int | None = None  # a DiT's T5 padding (docs/models.md); None: its pipeline's default
 
@@ -131,6 +132,7 @@ class Spec:
                 **({"pooled": True} if self.options.pooled else {}),  # absent when off: older specs keep their JSON
                 **({"rece": dict(self.options.rece)} if self.options.rece is not None else {}),
                 **({"implicit_rows": self.options.implicit_rows} if self.options.implicit_rows is not None else {}),
+                **({"max_drift": self.options.max_drift} if self.options.max_drift is not None else {}),
                 **({"neighbors": self.options.neighbors.canonical()} if self.options.neighbors is not None else {}),
                 **({"sequence_length": self.options.sequence_length} if self.options.sequence_length is not None else {}),
             },

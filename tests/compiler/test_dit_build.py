@@ -24,7 +24,7 @@ from erasec.patches.read import read_patch
 LENGTH = 8  # options.sequence_length: few enough rows to be exact (≤ the key width)
 TRANSFORMER = Path("transformer") / "diffusion_pytorch_model.safetensors"
 FAMILIES = {"flux": "tiny-flux", "chroma": "tiny-chroma", "sd3": "tiny-sd3", "wan": "tiny-wan"}
-EXACT = {name: FAMILIES[name] for name in ("flux", "chroma", "wan")}  # TODO sd3: its tiny CLIP rows span 64 < 77 dims
+EXACT = FAMILIES
 PROMPT, ANCHOR = "Van Gogh", "a painter"
 
 
@@ -130,9 +130,7 @@ def test_sd3_rows_are_the_pipelines_own(built):
     import torch
     from diffusers import StableDiffusion3Pipeline
 
-    from erasec.compiler.models.builtin import builtin_model_path
-
-    folder = builtin_model_path("tiny-sd3")
+    folder, _ = built["sd3"]
     pipe = StableDiffusion3Pipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
     with torch.inference_mode():
         embeds, _, pooled, _ = pipe.encode_prompt(

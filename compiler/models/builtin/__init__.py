@@ -54,7 +54,7 @@ BUILTIN_MODELS: tuple[str, ...] = ("tiny-sd1", "tiny-sd2", "tiny-sdxl", "minilm-
 SINGLE_FILE_SUFFIX = ".safetensors"
 # Bump a model's version when its recipe changes, so stale cached copies are not reused (the T5
 # tokenizer's training text, compiler/data, is part of the DiT recipes).
-_VERSIONS = {"tiny-sd1": 1, "tiny-sd2": 1, "tiny-sdxl": 1, "minilm-sd1": 1} | dict.fromkeys(DIT_BUILTIN_MODELS, 1)
+_VERSIONS = {"tiny-sd1": 1, "tiny-sd2": 1, "tiny-sdxl": 1, "minilm-sd1": 1} | dict.fromkeys(DIT_BUILTIN_MODELS, 1) | {"tiny-sd3": 2}  # 2: CLIP widths 48
 _SINGLE_FILE_VERSION = 2  # 2: the header records the UNet config (erasec.unet_config)
 
 

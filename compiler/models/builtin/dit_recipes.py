@@ -11,7 +11,7 @@ pipelines' own folder layout, offline:
 
 Where the recipes leave the tests, it is so that the fixture has the real model's structure:
 
-* ``tiny-sd3``: CLIP-L ⊕ CLIP-G rows (32 + 32) are zero-padded to the T5 width, as SD3's 768 + 1280
+* ``tiny-sd3``: CLIP-L ⊕ CLIP-G rows (48 + 48) are zero-padded to the T5 width, as SD3's 768 + 1280
   are to 4096; the tests' ``joint_attention_dim=32`` would instead crop the CLIP-G half away, so
   here the T5 width and ``joint_attention_dim`` are 128.
 * ``tiny-wan``: Wan 2.2's two experts (``transformer`` for high noise, ``transformer_2`` for low
@@ -35,6 +35,9 @@ from ..tokenizer import OPEN_CLIP_PAD_TOKEN, write_clip_tokenizer
 from .recipes import _clip_config, write_index
 
 _SD3_JOINT_DIM = 128
+# SD3's CLIP widths: 48 + 48 = 96 ≥ 77, so its 77 CLIP rows can be independent (as SD3's 2048-d ones are):
+# an exact erase of every row the runtime feeds is possible, as on the real model (tests/compiler/test_dit_build.py)
+_SD3_CLIP_WIDTH = 48
 _FLUX_TRANSFORMER = {
     "patch_size": 1, "in_channels": 4, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
     "num_attention_heads": 2, "axes_dims_rope": (4, 4, 8),
@@ -80,19 +83,19 @@ def _umt5():
     return UMT5EncoderModel(umt5_config())
 
 
-def _clip_l(with_projection: bool = False):
+def _clip_l(with_projection: bool = False, width: int = 32):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     # OpenAI CLIP-L's activation and padding (EoT); width 32 as the tests' CLIP
-    config = _clip_config(32, 4, "quick_gelu", 49407, projection_dim=32)
+    config = _clip_config(width, 4, "quick_gelu", 49407, projection_dim=32)
     return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
 
 
-def _clip_g():
+def _clip_g(width: int = 32):
     from transformers import CLIPTextModelWithProjection
 
     # OpenCLIP bigG's activation and padding ("!", id 0)
-    return CLIPTextModelWithProjection(_clip_config(32, 4, "gelu", 0, projection_dim=32))
+    return CLIPTextModelWithProjection(_clip_config(width, 4, "gelu", 0, projection_dim=32))
 
 
 def _flux_transformer(joint_attention_dim: int = 32):
@@ -220,8 +223,8 @@ def write_tiny_chroma(folder: Path) -> None:
 def write_tiny_sd3(folder: Path) -> None:
     write_seeded(folder, (
         ("transformer", _sd3_transformer),
-        ("text_encoder", lambda: _clip_l(with_projection=True)),
-        ("text_encoder_2", _clip_g),
+        ("text_encoder", lambda: _clip_l(with_projection=True, width=_SD3_CLIP_WIDTH)),
+        ("text_encoder_2", lambda: _clip_g(_SD3_CLIP_WIDTH)),
         ("text_encoder_3", lambda: _t5(_SD3_JOINT_DIM)),
         ("vae", lambda: _vae(4)),
     ))
