@@ -55,7 +55,7 @@ def test_eot_pad_takes_exactly_the_eot_and_padding_rows_paired_with_the_counterp
         eot, guide_eot = len(ids[prompt]) - 1, len(ids[guide]) - 1
         assert tokens == list(range(eot, 77))  # the first EoT and every padding row, nothing else
         padded = tiny.tokenize([prompt])[0] + [ids[prompt][-1]] * (77 - len(ids[prompt]))  # CLIP pads with EoT
-        assert set(padded[t] for t in tokens) == {ids[prompt][-1]}
+        assert {padded[t] for t in tokens} == {ids[prompt][-1]}
         own, safe = tiny.encode([prompt, guide], padded=True)
         np.testing.assert_allclose(keys, own[eot:], rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(guides, safe[np.minimum(guide_eot + np.arange(77 - eot), 76)], rtol=1e-6, atol=1e-7)
