@@ -7,16 +7,17 @@ Movement of a prompt = sqrt(Σ_rows ‖ΔW c‖² / Σ_rows ‖W0 c‖²) over t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
 from cli_helpers import run
 from erasec.compiler.models.open import open_model
 from erasec.patches.link import decode_shared
 from erasec.patches.read import read_patch
+from safetensors.numpy import load_file
 
-LENGTH = 64  # options.sequence_length: short enough for a fast test; the test bed's pipeline default is 512
+LENGTH = 64  # the example's options.sequence_length (MiniLM was trained with masks: short padding)
 PARAPHRASES = (  # carry Van Gogh without naming him; no spec below names them
     "the painter of The Starry Night",
     "sunflowers painted by the Dutch post-impressionist",
@@ -24,22 +25,7 @@ PARAPHRASES = (  # carry Van Gogh without naming him; no spec below names them
     "self-portrait with a bandaged ear",
 )
 UNRELATED = ("a red sports car on a highway", "a bowl of fruit on a table", "a city skyline at night")
-SPEC = f"""erasec: 1
-name: minilm-flux
-version: 1.0.0
-model: builtin:minilm-flux
-method: erasec
-erase:
-  - concept: Van Gogh
-    anchor: a painter
-    synonyms: [Vincent van Gogh]
-    templates: ["a painting in the style of {{}}", "art by {{}}"]
-preserve: [Claude Monet, Pablo Picasso, a photo of a cat]
-options:
-  sequence_length: {LENGTH}
-output:
-  format: peft
-"""
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flux-quickstart.yaml"  # the README's FLUX example
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +33,9 @@ def movement(tmp_path_factory):
     from erasec.compiler.models.builtin import builtin_model_path
 
     root = tmp_path_factory.mktemp("minilm-flux")
-    (root / "spec.yaml").write_text(SPEC)
+    assert f"sequence_length: {LENGTH}" in EXAMPLE.read_text()
     patch = root / "patch.safetensors"
-    result = run("build", root / "spec.yaml", "-o", patch)
+    result = run("build", EXAMPLE, "-o", patch)
     assert result.exit_code == 0, result.output
     folder = builtin_model_path("minilm-flux")
     w0 = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))["context_embedder.weight"]
