@@ -46,6 +46,9 @@ class BuildOptions:
     cache: bool = True  # reuse text-encoder rows from the embedding cache (compiler/models/embedding_cache.py)
     cache_dir: Path | None = None  # the erasec cache dir (default: models/cache_dir.cache_root)
     force: bool = False  # replace an existing output that is not this spec's patch (compiler/outputs.py)
+    device: str = "auto"  # where the text encoders run: auto | cpu | cuda (compiler/models/placement.py)
+    encoder_dtype: str = "fp32"  # fp32 | bf16 (the device path)
+    encode_batch: int | None = None  # prompts per encoder pass (None: 1 on the CPU, 32 on CUDA)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +75,7 @@ class BuildResult:
     diagnostics: tuple[str, ...] = ()  # what passes reported: "<severity> [<pass>] <message>"
     format: str = "kohya"  # output.format: kohya | peft | checkpoint | onnx
     prompts: dict[str, int] = field(default_factory=dict)  # {"cached": n, "encoded": m} distinct prompts
+    device: dict | None = None  # where the encoders ran (erasec.device; None: no model opened, as compose)
     drift: dict[str, dict] = field(default_factory=dict)  # options.max_drift: key space -> where its budget landed
 
     def as_dict(self) -> dict:
@@ -96,6 +100,7 @@ class BuildResult:
             "pooled_scores": None if self.pooled_scores is None else self.pooled_scores.as_dict(),
             "paths": list(self.paths),
             "prompts": dict(self.prompts),
+            "device": self.device,
             **({"drift": dict(self.drift)} if self.drift else {}),  # absent without options.max_drift
         }
 
@@ -164,8 +169,12 @@ def build_spec(
 
     progress("load")
     caching = None  # the cache wrapper of a model opened here: its counts go to the summary
+    placement = None  # where its encoders run (erasec.device)
     if model is None:
         from .models.embedding_cache import CachingModel, EmbeddingCache
+        from .models.placement import EncodeOptions, placed
+
+        placement = EncodeOptions(device=options.device, dtype=options.encoder_dtype, batch=options.encode_batch).resolve()
 
         try:
             model = open_model(
@@ -176,7 +185,8 @@ def build_spec(
             if options.model is not None:
                 raise
             raise type(error)(f"{spec.where('model')}: {error}") from None
-        model = caching = CachingModel(model, EmbeddingCache.at(options.cache_dir) if options.cache else None)
+        cache = EmbeddingCache.at(options.cache_dir) if options.cache else None
+        model = caching = CachingModel(placed(model, placement), cache, placement)
     recording = None  # what output.link records
     if spec.output.link:
         model = recording = RecordingModel(model)
@@ -213,7 +223,10 @@ def build_spec(
     progress("emit")
     mark = time.perf_counter()
     encodings = recording.encodings if recording is not None else None
-    size, rank = emit(_emit_job(spec, pipeline, program, model, encodings, scores, base_weights, output, extra_metadata))
+    job = _emit_job(spec, pipeline, program, model, encodings, scores, base_weights, output, extra_metadata)
+    if placement is not None and job.record is not None:
+        job = replace(job, record=replace(job.record, device=placement.as_dict()))
+    size, rank = emit(job)
     seconds["emit"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - clock
 
@@ -243,6 +256,7 @@ def build_spec(
         + low_efficacy_warning(spec, scores)  # a concept erased far less than its method normally does
         + format_warning(spec, program),
         prompts={"cached": caching.hits if caching else 0, "encoded": len(caching.encoded) if caching else 0},
+        device=placement.as_dict() if placement is not None else None,
         drift=drift_report(program),
     )
 

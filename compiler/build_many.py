@@ -8,6 +8,7 @@ solves and writes ``<out>/<spec stem>.safetensors``. Workers share the embedding
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -51,8 +52,13 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+Encode = tuple[str, str, "int | None"]  # --device, --encoder-dtype, --encode-batch (models/placement.py)
+_ENCODE_DEFAULT: Encode = ("auto", "fp32", None)
+
+
 def build_one(
-    spec: str, output: str, model: str | None, cache: bool, threads: int, force: bool = False, allow_outside_spec: bool = False
+    spec: str, output: str, model: str | None, cache: bool, threads: int, force: bool = False, allow_outside_spec: bool = False,
+    encode: Encode = _ENCODE_DEFAULT,
 ) -> ManyResult:
     """One build in this process; an ``ErasecError`` becomes a failed result, not an exception."""
     from erasec.ir.errors import ErasecError
@@ -65,7 +71,10 @@ def build_one(
 
         torch.set_num_threads(threads)
     try:
-        result = build(spec, output, BuildOptions(model=model, cache=cache, force=force, allow_outside_spec=allow_outside_spec))
+        device, dtype, batch = encode
+        options = BuildOptions(model=model, cache=cache, force=force, allow_outside_spec=allow_outside_spec,
+                               device=device, encoder_dtype=dtype, encode_batch=batch)
+        result = build(spec, output, options)
     except ErasecError as error:
         return ManyResult(spec=spec, output=output, ok=False, seconds=time.perf_counter() - clock, error=str(error))
     summary = result.as_dict()
@@ -83,11 +92,15 @@ def build_many(
     ray_address: str | None = None,
     force: bool = False,
     allow_outside_spec: bool = False,
+    encode: Encode = _ENCODE_DEFAULT,
 ) -> list[ManyResult]:
     """Build every spec in ``folder`` into ``out``; results in the specs' (sorted) order.
 
     Checked before any build: ``jobs``, the output folder (patches/outputs.py) and that no two specs
-    share an output name; each spec's own output is checked by its build, before its work."""
+    share an output name; each spec's own output is checked by its build, before its work.
+    ``encode``: where the encoders run; on CUDA the builds share one GPU, so without ``jobs`` they
+    run one after another in this process (each worker would hold its own copy of the encoders),
+    and with ``jobs`` in spawned processes (CUDA does not survive a fork)."""
     from erasec.patches.outputs import check_output_folder
 
     if jobs is not None and jobs < 1:
@@ -104,19 +117,26 @@ def build_many(
             raise BuildError(
                 f"{other} and {spec}: both would write {out / (spec.stem + '.safetensors')}; rename one of them"
             )
+    from .models.placement import EncodeOptions
+
+    device, dtype, batch = encode
+    kind = EncodeOptions(device=device, dtype=dtype, batch=batch).resolve().kind  # refuses cuda without a GPU
     tasks = [(str(spec), str(out / f"{spec.stem}.safetensors"), model, cache) for spec in specs]
     if ray_address is not None:
-        return _on_ray(tasks, ray_address, force, allow_outside_spec)
-    workers = max(1, min(jobs or cores(), len(tasks)))
+        return _on_ray(tasks, ray_address, force, allow_outside_spec, encode)
+    workers = max(1, min(jobs or (1 if kind == "cuda" else cores()), len(tasks)))
     threads = max(1, cores() // workers)
     if workers == 1:
-        return [build_one(*task, threads, force, allow_outside_spec) for task in tasks]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(build_one, *task, threads, force, allow_outside_spec) for task in tasks]
+        return [build_one(*task, threads, force, allow_outside_spec, encode) for task in tasks]
+    context = multiprocessing.get_context("spawn") if kind == "cuda" else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(build_one, *task, threads, force, allow_outside_spec, encode) for task in tasks]
         return [future.result() for future in futures]
 
 
-def _on_ray(tasks: list[tuple], address: str, force: bool = False, allow_outside_spec: bool = False) -> list[ManyResult]:
+def _on_ray(
+    tasks: list[tuple], address: str, force: bool = False, allow_outside_spec: bool = False, encode: Encode = _ENCODE_DEFAULT
+) -> list[ManyResult]:
     """The same builds as Ray tasks (one CPU each by default); ``address`` as ``ray.init`` takes it
     (``auto``, ``ray://host:10001``, or ``local`` for a cluster started in this process)."""
     require_extra("cluster", "--ray")
@@ -124,4 +144,4 @@ def _on_ray(tasks: list[tuple], address: str, force: bool = False, allow_outside
 
     ray.init(address=None if address == "local" else address, ignore_reinit_error=True)
     remote = ray.remote(build_one)
-    return ray.get([remote.remote(*task, 0, force, allow_outside_spec) for task in tasks])
+    return ray.get([remote.remote(*task, 0, force, allow_outside_spec, encode) for task in tasks])

@@ -39,13 +39,15 @@ class PatchRecord:
     shared: str | None
     link: str | None
     extra: tuple[tuple[str, str], ...] = ()
+    device: dict | None = None  # erasec.device: the encoders' placement (models/placement.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Emit:
     """One emit: the solution on ``target`` (base K/V ``weights``) for ``spec``, into ``output``.
     ``rank`` is the LoRA rank to store (None: the solved one); ``record`` is the LoRA manifest's
-    content, ``model`` the opened model (the merged checkpoint copies its layout)."""
+    content, ``model`` the opened model (the merged checkpoint copies its layout; a LoRA's manifest
+    records its ``sequence_length``)."""
 
     spec: Spec
     solution: Solution
@@ -100,6 +102,9 @@ def patch_manifest(job: Emit, rank: int) -> Manifest:
         link=record.link,
         extra=record.extra,
         layout=spec.output.format,
+        device=record.device,
+        # the T5 padding the rows were computed at (None for SD): the opened model's, defaulted or not
+        sequence_length=job.model.sequence_length if job.model is not None else None,
     )
 
 

@@ -36,6 +36,7 @@ from .manifest_checks import (
     ADAPTER_KEY,
     DTYPES,
     check_base,
+    check_sequence_length,
     check_name,
     check_report,
     check_spaces,
@@ -102,6 +103,7 @@ def check_patch(
     derived = json_value(path, metadata, "erasec.derived_from", list, optional=True)
     check_spec(path, spec, metadata)
     check_base(path, base)
+    check_sequence_length(path, base, spec)
     layout = spec.get("output", {}).get("format", "kohya")
     rank = rank_of(path, metadata, layout, base["family"])
     pooled = (spec.get("options") or {}).get("pooled") is True
@@ -109,6 +111,12 @@ def check_patch(
     check_report(path, report)
     if derived is not None and not all(isinstance(d, dict) and isinstance(d.get("name"), str) for d in derived):
         raise fail(path, "erasec.derived_from", "is not a list of {name, version, sha256}")
+    device = json_value(path, metadata, "erasec.device", dict, optional=True)
+    if device is not None and not (
+        device.get("kind") in ("cpu", "cuda") and device.get("dtype") in ("fp32", "bf16")
+        and type(device.get("batch")) is int and device["batch"] >= 1 and len(device) == 3
+    ):
+        raise fail(path, "erasec.device", f"{metadata['erasec.device']} is not {{kind: cpu|cuda, dtype: fp32|bf16, batch: n}}")
     for key in ("erasec.shared", "erasec.link"):
         if key in metadata and not metadata[key].startswith("{"):
             raise fail(path, key, "is not a packed-array record; the file is damaged")

@@ -23,6 +23,7 @@ from .common import (
     NoBar,
     build_summary,
     emit,
+    encoder_options,
     fail,
     human_size,
     json_option,
@@ -59,8 +60,9 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="replace an existing -o file that is not an erasec patch of the spec's name "
               "(never an input, a link or a device)")
 @click.option("--allow-outside-spec", is_flag=True, help="let the spec name files outside its folder (trusted specs only)")
+@encoder_options
 def build(spec, output, model, as_json, print_ir_after, print_ir_changed, verify_each, allow_pickle, no_cache, force,
-          allow_outside_spec) -> None:
+          allow_outside_spec, device, encoder_dtype, encode_batch) -> None:
     """Compile SPEC into a LoRA patch.
 
     -o is checked before any work: a rebuild replaces an erasec patch of the same name; any other
@@ -75,6 +77,7 @@ def build(spec, output, model, as_json, print_ir_after, print_ir_changed, verify
     options = BuildOptions(
         model=model, print_ir_after=wanted, print_ir_changed=print_ir_changed, verify_each=verify_each,
         allow_pickle=allow_pickle, cache=not no_cache, force=force, allow_outside_spec=allow_outside_spec,
+        device=device, encoder_dtype=encoder_dtype, encode_batch=encode_batch,
     )
     from ..build import BUILD_STAGES
 
@@ -103,8 +106,10 @@ def build(spec, output, model, as_json, print_ir_after, print_ir_changed, verify
 @click.option("--force", is_flag=True, help="replace existing OUTPUT/<name>.safetensors files that are not erasec "
               "patches of their spec's name")
 @click.option("--allow-outside-spec", is_flag=True, help="let the specs name files outside their folder (trusted specs only)")
+@encoder_options
 @json_option
-def build_many(folder, output, model, jobs, ray_address, no_cache, force, allow_outside_spec, as_json) -> None:
+def build_many(folder, output, model, jobs, ray_address, no_cache, force, allow_outside_spec, device, encoder_dtype,
+               encode_batch, as_json) -> None:
     """Compile every *.yaml spec in FOLDER into OUTPUT/<name>.safetensors, in parallel.
 
     Each output follows build's -o rules; two specs with one name (a.yaml and a.yml) are refused
@@ -119,7 +124,7 @@ def build_many(folder, output, model, jobs, ray_address, no_cache, force, allow_
     results = run_command(
         lambda: run_many(
             Path(folder), Path(output), jobs=jobs, model=model, cache=not no_cache, ray_address=ray_address, force=force,
-            allow_outside_spec=allow_outside_spec,
+            allow_outside_spec=allow_outside_spec, encode=(device, encoder_dtype, encode_batch),
         ),
         loads_models=False,
     )

@@ -70,6 +70,25 @@ def return_freed_memory() -> None:
         pass
 
 
+def encoder_options(function):
+    """``--device``, ``--encoder-dtype``, ``--encode-batch``: where and how the text encoders run
+    (compiler/models/placement.py; docs/performance.md, "Builds on a GPU")."""
+    from ..models.placement import DEVICES, ENCODER_DTYPES, GPU_BATCH
+
+    for option in reversed((
+        click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES),
+                     help="where the text encoders run: auto is cuda when torch sees a GPU, else cpu (one prompt a "
+                     "pass, byte-identical at any thread count)"),
+        click.option("--encoder-dtype", default="fp32", show_default=True, type=click.Choice(ENCODER_DTYPES),
+                     help="the encoders' precision; bf16 is faster on a GPU and moves the patch (docs/performance.md)"),
+        click.option("--encode-batch", default=None, type=click.IntRange(min=1),
+                     help=f"prompts per encoder pass (default: 1 on cpu, {GPU_BATCH} on cuda); more than 1 on cpu "
+                     "runs the batched device path there"),
+    )):
+        function = option(function)
+    return function
+
+
 def json_option(function):
     return click.option("--json", "as_json", is_flag=True, help="print the result as JSON")(function)
 
@@ -123,6 +142,13 @@ POOLED_KOHYA_NOTE = (
 _FORMAT_NAMES = {"kohya": "kohya LoRA", "peft": "PEFT/diffusers LoRA", "checkpoint": "merged checkpoint", "onnx": "ONNX UNet"}
 
 
+def _placement_words(device: dict | None) -> str:
+    """`` on cuda (fp32, 32 a pass)`` for the device path; nothing for the CPU path (placement.py)."""
+    if not device or device == {"kind": "cpu", "dtype": "fp32", "batch": 1}:
+        return ""
+    return f" on {device['kind']} ({device['dtype']}, {device['batch']} a pass)"
+
+
 def build_summary(result) -> str:
     """The text ``erasec build`` and ``erasec compose`` print for a ``BuildResult``.
 
@@ -141,7 +167,8 @@ def build_summary(result) -> str:
         f"   condition {result.condition:.3g}",
         f"  rank     {result.rank} in each of {result.layers} layers",
         *(
-            [f"  prompts  {result.prompts['encoded']} encoded, {result.prompts['cached']} from the embedding cache"]
+            [(f"  prompts  {result.prompts['encoded']} encoded{_placement_words(getattr(result, 'device', None))}, "
+              f"{result.prompts['cached']} from the embedding cache")]
             if any((getattr(result, "prompts", None) or {}).values())
             else []
         ),

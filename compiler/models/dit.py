@@ -39,6 +39,7 @@ from erasec.ir import KeySpace, LinearSite, ModelTarget
 from ..errors import ModelError
 from . import bert, grams, pins
 from .families import FAMILIES, Encoder, Family
+from .placement import CPU_PATH, Placement
 from .tensor_files import LazyWeights, TensorFile, first_line, read_json
 from .tokenizer import MODEL_MAX_LENGTH, load_clip_tokenizer
 
@@ -81,6 +82,7 @@ class DiTModel:
     _file: TensorFile
     sequence_length: int
     cache_dir: Path | None = None
+    placement: Placement = CPU_PATH  # where and how the text encoders run (placement.py)
     _loaded: _Loaded = field(default_factory=_Loaded, init=False, repr=False)
 
     @property
@@ -169,6 +171,7 @@ class DiTModel:
         with loaded.lock:
             if component not in loaded.encoders:
                 loaded.encoders[component] = _load_encoder(self.path / component)
+                loaded.encoders[component] = self.placement.place(loaded.encoders[component])
             return loaded.encoders[component]
 
     def _clean(self, prompts: Sequence[str]) -> list[str]:

@@ -34,6 +34,12 @@ the first build against an encoder file pays it. Two other per-model costs are m
 under the K/V weights file's stamp: the site Gram Σ W0ᵀW0 (``grams/``; SDXL's 140 matrices) and the
 patch's base pin (``pins/``).
 
+The device path (``placement.py``: ``--device cuda``, ``--encoder-dtype bf16`` or
+``--encode-batch N``) encodes the prompts ``batch`` at a time instead, every pass of one shape (the
+model's full padded length, a short last batch filled), on the device and with torch's threads: its
+rows equal the CPU path's to fp32 rounding, not bit for bit, so its entries are keyed by the
+placement (device kind, encoder dtype, batch) as well.
+
 ``CachingModel`` wraps an opened ``SDModel`` (its keys read the model's files) and is itself a
 ``protocol.TextModel``, as ``recording.RecordingModel`` is; ``--no-cache`` builds go through it too
 (``cache=None``), so they encode exactly as cached ones do.
@@ -55,6 +61,7 @@ import numpy as np
 
 from .cache_entries import CacheInfo, EmbeddingCache  # noqa: F401  (the CLI's `erasec cache`)
 from .pins import text_encoder_tensors
+from .placement import CPU_PATH, Placement
 from .wrapper import ModelWrapper
 
 if TYPE_CHECKING:
@@ -148,9 +155,10 @@ class CachingModel(ModelWrapper):
 
     inner: SDModel
 
-    def __init__(self, model: SDModel, cache: EmbeddingCache | None) -> None:
+    def __init__(self, model: SDModel, cache: EmbeddingCache | None, placement: Placement = CPU_PATH) -> None:
         super().__init__(model)
         self._cache = cache
+        self._placement = placement  # the device path when not the CPU path (module docstring)
         self._pin: dict | None = None
         self._pin_known = False
         self._context: str | None = None
@@ -215,6 +223,7 @@ class CachingModel(ModelWrapper):
             "padded": padded,
             "truncation": _TRUNCATION,
             **({"rows": self.inner.padded_rows} if self.inner.padded_rows != _TRUNCATION else {}),
+            **({} if self._placement.cpu_path else {"placement": self._placement.as_dict()}),
             "torch": _package_version("torch"),
             "transformers": _package_version("transformers"),
         }
@@ -251,7 +260,12 @@ class CachingModel(ModelWrapper):
                     rows[prompt] = found
         missing = [prompt for prompt in distinct if prompt not in rows]
         self.hits += len(distinct) - len(missing)
-        if missing:
+        if missing and not self._placement.per_prompt:
+            for prompt, array in self._batched(missing, kind, padded):
+                rows[prompt] = array
+                if keys:
+                    self._cache.put(keys[prompt], array, kind)
+        elif missing:
 
             def encode(prompt: str) -> np.ndarray:  # a pass of its own: its rows do not depend on the others
                 return (self.inner.encode_pooled([prompt]) if kind == "pooled" else self.inner.encode([prompt], padded=padded))[0]
@@ -263,3 +277,19 @@ class CachingModel(ModelWrapper):
                         self._cache.put(keys[prompt], array, kind)
         self.encoded.extend(missing)
         return [rows[prompt] for prompt in prompts]
+
+    def _batched(self, prompts: list[str], kind: str, padded: bool) -> Iterator[tuple[str, np.ndarray]]:
+        """The device path: ``prompts`` in passes of ``batch``, each filled to a full batch and padded
+        to the model's length (module docstring), every prompt's rows cut to its tokens unless
+        ``padded``: the rows a shorter pass gives, to fp32 rounding (a causal or masked encoder)."""
+        size = self._placement.batch
+        tokens = {} if padded or kind == "pooled" else dict(zip(prompts, map(len, self.inner.tokenize(prompts))))
+        for start in range(0, len(prompts), size):
+            chunk = prompts[start : start + size]
+            batch = self._placement.fill(chunk)
+            arrays = self.inner.encode_pooled(batch) if kind == "pooled" else self.inner.encode(batch, padded=True)
+            for prompt, array in zip(chunk, arrays):
+                if prompt in tokens:
+                    array = np.ascontiguousarray(array[: tokens[prompt]])
+                    array.flags.writeable = False
+                yield prompt, array

@@ -31,6 +31,7 @@ from erasec.ir.naming import checkpoint_weight_name
 
 from . import grams, pins, sd_components, text_encoders
 from .families import FAMILIES, Encoder, HiddenState
+from .placement import CPU_PATH, Placement
 from .tensor_files import LazyWeights, TensorFile
 from .tokenizer import MODEL_MAX_LENGTH
 
@@ -61,7 +62,7 @@ class SDModel:
     """An opened SD1.x/SD2.x/SDXL model, a ``protocol.TextModel``; ``open.open_model`` builds it. Its
     fields say which model it is; what it loads on demand lives in ``_loaded``, a memo that
     ``dataclasses.replace`` starts anew (another target reads its own weights). ``cache_dir``: where
-    tokenizer files are kept."""
+    tokenizer files are kept. ``placement``: where and how the text encoders run (``placement.py``)."""
 
     location: str
     path: Path
@@ -70,6 +71,7 @@ class SDModel:
     unet_weights_file: Path  # the file holding the K/V tensors (the single file itself for that layout)
     _file: TensorFile
     cache_dir: Path | None = None
+    placement: Placement = CPU_PATH
     _loaded: _Loaded = field(default_factory=_Loaded, init=False, repr=False)
 
     @property
@@ -83,6 +85,11 @@ class SDModel:
     @property
     def padded_rows(self) -> int:
         return MODEL_MAX_LENGTH
+
+    @property
+    def sequence_length(self) -> None:
+        """SD has no T5 padding (its CLIP rows are always 77)."""
+        return None
 
     def seen_rows(self, tokens: int) -> int:
         """Every padded row: cross-attention attends to all 77."""
@@ -142,7 +149,7 @@ class SDModel:
         loaded = self._loaded
         with loaded.lock:
             if component not in loaded.encoders:
-                loaded.encoders[component] = sd_components.load_text_encoder(self, component).eval()
+                loaded.encoders[component] = self.placement.place(sd_components.load_text_encoder(self, component).eval())
             own = loaded.replicas.__dict__
             if component not in own:
                 own[component] = text_encoders.replica(loaded.encoders[component])

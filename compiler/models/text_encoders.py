@@ -157,11 +157,11 @@ def computing_in_fp32(model):
     def widen_output(module, args, output):
         return output.to(torch.float32)
 
-    holders = []
+    holders, handles = [], []
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding):
             # a lookup copies stored values: widening its output is exact, and spares copying the table
-            module.register_forward_hook(widen_output)
+            handles.append(module.register_forward_hook(widen_output))
         elif next(module.parameters(recurse=False), None) is not None:
             holders.append(module)
     size = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in holders)
@@ -183,9 +183,20 @@ def computing_in_fp32(model):
         module._parameters.update(getattr(local, "stored", {}).pop(id(module), {}))
 
     for module in holders:
-        module.register_forward_pre_hook(widen)
-        module.register_forward_hook(narrow)
+        handles.append(module.register_forward_pre_hook(widen))
+        handles.append(module.register_forward_hook(narrow))
+    model._erasec_widening = tuple(handles)  # without_fp32_compute removes them
     return model
+
+
+def without_fp32_compute(model):
+    """``model`` without ``computing_in_fp32``'s hooks, in its stored dtype (the device path,
+    ``placement.py``, casts it to the device's dtype: the hooks widen into a host workspace)."""
+    for handle in getattr(model, "_erasec_widening", ()):
+        handle.remove()
+    model._erasec_widening = ()
+    return model
+
 
 
 def replica(model):
