@@ -204,3 +204,25 @@ def test_a_spec_built_patch_fuses_in_diffusers_to_w0_plus_delta(family, tmp_path
                 assert np.linalg.norm(deltas[layer]) > 1e-3 * np.linalg.norm(expected), key  # a real edit
             else:
                 assert torch.equal(after[key], value), (name, key)
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "message"),
+    [
+        ("builtin:tiny-flux", "  sequence_length: 8\nfamily: wan\n", "the spec says family 'wan' but the folder's transformer is 'flux'"),
+        ("builtin:tiny-sd1", "  sequence_length: 8\n", "options.sequence_length applies to diffusion transformers"),
+        ("builtin:tiny-flux", "  sequence_length: 0\n", "options.sequence_length: 0 is not in [1, 4096]"),
+        ("builtin:tiny-chroma", "  pooled: true\n", "options.pooled: ChromaPipeline has no pooled text path"),
+    ],
+)
+def test_bad_dit_input_is_one_line_and_writes_nothing(tmp_path, model, options, message):
+    from cli_helpers import fails
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"erasec: 1\nname: bad\nversion: 1.0.0\nmodel: {model}\nmethod: uce\n"
+        f"erase:\n  - {{concept: {PROMPT}, anchor: {ANCHOR}}}\noptions:\n{options}"
+    )
+    out = tmp_path / "patch.safetensors"
+    fails(["build", spec, "-o", out], message)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
