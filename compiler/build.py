@@ -49,6 +49,9 @@ class BuildOptions:
     device: str = "auto"  # where the text encoders run: auto | cpu | cuda (compiler/models/placement.py)
     encoder_dtype: str = "fp32"  # fp32 | bf16 (the device path)
     encode_batch: int | None = None  # prompts per encoder pass (None: 1 on the CPU, 32 on CUDA)
+    # --text-encoder / --tokenizer SLOT=PATH: a DiT's encoders given apart, over the spec's (docs/models.md)
+    text_encoders: tuple[tuple[str, str], ...] = ()
+    tokenizers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,6 +138,8 @@ def build(
     clock = time.perf_counter()
     _check_print_ir_after(options.print_ir_after)
     spec = load_spec(spec_path, methods=tuple(PRESETS), model=options.model, allow_outside=options.allow_outside_spec)
+    if options.text_encoders or options.tokenizers:
+        spec = spec.with_text_inputs(dict(options.text_encoders), dict(options.tokenizers))
     if not spec.model:
         raise SpecError(f"{spec_path}: model: no model given; set 'model:' in the spec or pass --model")
     return build_spec(spec, output, options, emit_ir=emit_ir, clock=clock, progress=progress, inputs=(spec_path,))
@@ -156,6 +161,7 @@ def build_spec(
     """Build a checked spec; ``model`` replaces opening ``spec.model`` (compose passes a model that
     replays recorded encodings), ``extra_metadata`` adds ``erasec.*`` keys to the manifest;
     ``progress(stage)`` is called as each of ``BUILD_STAGES`` begins (the CLI's progress bar)."""
+    from .models.dit_inputs import TextInputs
     from .models.open import open_model  # torch and transformers load here, not at CLI start-up
 
     clock = time.perf_counter() if clock is None else clock
@@ -180,6 +186,7 @@ def build_spec(
             model = open_model(
                 spec.model, allow_pickle=options.allow_pickle, pooled=spec.options.pooled, family=spec.family,
                 sequence_length=spec.options.sequence_length,
+                text_inputs=TextInputs(spec.text_encoders, spec.tokenizers),
             )
         except ErasecError as error:  # the spec's line that named the model; --model needs none
             if options.model is not None:

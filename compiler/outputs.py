@@ -37,9 +37,11 @@ def check_build_output(
     spec, output: str | os.PathLike, *, inputs: Iterable = (), force: bool = False, cache_dir: Path | None = None
 ) -> Path:
     """``build``/``build-many``/``compose``/``retarget``: ``output`` for ``spec`` (its model, its
-    ``output.graph`` and ``inputs``, such as the spec file and the patches read, are its inputs)."""
+    ``output.graph``, its separate text encoders and tokenizers, and ``inputs``, such as the spec file
+    and the patches read, are its inputs)."""
     return check_merge_output(
-        spec.model, output, inputs=(*inputs, spec.output.graph), force=force, cache_dir=cache_dir, spec_format=spec.output.format,
+        spec.model, output, inputs=(*inputs, spec.output.graph, *(path for _, path in (*spec.text_encoders, *spec.tokenizers))),
+        force=force, cache_dir=cache_dir, spec_format=spec.output.format,
         name=spec.name,
     )
 

@@ -177,11 +177,13 @@ def erasec_patch_named(name: str) -> Callable[[Path], str | None]:
 
 
 def erasec_single_file(existing: Path) -> str | None:
-    """``same_artifact`` for ``export-single-file``: a single file erasec wrote (``erasec.unet_config``)."""
+    """``same_artifact`` for ``export-single-file``: a single file erasec wrote (``erasec.unet_config``,
+    or a diffusion transformer's ``erasec.transformer_config``)."""
     from .safetensors_io import read_header
 
     try:
         _, metadata = read_header(existing)
     except PatchError:
         metadata = {}
-    return None if "erasec.unet_config" in metadata else "a single file erasec wrote"
+    written = "erasec.unet_config" in metadata or "erasec.transformer_config" in metadata
+    return None if written else "a single file erasec wrote"

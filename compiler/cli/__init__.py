@@ -30,6 +30,7 @@ from .common import (
     quiet_libraries,
     return_freed_memory,
     run_command,
+    slot_paths,
     use_all_cores,
 )
 from ..version import erasec_version
@@ -60,9 +61,14 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="replace an existing -o file that is not an erasec patch of the spec's name "
               "(never an input, a link or a device)")
 @click.option("--allow-outside-spec", is_flag=True, help="let the spec name files outside its folder (trusted specs only)")
+@click.option("--text-encoder", "text_encoders", multiple=True, callback=slot_paths, metavar="SLOT=FILE",
+              help="a diffusion transformer's text encoder given apart (t5, clip_l, clip_g; ComfyUI's files); "
+              "overrides the spec's text_encoders")
+@click.option("--tokenizer", "tokenizers", multiple=True, callback=slot_paths, metavar="SLOT=PATH",
+              help="its tokenizer folder or tokenizer.json (a T5 file needs one); overrides the spec's tokenizers")
 @encoder_options
 def build(spec, output, model, as_json, print_ir_after, print_ir_changed, verify_each, allow_pickle, no_cache, force,
-          allow_outside_spec, device, encoder_dtype, encode_batch) -> None:
+          allow_outside_spec, text_encoders, tokenizers, device, encoder_dtype, encode_batch) -> None:
     """Compile SPEC into a LoRA patch.
 
     -o is checked before any work: a rebuild replaces an erasec patch of the same name; any other
@@ -77,6 +83,7 @@ def build(spec, output, model, as_json, print_ir_after, print_ir_changed, verify
     options = BuildOptions(
         model=model, print_ir_after=wanted, print_ir_changed=print_ir_changed, verify_each=verify_each,
         allow_pickle=allow_pickle, cache=not no_cache, force=force, allow_outside_spec=allow_outside_spec,
+        text_encoders=text_encoders, tokenizers=tokenizers,
         device=device, encoder_dtype=encoder_dtype, encode_batch=encode_batch,
     )
     from ..build import BUILD_STAGES

@@ -93,6 +93,12 @@ def json_option(function):
     return click.option("--json", "as_json", is_flag=True, help="print the result as JSON")(function)
 
 
+def slot_paths(context, parameter, values) -> tuple[tuple[str, str | None], ...]:
+    """``--text-encoder``/``--tokenizer`` values ``SLOT=PATH`` as (slot, path) pairs; a value
+    without ``=`` has path None (``Spec.with_text_inputs`` refuses it in one line, as the slots)."""
+    return tuple((slot.strip(), path if equals else None) for slot, equals, path in (v.partition("=") for v in values))
+
+
 def fail(error: ErasecError) -> None:
     click.echo(f"erasec: error: {error}", err=True)
     sys.exit(EXIT_USER_ERROR)

@@ -80,10 +80,15 @@ def run_onnx(graph, providers, erase_scale, adapter, seed, size, repeat, as_json
 @click.command("export-single-file")
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="the .safetensors file to write")
+@click.option("--text-encoders", "encoders", default=None, type=click.Path(file_okay=False),
+              help="a diffusion transformer: also write its text encoders (and T5 tokenizer) into this new or "
+              "empty folder, as ComfyUI keeps them")
 @click.option("--force", is_flag=True, help="replace an existing -o file that is not a single file erasec wrote "
               "(never an input, a link or a device)")
-def export_single_file(model, output, force) -> None:
-    """Write MODEL (builtin:NAME or a diffusers folder) as one LDM/SGM single-file checkpoint.
+def export_single_file(model, output, encoders, force) -> None:
+    """Write MODEL (builtin:NAME or a diffusers folder) as one single-file checkpoint: LDM/SGM names
+    for SD1/SD2/SDXL, the native transformer names for FLUX.1, SD3 and Wan (its text encoders
+    apart, with --text-encoders).
 
     -o is checked before any work: it replaces a single file erasec wrote; any other existing file
     needs --force; a file of MODEL, a folder, a symbolic link or a device is refused.
@@ -93,6 +98,7 @@ def export_single_file(model, output, force) -> None:
     from erasec.patches.outputs import check_output, erasec_single_file
 
     from ..models.builtin import builtin_model_path, write_single_file
+    from ..models.builtin.dit_single_file import dit_folder_family, write_dit_single_file
     from ..outputs import model_inputs
 
     quiet_libraries()
@@ -105,10 +111,18 @@ def export_single_file(model, output, force) -> None:
             from ..errors import ModelError
 
             raise ModelError(f"{model}: not a diffusers folder (no model_index.json); give builtin:NAME or a folder")
-        size = write_single_file(folder, Path(output))
+        if (folder / "transformer").is_dir() or dit_folder_family(folder) is not None:
+            size = write_dit_single_file(folder, Path(output), None if encoders is None else Path(encoders))
+        elif encoders is not None:
+            from ..errors import ModelError
+
+            raise ModelError(f"{model}: --text-encoders is for diffusion transformers; an SD file holds its encoders")
+        else:
+            size = write_single_file(folder, Path(output))
     except ErasecError as error:
         fail(error)
-    click.echo(f"wrote {output} ({human_size(size)}, single-file checkpoint of {model})")
+    note = f"; text encoders in {encoders}" if encoders is not None else ""
+    click.echo(f"wrote {output} ({human_size(size)}, single-file checkpoint of {model}{note})")
 
 
 COMMANDS = (export_onnx, run_onnx, export_single_file)

@@ -22,6 +22,7 @@ from .spec import (
     DEFAULT_METHOD,
     FAMILIES,
     FORMAT_VERSION,
+    TEXT_ENCODER_SLOTS,
     EraseEntry,
     Options,
     OutputSpec,
@@ -33,7 +34,8 @@ from .parts import SpecPartsReader
 from .text_files import decode_text, is_safetensors, read_regular
 from .yaml_nodes import quote, spec_error
 
-_TOP_KEYS = ("erasec", "name", "version", "model", "family", "method", "erase", "preserve", "options", "output")
+_TOP_KEYS = ("erasec", "name", "version", "model", "family", "text_encoders", "tokenizers", "method", "erase",
+             "preserve", "options", "output")
 _REQUIRED_KEYS = ("erasec", "name", "version", "erase")
 _ERASE_KEYS = ("concept", "file", "anchor", "synonyms", "templates", "strength", "implicit", "triggers")
 
@@ -92,6 +94,8 @@ class SpecReader(SpecPartsReader):
             options=self.options(top["options"][1]) if "options" in top else Options(),
             output=self.output(top["output"][1]) if "output" in top else OutputSpec(),
             family=self.choice(top["family"][1], "family", FAMILIES) if "family" in top else None,
+            text_encoders=self.slot_paths(top["text_encoders"][1], "text_encoders") if "text_encoders" in top else (),
+            tokenizers=self.slot_paths(top["tokenizers"][1], "tokenizers") if "tokenizers" in top else (),
         )
 
     def model(self, node: Node) -> str:
@@ -104,6 +108,23 @@ class SpecReader(SpecPartsReader):
         if self.check_model and not model.startswith(BUILTIN_PREFIX):
             self.path(node, "model", model)
         return resolve_model(model, self.base_dir)
+
+    def slot_paths(self, node: Node, key: str) -> tuple[tuple[str, str], ...]:
+        """``text_encoders`` / ``tokenizers``: slot → path, each confined to the spec's folder as
+        ``model:`` is (a recorded spec's absolute paths are taken as they are)."""
+        fields = self.mapping(node, key, TEXT_ENCODER_SLOTS)
+        out = []
+        for slot, (_, value) in sorted(fields.items()):
+            where = f"{key}.{slot}"
+            self.mark(where, value)
+            written = self.string(value, where)
+            if not written:
+                raise self.error(value, where, "is empty; give the file's path")
+            if self.base_dir is None:
+                out.append((slot, os.path.abspath(os.path.expanduser(written))))
+            else:
+                out.append((slot, self.path(value, where, written)))
+        return tuple(out)
 
     def method(self, item: tuple[Node, Node] | None, root: Node) -> str:
         if item is not None:

@@ -31,6 +31,9 @@ ONNX_MODES = ("bake", "switchable", "adapter")  # backends/onnx/rewrite.py
 OUTPUT_DTYPES = ("fp32", "fp16", "bf16")
 FAMILIES = ("sd1", "sd2", "sdxl", "flux", "chroma", "sd3", "wan")
 ON_CONFLICT = ("warn", "error")
+# a diffusion transformer's text encoders given apart (docs/models.md; each family's slots are its
+# registry entry's encoder_slots, kept equal to this by tests/compiler/test_dit_single_file.py)
+TEXT_ENCODER_SLOTS = ("t5", "clip_l", "clip_g")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +94,9 @@ class Spec:
     options: Options
     output: OutputSpec
     family: str | None = None  # overrides the family detected from the model files
+    # a DiT's text encoders and tokenizers given apart from it: (slot, absolute path), sorted by slot
+    text_encoders: tuple[tuple[str, str], ...] = ()
+    tokenizers: tuple[tuple[str, str], ...] = ()
     # key path ("output.rank", "erase[0]", "options.lambda"...) -> line in ``source``, so that a
     # later step can name where in the spec a refused value was written; not part of canonical()
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
@@ -108,6 +114,9 @@ class Spec:
             "version": self.version,
             "model": self.model,
             **({"family": self.family} if self.family is not None else {}),  # absent when detected
+            # absent when not given: older specs keep their JSON
+            **({"text_encoders": dict(self.text_encoders)} if self.text_encoders else {}),
+            **({"tokenizers": dict(self.tokenizers)} if self.tokenizers else {}),
             "method": self.method,
             "erase": [
                 {
@@ -160,6 +169,27 @@ class Spec:
         if problem:
             raise spec_error(f"--model: {problem}")
         return dataclasses.replace(self, model=resolve_model(model, Path.cwd()))
+
+    def with_text_inputs(self, encoders: Mapping[str, str | None], tokenizers: Mapping[str, str | None]) -> Spec:
+        """The CLI's ``--text-encoder SLOT=PATH`` and ``--tokenizer SLOT=PATH``: each replaces the
+        spec's for its slot; a relative path is taken from the working directory (not confined)."""
+        def merged(current: tuple[tuple[str, str], ...], given: Mapping[str, str | None], option: str):
+            out = dict(current)
+            for slot, path in given.items():
+                if path is None:
+                    raise spec_error(f"{option} {quote(slot)}: not SLOT=PATH (e.g. t5=t5xxl_fp16.safetensors)")
+                if slot not in TEXT_ENCODER_SLOTS:
+                    allowed = ", ".join(TEXT_ENCODER_SLOTS)
+                    raise spec_error(f"{option} {slot}=…: {quote(slot)} is not a text-encoder slot; use one of {allowed}")
+                if not path:
+                    raise spec_error(f"{option} {slot}=: the path is empty")
+                out[slot] = os.path.abspath(os.path.expanduser(path))
+            return tuple(sorted(out.items()))
+
+        return dataclasses.replace(
+            self, text_encoders=merged(self.text_encoders, encoders, "--text-encoder"),
+            tokenizers=merged(self.tokenizers, tokenizers, "--tokenizer"),
+        )
 
 
 def dump_spec(spec: Spec) -> str:

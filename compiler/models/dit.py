@@ -22,6 +22,11 @@ the runtime feeds, read from each diffusers 0.42.1 pipeline's own prompt encodin
 ``encode(padded=True)`` gives every row of the padded prompt as the runtime computes it;
 ``seen_rows(n)`` says how many of them, for a prompt of ``n`` token ids, the transformer attends to.
 ``encode(padded=False)`` gives the first ``n`` of them (the prompt's own tokens).
+
+A single-file checkpoint (``dit_files.py``) keeps its authors' tensor names (``native_prefix`` set:
+``txt_in``, ``blocks.N.cross_attn.k`` …, ``ir/dit_naming.py``); its text encoders and tokenizers,
+and a folder's missing ones, come from ``inputs`` (``dit_inputs.TextSources``: the file itself or
+separate files the user gives).
 """
 
 from __future__ import annotations
@@ -35,15 +40,21 @@ import numpy as np
 
 from erasec.backends.checkpoint import CheckpointSource
 from erasec.ir import KeySpace, LinearSite, ModelTarget
+from erasec.ir.dit_naming import native_module_path
 
 from ..errors import ModelError
 from . import bert, grams, pins
+from .dit_inputs import TextSources, load_tokenizer_path
 from .families import FAMILIES, Encoder, Family
 from .placement import CPU_PATH, Placement
+from .sd_components import shipped_clip_folder
 from .tensor_files import LazyWeights, TensorFile, first_line, read_json
 from .tokenizer import MODEL_MAX_LENGTH, load_clip_tokenizer
 
 KV_CACHE_BYTES = 512 * 2**20
+# Wan's text embedder in its native names (diffusers' convert_wan_transformer_to_diffusers)
+_NATIVE_TENSORS = {"condition_embedder.text_embedder.linear_1": "text_embedding.0",
+                   "condition_embedder.text_embedder.linear_2": "text_embedding.2"}
 _T5_TYPES = ("t5", "umt5")
 
 
@@ -72,6 +83,9 @@ class DiTModel:
     name the embedding cache and the checkpoint writer read for every model class).
     ``sequence_length``: the T5 padding the rows are computed at (the spec's
     ``options.sequence_length``, else the family's pipeline default).
+    ``native_prefix``: a single file's, whose tensors keep their native names under it (None: a
+    diffusers folder). ``inputs``: where the text encoders and tokenizers are when not all in the
+    folder (None: every one in ``path``'s component folders).
     """
 
     location: str
@@ -83,6 +97,8 @@ class DiTModel:
     sequence_length: int
     cache_dir: Path | None = None
     placement: Placement = CPU_PATH  # where and how the text encoders run (placement.py)
+    native_prefix: str | None = None
+    inputs: TextSources | None = None
     _loaded: _Loaded = field(default_factory=_Loaded, init=False, repr=False)
 
     @property
@@ -114,7 +130,17 @@ class DiTModel:
         return self.padded_rows
 
     def weight_name(self, site: LinearSite) -> str:
+        if self.native_prefix is not None:
+            return f"{self.native_prefix}{native_module_path(site.module_path, self.family)}.weight"
         return f"{site.module_path}.weight"
+
+    def tensor_name(self, name: str) -> str:
+        """A transformer tensor's name in the file: ``name`` (diffusers) in a folder, its native name
+        under the prefix in a single file."""
+        if self.native_prefix is None:
+            return name
+        module, _, leaf = name.rpartition(".")
+        return f"{self.native_prefix}{_NATIVE_TENSORS[module]}.{leaf}"
 
     def kv_weights(self) -> Mapping[str, np.ndarray]:
         """module_path → read-only float32 (out, in) weight of every edited site (as ``SDModel``'s)."""
@@ -141,7 +167,7 @@ class DiTModel:
 
     def checkpoint_source(self) -> CheckpointSource:
         return CheckpointSource(
-            layout="diffusers", root=self.path, weights_file=self.unet_weights_file, weight_name=self.weight_name
+            layout="single-file" if self.native_prefix is not None else "diffusers", root=self.path, weights_file=self.unet_weights_file, weight_name=self.weight_name
         )
 
     def release_text_encoders(self) -> None:
@@ -153,7 +179,8 @@ class DiTModel:
     def _t5_component(self) -> str | None:
         """The T5 (or the test bed's BERT) encoder's component: the last of the family's encoders."""
         component = self.encoders[-1].component
-        return component if (self.path / component).is_dir() else None
+        present = self.inputs.has(component) if self.inputs is not None else (self.path / component).is_dir()
+        return component if present else None
 
     def _clip_components(self) -> tuple[str, ...]:
         """SD3's two CLIP encoders (the sequence's first 77 rows); none for the other families."""
@@ -163,14 +190,28 @@ class DiTModel:
         loaded = self._loaded
         with loaded.lock:
             if component not in loaded.tokenizers:
-                loaded.tokenizers[component] = _load_tokenizer(self.path / tokenizer_folder(component))
+                loaded.tokenizers[component] = self._load_tokenizer(component)
             return loaded.tokenizers[component]
+
+    def _load_tokenizer(self, component: str):
+        if self.inputs is None:
+            return _load_tokenizer(self.path / tokenizer_folder(component))
+        path = self.inputs.tokenizers[component]
+        if path is None:  # erasec's CLIP BPE with the encoder's pad token (as for an SD single file)
+            return load_clip_tokenizer(shipped_clip_folder(self.inputs.pads[component], self.cache_dir))
+        clip = self._facts.encoder_slot(component).model_class.startswith("CLIP")
+        return load_tokenizer_path(path, clip=clip) or _load_tokenizer(path)
 
     def _encoder(self, component: str):
         loaded = self._loaded
         with loaded.lock:
             if component not in loaded.encoders:
-                loaded.encoders[component] = _load_encoder(self.path / component)
+                if self.inputs is None:
+                    loaded.encoders[component] = _load_encoder(self.path / component)
+                elif self.inputs.from_file(component):
+                    loaded.encoders[component] = self.inputs.load_encoder(component)
+                else:
+                    loaded.encoders[component] = _load_encoder(self.inputs.encoders[component].path)
                 loaded.encoders[component] = self.placement.place(loaded.encoders[component])
             return loaded.encoders[component]
 
@@ -274,7 +315,7 @@ class DiTModel:
         import torch
 
         prefix = self._facts.text_projection + "."
-        names = [prefix + f"linear_{i}.{kind}" for i in (1, 2) for kind in ("weight", "bias")]
+        names = [self.tensor_name(prefix + f"linear_{i}.{kind}") for i in (1, 2) for kind in ("weight", "bias")]
         tensors = {name: tensor.to(torch.float32) for name, tensor in self._file.tensors(names).items()}
         hidden = torch.nn.functional.linear(rows, tensors[names[0]], tensors[names[1]])
         hidden = torch.nn.functional.gelu(hidden, approximate="tanh")

@@ -13,6 +13,7 @@ from erasec.ir import KeySpace, LinearSite, ModelTarget
 from ..errors import ModelError
 from . import bert
 from .dit import DiTModel, tokenizer_folder
+from .dit_inputs import TextInputs, needed_components, resolve_sources
 from .families import FAMILIES, Family
 from .families.dit import TRANSFORMER_CLASSES, transformer_class
 from .tensor_files import TensorFile, read_json
@@ -26,9 +27,12 @@ _KV = re.compile(r"^(?P<path>blocks\.(?P<block>\d+)\.attn2\.to_(?P<role>[kv]))\.
 
 
 def open_dit_folder(
-    path: Path, location: str, *, family: str | None, pooled: bool, sequence_length: int | None
+    path: Path, location: str, *, family: str | None, pooled: bool, sequence_length: int | None,
+    inputs: TextInputs | None = None,
 ) -> DiTModel:
-    """The ``DiTModel`` of the diffusers folder at ``path`` (a ``transformer/`` folder)."""
+    """The ``DiTModel`` of the diffusers folder at ``path`` (a ``transformer/`` folder). ``inputs``:
+    text encoders and tokenizers given apart (``dit_inputs.py``), used instead of the folder's; a
+    folder that lacks one it needs is refused naming where it was looked for."""
     name = TRANSFORMER_CLASSES.get(transformer_class(path) or "")
     if name is None:
         found = transformer_class(path)
@@ -41,10 +45,19 @@ def open_dit_folder(
     length = facts.sequence_length if sequence_length is None else sequence_length
     if not isinstance(length, int) or not 1 <= length <= MAX_SEQUENCE_LENGTH:
         raise ModelError(f"{location}: sequence_length {length!r} is not an integer in 1..{MAX_SEQUENCE_LENGTH}")
-    _check_components(path, facts)
+    sources = None
+    inputs = inputs or TextInputs()
+    if inputs or _lacks_components(path, facts, pooled):
+        optional = (facts.encoders[-1].component,) if len(facts.encoders) > 1 else ()  # SD3's T5
+        sources = resolve_sources(facts, needed_components(facts, pooled), inputs, location, folder=path,
+                                  optional=optional)
+    else:
+        _check_components(path, facts)
     weights_file = _weights_file(path / facts.denoiser, facts)
     tensors = TensorFile(weights_file, pickled=False)
     dim = _key_width(path, facts, tensors, weights_file)
+    if sources is not None:
+        _check_width(sources, facts, tensors, dim, weights_file)
     sites = _sites(tensors, facts, dim, weights_file)
     space_name = facts.key_space
     last = path / facts.encoders[-1].component / "config.json"
@@ -56,7 +69,23 @@ def open_dit_folder(
         spaces.append(_pooled_space(path, facts, tensors, weights_file, location))
     target = ModelTarget(family=name, name=location, spaces=tuple(spaces))
     return DiTModel(location=location, path=path, layout="diffusers", target=target,
-                    unet_weights_file=weights_file, _file=tensors, sequence_length=length)
+                    unet_weights_file=weights_file, _file=tensors, sequence_length=length, inputs=sources)
+
+
+def _lacks_components(path: Path, facts: Family, pooled: bool) -> bool:
+    """Whether an encoder folder the build reads is missing (SD3's T5 may be: zero T5 rows)."""
+    optional = facts.encoders[-1].component if len(facts.encoders) > 1 else None
+    return any(not (path / c).is_dir() for c in needed_components(facts, pooled) if c != optional)
+
+
+def _check_width(sources, facts: Family, tensors: TensorFile, dim: int, where: Path) -> None:
+    """A separately given T5 encoder has the width the transformer reads."""
+    t5 = facts.encoders[-1].component
+    width = sources.encoder_width(t5)
+    reads = tensors.shapes[f"{facts.text_projection}.linear_1.weight"][1] if facts.text_projection else dim
+    if width is not None and width != reads:
+        raise ModelError(f"{where}: the transformer reads {reads}-wide text rows but the {t5} encoder "
+                         f"({sources.encoders[t5].path}) gives {width}; the files do not belong together")
 
 
 def _check_components(path: Path, facts: Family) -> None:

@@ -100,6 +100,9 @@ def encoder_files_digest(model: SDModel) -> str:
     special tokens); for a single file, its header metadata (the text-encoder config it records)."""
     from .sd_components import TOKENIZER_OF
 
+    sources = getattr(model, "inputs", None)  # a DiT's encoders and tokenizers given apart (dit_inputs.py)
+    if sources is not None:
+        return sources.files_digest()
     digest = hashlib.sha256()
     root = Path(model.path)
     if root.is_dir():

@@ -32,6 +32,8 @@ from ..errors import ModelError
 from ..hub_cache import hub_id, snapshot_folder
 from .families import FAMILIES
 from .families import sd as sd_families
+from .dit_files import dit_file, open_dit_file
+from .dit_inputs import TextInputs
 from .dit_open import open_dit_folder
 from .protocol import TextModel
 from .sd import SDModel
@@ -140,6 +142,7 @@ def open_model(
     pooled: bool = False,
     family: str | None = None,
     sequence_length: int | None = None,
+    text_inputs: TextInputs | None = None,
 ) -> TextModel:
     """Open a diffusers folder, a single-file checkpoint, ``builtin:NAME[.safetensors]`` or a hub id
     ``org/name[@revision]`` (or ``hf:org/name``) from the local Hugging Face cache (``hub_cache.py``).
@@ -149,7 +152,10 @@ def open_model(
     pooled vector and ``time_text_embed.text_embedder.linear_1``. ``family``: the spec's ``family:``,
     used instead of detection (checked against the files' layout). ``sequence_length``: a diffusion
     transformer's T5 padding (the spec's ``options.sequence_length``; its pipeline's default if None).
-    A folder with ``transformer/`` is a diffusion transformer (``dit_open.py``).
+    A folder with ``transformer/`` is a diffusion transformer (``dit_open.py``), and so is a
+    single file with a DiT's native tensor names (``dit_files.py``). ``text_inputs``: a diffusion
+    transformer's text encoders and tokenizers given apart from it (``dit_inputs.py``; the spec's
+    ``text_encoders``/``tokenizers``).
     """
     if location.startswith("builtin:"):
         path = builtin_model_path(location.removeprefix("builtin:"), cache_dir)
@@ -163,15 +169,27 @@ def open_model(
             "checkpoint or builtin:NAME (or a hub id ORG/NAME in the local Hugging Face cache)"
         )
     if path.is_dir() and (path / "transformer").is_dir():
-        model = open_dit_folder(path, location, family=family, pooled=pooled, sequence_length=sequence_length)
+        model = open_dit_folder(path, location, family=family, pooled=pooled, sequence_length=sequence_length,
+                                inputs=text_inputs)
         return dataclasses.replace(model, cache_dir=cache_dir)
+    tensors = None
+    if not path.is_dir():
+        tensors = _tensor_file(regular_file(path), location, allow_pickle)
+        found = None if tensors.pickled else dit_file(tensors, family, location)
+        if found is not None:
+            model = open_dit_file(tensors, location, *found, pooled=pooled, sequence_length=sequence_length,
+                                  inputs=text_inputs or TextInputs())
+            return dataclasses.replace(model, cache_dir=cache_dir)
+    if text_inputs:
+        raise ModelError(f"{location}: text_encoders/tokenizers apply to diffusion transformers (FLUX, Chroma, "
+                         "SD3, Wan); this is not one")
     if sequence_length is not None:
         raise ModelError(f"{location}: options.sequence_length applies to diffusion transformers (T5 rows); "
                          "this is not one")
     if path.is_dir():
         model = _open_folder(path, location, family)
     else:
-        model = _open_file(regular_file(path), location, allow_pickle, family)
+        model = _open_file(tensors, location, family)
     model = dataclasses.replace(model, cache_dir=cache_dir)
     if pooled:
         model = _with_pooled_space(model)
@@ -205,14 +223,18 @@ def _open_folder(path: Path, location: str, family: str | None = None) -> SDMode
     return _model(location, path, "diffusers", family, space_name, dim, sites, unet_file, tensors)
 
 
-def _open_file(path: Path, location: str, allow_pickle: bool, family: str | None = None) -> SDModel:
+def _tensor_file(path: Path, location: str, allow_pickle: bool) -> TensorFile:
     pickled = path.suffix.lower() in _PICKLE_SUFFIXES
     if pickled and not allow_pickle:
         raise ModelError(
             f"{location}: a {path.suffix} pickle can run arbitrary code when loaded, so erasec does not open it; "
             "convert it to .safetensors, or pass --allow-pickle to read it with torch.load(weights_only=True)"
         )
-    tensors = TensorFile(path, pickled=pickled)
+    return TensorFile(path, pickled=pickled)
+
+
+def _open_file(tensors: TensorFile, location: str, family: str | None = None) -> SDModel:
+    path = tensors.path
     family = _single_file_family(set(tensors.shapes), location, family)
     space_name = FAMILIES[family].key_space
     dim = FAMILIES[family].text_width(tensors.shapes, location)

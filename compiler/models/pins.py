@@ -70,8 +70,13 @@ def text_encoder_tensors(model) -> Mapping[str, np.ndarray] | None:
     Names are diffusers' (``text_encoder/embeddings.…``, without ``text_model.``); a single file's CLIP-L tensors are renamed
     to them by dropping the LDM/SGM prefix (research/ecosystem.md §3.1), so an SD1 folder and its
     single-file export pin the same encoder. OpenCLIP tensors keep their own (fused) names under
-    ``…/open_clip:``, so SD2/SDXL encoders match only within one layout.
+    ``…/open_clip:``, so SD2/SDXL encoders match only within one layout. A diffusion transformer
+    whose encoders came apart from its folder (``DiTModel.inputs``) pins the files it read them from.
     """
+    sources = getattr(model, "inputs", None)  # a DiT's encoders given apart or in its single file (dit_inputs.py)
+    if sources is not None:
+        files = sources.tensors()
+        return _LazyTensors(dict(sorted(files.items()))) if files else None
     root = model.path
     files = {}
     if Path(root).is_dir():

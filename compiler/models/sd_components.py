@@ -27,17 +27,19 @@ def load_tokenizer(model, component: str):
     if model.layout == "diffusers":
         folder = model.path / TOKENIZER_OF[component]
     else:
-        pad = {c: p for c, _, p in model.encoders}[component]
-        folder = cached(
-            "tokenizers",
-            f"clip-pad-{_PAD_NAMES[pad]}-v1",
-            lambda path: write_clip_tokenizer(path, pad_token=pad),
-            model.cache_dir,
-            folder=True,
-        )
+        folder = shipped_clip_folder({c: p for c, _, p in model.encoders}[component], model.cache_dir)
     load = bert.load_bert_tokenizer if (folder / "vocab.txt").is_file() else load_clip_tokenizer
     memo = cache_root(model.cache_dir) / "tokenizers"
     return remembered_tokenizer(folder, load, memo)
+
+
+def shipped_clip_folder(pad: str, cache_dir):
+    """erasec's CLIP vocabulary padding with ``pad``, written once into the cache: the tokenizer of
+    a CLIP encoder that came without one (a single file's)."""
+    return cached(
+        "tokenizers", f"clip-pad-{_PAD_NAMES[pad]}-v1", lambda path: write_clip_tokenizer(path, pad_token=pad),
+        cache_dir, folder=True,
+    )
 
 
 def load_text_encoder(model, component: str):

@@ -72,18 +72,22 @@ def header_overrides(weights: TensorFile, component: str) -> dict:
 # --- tensor sources ---------------------------------------------------------------------------------
 
 
-def assemble_clip(component: str, config: dict, state: dict, where, *, fp32_compute: bool = True) -> object:
+def assemble_clip(
+    component: str, config: dict, state: dict, where, *, fp32_compute: bool = True, projected: bool | None = None
+) -> object:
     """A CLIP text model of ``config`` holding ``state`` (HF names without ``text_model.``) as is.
 
     Built on the meta device and given the tensors by assignment: no random initialisation and no
     second copy, so loading peaks at the encoder's stored size (docs/performance.md).
     ``fp32_compute=False``: the plain model, without ``computing_in_fp32``'s hooks (an exporter
-    traces it, after casting it to fp32 itself).
+    traces it, after casting it to fp32 itself). ``projected``: a ``CLIPTextModelWithProjection``
+    (None: as SDXL, for ``text_encoder_2`` only).
     """
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
+    projected = component == "text_encoder_2" if projected is None else projected
+    cls = CLIPTextModelWithProjection if projected else CLIPTextModel
     if cls is CLIPTextModel:
         state.pop("text_projection.weight", None)
     with torch.device("meta"), config_errors(where):
@@ -196,7 +200,6 @@ def without_fp32_compute(model):
         handle.remove()
     model._erasec_widening = ()
     return model
-
 
 
 def replica(model):

@@ -202,8 +202,8 @@ BAD = [
     (MINIMAL + "family: sd3\n", "spec.yaml:6: family: 'sd3' is not one of 'sd1', 'sd2', 'sdxl'; did you mean 'sd2'?"),
     (
         MINIMAL + "zzz: 1\n",
-        "spec.yaml:6: zzz: unknown key; expected one of erasec, name, version, model, family, method, erase, "
-        "preserve, options, output",
+        "spec.yaml:6: zzz: unknown key; expected one of erasec, name, version, model, family, text_encoders, "
+        "tokenizers, method, erase, preserve, options, output",
     ),
     (MINIMAL + "name: y\n", "spec.yaml:6: name: duplicate key (first on line 2)"),
     (MINIMAL + "[a]: 1\n", "spec.yaml:6: a key must be text, got list"),

@@ -28,6 +28,19 @@ class SingleFileEncoder(NamedTuple):
     extra_block: bool = False
 
 
+class EncoderSlot(NamedTuple):
+    """A diffusion transformer's text encoder as a separate input (docs/models.md, "Single files and
+    separate encoders"): the ``slot`` a user names it by (``text_encoders: {t5: …}``,
+    ``--text-encoder t5=…``), the ``component`` it stands for, the transformers ``model_class`` its
+    HF-named tensors load as, and the prefix its tensors carry inside an all-in-one checkpoint that
+    ComfyUI or SAI saved (``text_encoders.t5xxl.transformer.`` …; ``comfy/supported_models.py``)."""
+
+    slot: str
+    component: str
+    model_class: str
+    embedded_prefix: str
+
+
 class Encoder(NamedTuple):
     """One text encoder of a family: its component folder, the hidden state its key rows come from,
     and the pad token its tokenizer pads with (the rows of a padded prompt depend on it). A tuple:
@@ -76,6 +89,11 @@ class Family:
     text_rows: Literal["unmasked", "one_pad", "zero_filled"] | None = None
     text_projection: str | None = None  # a transformer module the rows pass before the sites (Wan's text embedder)
     clean_prompts: bool = False  # the pipeline cleans prompt text first (WanPipeline's prompt_clean)
+    # a DiT's text encoders as separate inputs, and where an all-in-one single file holds them
+    encoder_slots: tuple[EncoderSlot, ...] = ()
+    native_marks: str = ""  # a DiT single file's telling names, in words (refusals): "txt_in, vector_in"
+    # a DiT's diffusers state dict → its native single-file names (models/dit_layout.py; None: not written)
+    to_native: Callable[[Mapping], dict] | None = None
 
     @property
     def transformer(self) -> bool:
@@ -86,6 +104,10 @@ class Family:
     def pooled(self) -> bool:
         """Whether the family has a pooled text path (``options.pooled``)."""
         return self.pooled_encoder is not None
+
+    def encoder_slot(self, component: str) -> EncoderSlot:
+        """The separate-input slot of ``component`` (a DiT family's)."""
+        return next(slot for slot in self.encoder_slots if slot.component == component)
 
     def single_file_encoder(self, component: str) -> SingleFileEncoder:
         """Where ``component`` lies in a single file of this family."""
