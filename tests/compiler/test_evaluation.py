@@ -216,7 +216,7 @@ def test_the_html_report_is_one_file_with_its_plots_embedded(tiny):
     parser = _Images()
     parser.feed(page)
     parser.close()
-    assert len(parser.sources) == 4  # bars, scatter, interference heatmap, per layer
+    assert len(parser.sources) == 5  # bars, scatter, interference heatmap, efficacy against drift, per layer
     for source in parser.sources:
         assert source.startswith("data:image/png;base64,")
         assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
