@@ -46,7 +46,8 @@ class PatchRecord:
 class Emit:
     """One emit: the solution on ``target`` (base K/V ``weights``) for ``spec``, into ``output``.
     ``rank`` is the LoRA rank to store (None: the solved one); ``record`` is the LoRA manifest's
-    content, ``model`` the opened model (the merged checkpoint copies its layout)."""
+    content, ``model`` the opened model (the merged checkpoint copies its layout; a LoRA's manifest
+    records its ``sequence_length``)."""
 
     spec: Spec
     solution: Solution
@@ -102,6 +103,8 @@ def patch_manifest(job: Emit, rank: int) -> Manifest:
         extra=record.extra,
         layout=spec.output.format,
         device=record.device,
+        # the T5 padding the rows were computed at (None for SD): the opened model's, defaulted or not
+        sequence_length=job.model.sequence_length if job.model is not None else None,
     )
 
 

@@ -39,6 +39,9 @@ SINGLE_FILE_PREFIXES = ("", "model.diffusion_model.")
 COMFY_MODEL_PREFIX = "diffusion_model."
 POOLED_SITE = "time_text_embed.text_embedder.linear_1"
 CONTEXT_SITE = "context_embedder"
+# the largest T5 padding a spec may ask for and a patch may record (erasec.base.sequence_length):
+# beyond any pipeline's max_sequence_length (T5's own is 512)
+MAX_SEQUENCE_LENGTH = 4096
 
 _FIXED_SITES = {  # family: {diffusers module path: native module path}
     "flux": {CONTEXT_SITE: "txt_in", POOLED_SITE: "vector_in.in_layer"},

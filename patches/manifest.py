@@ -80,6 +80,10 @@ class Manifest:
     # (compiler/models/placement.py); byte-identity is promised per placement. None: rows not encoded
     # by this build (compose replays the patches' recorded rows)
     device: dict | None = None
+    # a diffusion transformer's T5 padding (rows per prompt) the patch was solved at, recorded in
+    # erasec.base as sequence_length even when the spec left it to the pipeline's default: the rows
+    # differ with the padding, so every command re-opens the model at it (docs/patch-format.md)
+    sequence_length: int | None = None
 
     def metadata(self) -> dict[str, str]:
         ss_v2, base_version, architecture, implementation, resolution = _FAMILY_KEYS[self.family]
@@ -97,6 +101,7 @@ class Manifest:
                     "model": self.model,
                     **self.base_pin,
                     "text_encoder": self.text_encoder,
+                    **({"sequence_length": self.sequence_length} if self.sequence_length is not None else {}),
                 }
             ),
             "erasec.spaces": _json(list(self.spaces)),

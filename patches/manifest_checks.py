@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-from erasec.ir.dit_naming import DIT_FAMILIES, is_dit, is_dit_site, sites_text
+from erasec.ir.dit_naming import DIT_FAMILIES, MAX_SEQUENCE_LENGTH, is_dit, is_dit_site, sites_text
 from erasec.ir.naming import peft_component
 
 from .errors import PatchError
@@ -139,6 +139,26 @@ def check_base(path: Path, base: dict) -> None:
     encoder = base.get("text_encoder")
     if encoder is not None and (not isinstance(encoder, dict) or not isinstance(encoder.get("sha256"), str)):
         raise fail(path, f"{key}.text_encoder", "is not a pin (an object with a sha256) or null")
+
+
+def check_sequence_length(path: Path, base: dict, spec: dict) -> None:
+    """A diffusion transformer's patch records the T5 padding it was solved at (``erasec.base``'s
+    ``sequence_length``), the spec's ``options.sequence_length`` when it gave one; an SD patch none.
+    A DiT patch without it cannot be re-measured at its own rows, so it is refused, not guessed."""
+    key = "erasec.base.sequence_length"
+    length = base.get("sequence_length")
+    if not is_dit(base["family"]):
+        if "sequence_length" in base:
+            raise fail(path, key, f"{length!r} recorded for {base['family']}, which has no T5 padding")
+        return
+    if length is None:
+        raise fail(path, key, f"missing: a {base['family']} patch records the T5 padding it was built at; "
+                              "the manifest was edited or written by an older erasec — rebuild the patch")
+    if not is_int(length) or not 1 <= length <= MAX_SEQUENCE_LENGTH:
+        raise fail(path, key, f"{length!r} is not an integer in 1..{MAX_SEQUENCE_LENGTH}")
+    asked = (spec.get("options") or {}).get("sequence_length")
+    if asked is not None and asked != length:
+        raise fail(path, key, f"{length} disagrees with erasec.spec options.sequence_length {asked!r}; the file was edited")
 
 
 def editable_layer(layer: object, family: str, pooled: bool) -> bool:

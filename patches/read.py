@@ -109,6 +109,12 @@ class PatchFile(RawPatch):
         return self.declared.spaces
 
     @property
+    def sequence_length(self) -> int | None:
+        """The T5 padding a diffusion transformer's patch was built at (``erasec.base``; checked
+        present for those families); None for an SD patch."""
+        return self.declared.base.get("sequence_length")
+
+    @property
     def report(self) -> dict:
         return self.declared.report
 

@@ -47,6 +47,11 @@ class TextModel(Protocol):
     def padded_rows(self) -> int:
         """Rows of a padded prompt (``encode(padded=True)``): 77 for SD, the T5 length for a DiT."""
 
+    @property
+    def sequence_length(self) -> int | None:
+        """A diffusion transformer's T5 padding, the rows ``encode(padded=True)`` computes (a patch
+        records it); None for SD, whose padding is CLIP's fixed 77."""
+
     def seen_rows(self, tokens: int) -> int:
         """How many leading rows of a padded prompt of ``tokens`` ids the denoiser attends to."""
 

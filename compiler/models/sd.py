@@ -86,6 +86,11 @@ class SDModel:
     def padded_rows(self) -> int:
         return MODEL_MAX_LENGTH
 
+    @property
+    def sequence_length(self) -> None:
+        """SD has no T5 padding (its CLIP rows are always 77)."""
+        return None
+
     def seen_rows(self, tokens: int) -> int:
         """Every padded row: cross-attention attends to all 77."""
         return MODEL_MAX_LENGTH

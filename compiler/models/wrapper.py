@@ -47,6 +47,10 @@ class ModelWrapper:
     def padded_rows(self) -> int:
         return self.inner.padded_rows
 
+    @property
+    def sequence_length(self) -> int | None:
+        return self.inner.sequence_length
+
     def seen_rows(self, tokens: int) -> int:
         return self.inner.seen_rows(tokens)
 

@@ -62,6 +62,11 @@ def _check_composable(patches: list[PatchFile]) -> None:
             )
         if (a.get("text_encoder") or {}).get("sha256") != (b.get("text_encoder") or {}).get("sha256"):
             raise BuildError(f"{other.path}: pins another text encoder than {first.path}; compose refuses")
+        if first.sequence_length != other.sequence_length:  # a DiT's recorded rows differ with the padding
+            raise BuildError(
+                f"{other.path}: was built at a T5 padding of {other.sequence_length} rows, {first.path} at "
+                f"{first.sequence_length}; rebuild one with options.sequence_length so that they agree"
+            )
         spec_a, spec_b = first.spec, other.spec
         for key in ("method", "options", "output"):
             if spec_a.get(key) != spec_b.get(key):
@@ -107,7 +112,7 @@ def compose_patches(
     version: str | None = None,
     force: bool = False,
 ) -> BuildResult:
-    from ..models.open import open_model
+    from .verify import open_patch_model
 
     if len(paths) < 2:
         raise BuildError("compose: give at least two patches")
@@ -121,7 +126,7 @@ def compose_patches(
     _check_composable(patches)
     data = union_spec_data(patches, name=name or first.name, version=version or first.version, model=location)
     spec = spec_from_dict(data, source="compose")
-    opened = open_model(spec.model)
+    opened = open_patch_model(first, spec.model)  # at the patches' recorded T5 padding (a DiT's)
     if not pins_match(first.base, opened.base_pin(first.layers())):
         raise BuildError(f"{location}: not the base these patches pin; give the base with --model")
     encoder = (first.base.get("text_encoder") or {}).get("sha256")
@@ -139,7 +144,7 @@ def compose_patches(
 
 
 def retarget_patch(path: str, model_location: str, output: str, *, force: bool = False) -> dict:
-    from ..models.open import open_model
+    from .verify import open_patch_model
 
     patch = read_patch(path)
     if "erasec.shared" not in patch.metadata:
@@ -153,7 +158,7 @@ def retarget_patch(path: str, model_location: str, output: str, *, force: bool =
     check_output(
         output, inputs=(path, *model_inputs(model_location)), force=force, same_artifact=erasec_patch_named(patch.name)
     )
-    model = open_model(model_location)
+    model = open_patch_model(patch, model_location)  # a DiT at the patch's T5 padding: its rows are T's
     if model.target.family != patch.base.get("family"):
         raise BuildError(f"{model_location}: is {model.target.family}, the patch is for {patch.base.get('family')}")
     encoder = model.text_encoder_pin()
@@ -191,7 +196,8 @@ def retarget_patch(path: str, model_location: str, output: str, *, force: bool =
         extra=_derived_from([patch]),
     )
     job = Emit(  # the patch's padded rank, kept
-        spec=spec, solution=solution, target=target, weights=weights, output=Path(output), rank=patch.rank, record=record
+        spec=spec, solution=solution, target=target, weights=weights, output=Path(output), rank=patch.rank, record=record,
+        model=model,
     )
     size, rank = emit(job)
     return {

@@ -30,7 +30,7 @@ def _models(opened: SDModel) -> dict:
 def test_the_protocol_names_what_its_callers_use():
     assert MEMBERS == [
         "base_pin", "checkpoint_source", "encode", "encode_pooled", "family", "kv_weights", "location",
-        "padded_rows", "release_text_encoders", "seen_rows", "site_gram", "storage_dtype", "target",
+        "padded_rows", "release_text_encoders", "seen_rows", "sequence_length", "site_gram", "storage_dtype", "target",
         "text_encoder_pin", "tokenize",
     ]
 
