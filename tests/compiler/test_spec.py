@@ -199,7 +199,7 @@ BAD = [
     (MINIMAL.replace("name: x\n", ""), "spec.yaml:1: name: missing required key"),
     (MINIMAL.replace("erasec: 1\n", ""), "spec.yaml:1: erasec: missing required key"),
     (MINIMAL + "methdo: uce\n", "spec.yaml:6: methdo: unknown key; did you mean 'method'?"),
-    (MINIMAL + "family: sd3\n", "spec.yaml:6: family: 'sd3' is not one of 'sd1', 'sd2', 'sdxl'; did you mean 'sd2'?"),
+    (MINIMAL + "family: sd4\n", "spec.yaml:6: family: 'sd4' is not one of 'sd1', 'sd2', 'sdxl', 'flux', 'chroma', 'sd3', 'wan'; did you mean 'sd3'?"),
     (
         MINIMAL + "zzz: 1\n",
         "spec.yaml:6: zzz: unknown key; expected one of erasec, name, version, model, family, text_encoders, "
