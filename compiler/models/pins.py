@@ -73,12 +73,13 @@ def text_encoder_tensors(model) -> Mapping[str, np.ndarray] | None:
     ``…/open_clip:``, so SD2/SDXL encoders match only within one layout. A diffusion transformer
     whose encoders came apart from its folder (``DiTModel.inputs``) pins the files it read them from.
     """
+    projection = _projection_tensors(model)
     sources = getattr(model, "inputs", None)  # a DiT's encoders given apart or in its single file (dit_inputs.py)
     if sources is not None:
-        files = sources.tensors()
+        files = {**sources.tensors(), **projection}
         return _LazyTensors(dict(sorted(files.items()))) if files else None
     root = model.path
-    files = {}
+    files = dict(projection)
     if Path(root).is_dir():
         for folder in _ENCODER_FOLDERS:
             for path in sorted((Path(root) / folder).glob("*.safetensors")):
@@ -97,6 +98,17 @@ def text_encoder_tensors(model) -> Mapping[str, np.ndarray] | None:
                 }
             )
     return _LazyTensors(dict(sorted(files.items()))) if files else None
+
+
+def _projection_tensors(model) -> dict:
+    """The transformer's own text projection, when the key rows pass it (Wan's text embedder): part of
+    what the rows are, so of the pin the embedding cache keys rows by and retarget compares. Two Wan
+    transformers sharing one umT5 but not the embedder have different key rows."""
+    projection = FAMILIES[model.target.family].text_projection
+    if projection is None:
+        return {}
+    names = [f"{projection}.linear_{i}.{kind}" for i in (1, 2) for kind in ("weight", "bias")]
+    return {f"transformer/{name}": (model._file, model.tensor_name(name)) for name in names}
 
 
 def model_text_encoder_pin(model) -> dict | None:

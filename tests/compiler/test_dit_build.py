@@ -226,3 +226,26 @@ def test_bad_dit_input_is_one_line_and_writes_nothing(tmp_path, model, options, 
     out = tmp_path / "patch.safetensors"
     fails(["build", spec, "-o", out], message)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_wan_rows_are_keyed_by_the_transformers_text_embedder_too(built, tmp_path):
+    """Wan's key rows are its text embedder's output: a Wan transformer with another embedder over the
+    same umT5 has another text-encoder pin, so the embedding cache never hands it the first one's rows."""
+    from erasec.compiler.models.embedding_cache import CachingModel, EmbeddingCache
+
+    folder, _ = built["wan"]
+    copy = tmp_path / "wan"
+    shutil.copytree(folder, copy)
+    weights = load_file(str(copy / TRANSFORMER))
+    name = "condition_embedder.text_embedder.linear_2.weight"
+    weights[name] = (weights[name] * 1.5).astype(weights[name].dtype)
+    save_file(weights, str(copy / TRANSFORMER))
+    cache = EmbeddingCache.at(tmp_path / "cache")
+    first = CachingModel(open_model(str(folder), sequence_length=LENGTH), cache)
+    second = CachingModel(open_model(str(copy), sequence_length=LENGTH), cache)
+    assert first.text_encoder_pin()["sha256"] != second.text_encoder_pin()["sha256"]
+    rows = first.encode([PROMPT], padded=True)[0]
+    other = second.encode([PROMPT], padded=True)[0]
+    assert second.hits == 0
+    np.testing.assert_array_equal(other, open_model(str(copy), sequence_length=LENGTH).encode([PROMPT], padded=True)[0])
+    assert not np.allclose(rows, other)
