@@ -193,7 +193,7 @@ def build_spec(
                 raise
             raise type(error)(f"{spec.where('model')}: {error}") from None
         cache = EmbeddingCache.at(options.cache_dir) if options.cache else None
-        model = caching = CachingModel(placed(model, placement), cache, placement)
+        model = caching = CachingModel(placed(model, placement), cache)
     recording = None  # what output.link records
     if spec.output.link:
         model = recording = RecordingModel(model)

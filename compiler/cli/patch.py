@@ -11,7 +11,7 @@ import click
 from erasec.ir.errors import ErasecError
 
 from ..extras import require_extra
-from .common import EXIT_CHECK_FAILED, NoBar, build_summary, emit, fail, json_option, run_command
+from .common import EXIT_CHECK_FAILED, NoBar, build_summary, emit, encoder_options, fail, json_option, run_command
 
 
 @click.command()
@@ -189,9 +189,10 @@ def retarget(patch, model, output, force, as_json) -> None:
 @click.option("--attack-lambda", default=0.1, type=float, show_default=True, help="λ of the recoverability attack")
 @click.option("--interference-max", default=12, type=int, show_default=True, help="re-solve concepts alone up to this many")
 @click.option("--max-unrelated", default=200, type=int, show_default=True, help="unrelated prompts per suite (0: all)")
+@encoder_options
 @json_option
 def eval_command(patch, model, suites, prompts, output, images, steps, clip_model, attack_lambda, interference_max,
-                 max_unrelated, as_json) -> None:
+                 max_unrelated, device, encoder_dtype, encode_batch, as_json) -> None:
     """Measure what PATCH erases, keeps and leaves recoverable on MODEL (exact, text pathway)."""
     from pathlib import Path
 
@@ -203,7 +204,8 @@ def eval_command(patch, model, suites, prompts, output, images, steps, clip_mode
         fail(ErasecError("eval: --images writes grids; give -o FOLDER"))
     options = run_command(lambda: EvalOptions(
         suites=tuple(suites) or EvalOptions().suites, prompts=prompts, attack_lambda=attack_lambda,
-        interference_max=interference_max, max_unrelated=max_unrelated,
+        interference_max=interference_max, max_unrelated=max_unrelated, device=device, encoder_dtype=encoder_dtype,
+        encode_batch=encode_batch,
     ), loads_models=False)
     show = sys.stderr.isatty() and not as_json  # progress only on a terminal, never in --json mode
 

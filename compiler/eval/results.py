@@ -20,6 +20,9 @@ class EvalOptions:
     interference_max: int = 12  # re-solve each concept alone only up to this many concepts
     max_unrelated: int = 200  # unrelated prompts kept per suite or file, evenly spaced (0: all)
     allow_pickle: bool = False
+    device: str = "auto"  # where the text encoders run (compiler/models/placement.py; --device)
+    encoder_dtype: str = "fp32"
+    encode_batch: int | None = None
 
     def __post_init__(self) -> None:
         if not self.attack_lambda > 0:  # λ > 0 keeps λI + ΣW'ᵀW' positive definite (a zeroed W' has none)

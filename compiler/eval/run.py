@@ -139,7 +139,11 @@ def evaluate_patch(
     rows = [row for name in options.suites for row in load_suite(name)]
     if options.prompts:
         rows += load_prompt_file(options.prompts)
-    model = RecordingModel(open_model(model_location, allow_pickle=options.allow_pickle, pooled=spec.options.pooled))
+    from ..models.placement import EncodeOptions, placed
+
+    placement = EncodeOptions(device=options.device, dtype=options.encoder_dtype, batch=options.encode_batch).resolve()
+    model = RecordingModel(placed(open_model(model_location, allow_pickle=options.allow_pickle, pooled=spec.options.pooled),
+                                  placement))  # encoders where --device says (placement.py)
     patch_target(patch, model.target, model.location)  # every edited module exists with the patch's shapes
     space = model.target.spaces[0]  # the K/V key space (SDXL's pooled space is the build's to score)
     base = model.kv_weights()

@@ -61,7 +61,7 @@ import numpy as np
 
 from .cache_entries import CacheInfo, EmbeddingCache  # noqa: F401  (the CLI's `erasec cache`)
 from .pins import text_encoder_tensors
-from .placement import CPU_PATH, Placement
+from .placement import placement_of
 from .wrapper import ModelWrapper
 
 if TYPE_CHECKING:
@@ -158,10 +158,10 @@ class CachingModel(ModelWrapper):
 
     inner: SDModel
 
-    def __init__(self, model: SDModel, cache: EmbeddingCache | None, placement: Placement = CPU_PATH) -> None:
+    def __init__(self, model: SDModel, cache: EmbeddingCache | None) -> None:
         super().__init__(model)
         self._cache = cache
-        self._placement = placement  # the device path when not the CPU path (module docstring)
+        self._placement = placement_of(model)  # the device path when not the CPU path (module docstring)
         self._pin: dict | None = None
         self._pin_known = False
         self._context: str | None = None

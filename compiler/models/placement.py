@@ -130,6 +130,14 @@ def placed(model, placement: Placement):
     return model if placement.cpu_path else dataclasses.replace(model, placement=placement)
 
 
+def placement_of(model) -> Placement:
+    """Where ``model``'s encoders run, through any wrappers (``inner``): what a ``CachingModel`` over
+    it batches and keys its entries by, whoever made it."""
+    while not hasattr(model, "placement") and hasattr(model, "inner"):
+        model = model.inner
+    return getattr(model, "placement", CPU_PATH)
+
+
 @contextlib.contextmanager
 def full_fp32_matmuls():
     """TF32 off for matmuls and cuDNN, float32 matmul precision "highest"; restored after."""

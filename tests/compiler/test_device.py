@@ -108,7 +108,7 @@ def test_on_the_device_path_a_prompts_rows_do_not_depend_on_its_company(name, ti
     """Every pass has one shape (full batch, full length), so the same kernels compute a prompt's rows
     whichever prompts share its pass — what lets the cache hold them and a device's builds repeat."""
     placement = Placement(batch=4)
-    model = CachingModel(placed(open_model(f"builtin:{name}"), placement), None, placement)
+    model = CachingModel(placed(open_model(f"builtin:{name}"), placement), None)
     alone = model.encode(["Van Gogh"], padded=False)[0]
     for company in (PROMPTS[1:4], PROMPTS[3:6], PROMPTS[1:2]):
         rows = model.encode(["Van Gogh", *company], padded=False)[0]
@@ -120,7 +120,7 @@ def test_device_path_rows_equal_the_cpu_paths_and_bf16_moves_them_by_its_precisi
     cpu = CachingModel(open_model(f"builtin:{name}"), None)
     reference = cpu.encode(PROMPTS, padded=False) + cpu.encode(PROMPTS, padded=True)
     for placement, low, high in ((Placement(batch=4), 0.0, 1e-6), (Placement(dtype="bf16", batch=4), 1e-3, 5e-2)):
-        model = CachingModel(placed(open_model(f"builtin:{name}"), placement), None, placement)
+        model = CachingModel(placed(open_model(f"builtin:{name}"), placement), None)
         rows = model.encode(PROMPTS, padded=False) + model.encode(PROMPTS, padded=True)
         assert [r.shape for r in rows] == [r.shape for r in reference]
         error = max(np.abs(r - e).max() / np.abs(e).max() for r, e in zip(rows, reference))
@@ -152,6 +152,6 @@ def test_an_fp16_encoder_runs_on_the_device_path_in_fp32(tmp_path, tiny_sd1_sing
     save_file({k: v.to(torch.float16) for k, v in load_file(str(tiny_sd1_single_file)).items()}, str(half), metadata=metadata)
     placement = Placement(batch=4)
     cpu = CachingModel(open_model(str(half)), None).encode(PROMPTS, padded=True)
-    device = CachingModel(placed(open_model(str(half)), placement), None, placement)
+    device = CachingModel(placed(open_model(str(half)), placement), None)
     rows = device.encode(PROMPTS, padded=True)
     assert max(np.abs(r - e).max() / np.abs(e).max() for r, e in zip(rows, cpu)) <= 1e-6
