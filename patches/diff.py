@@ -81,6 +81,9 @@ def diff_patches(old: PatchFile, new: PatchFile) -> dict:
         options.append(
             {"key": "pipeline", "old": old.metadata.get("erasec.pipeline"), "new": new.metadata.get("erasec.pipeline")}
         )
+    said = any(option["key"] == "options.sequence_length" for option in options)
+    if old.sequence_length != new.sequence_length and not said:  # a DiT's T5 padding, recorded when defaulted too
+        options.append({"key": "sequence_length (T5 padding)", "old": old.sequence_length, "new": new.sequence_length})
     base_a, base_b = old.base, new.base
     base_changed = base_a.get("family") != base_b.get("family") or not pins_match(base_a, base_b)
 

@@ -39,6 +39,7 @@ def describe(patch: PatchFile) -> dict:
             "sha256": base.get("sha256"),
             "sha256_fp16": base.get("sha256_fp16"),
             "text_encoder_sha256": None if not encoder else encoder.get("sha256"),
+            "sequence_length": patch.sequence_length,  # a DiT's T5 padding (None: SD)
         },
         "rank": patch.rank,
         "spaces": [
@@ -91,6 +92,8 @@ def render(facts: dict) -> str:
         f"            sha256 {base['sha256']}",
         f"            sha256 (fp16-rounded) {base['sha256_fp16']}",
         f"            text encoder {base['text_encoder_sha256'] or '(not pinned)'}",
+        *([f"            T5 padding {base['sequence_length']} rows per prompt (built at; load it where the runtime "
+             "pads the same, docs/models.md)"] if base.get("sequence_length") is not None else []),
         f"  rank      {facts['rank']} in each of {len(facts['layers'])} layers  "
         + ", ".join(f"{s['space']}: {s['form']}" for s in facts["spaces"]),
         f"  sha256    {facts['sha256']} (tensor bytes; A1111 shows {facts['sha256'][:12]})",

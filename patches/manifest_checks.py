@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-from erasec.ir.dit_naming import DIT_FAMILIES, MAX_SEQUENCE_LENGTH, is_dit, is_dit_site, sites_text
+from erasec.ir.dit_naming import CONTEXT_SITE, DIT_FAMILIES, MAX_SEQUENCE_LENGTH, POOLED_SITE, is_dit, is_dit_site, sites_text
 from erasec.ir.naming import peft_component
 
 from .errors import PatchError
@@ -159,6 +159,15 @@ def check_sequence_length(path: Path, base: dict, spec: dict) -> None:
     asked = (spec.get("options") or {}).get("sequence_length")
     if asked is not None and asked != length:
         raise fail(path, key, f"{length} disagrees with erasec.spec options.sequence_length {asked!r}; the file was edited")
+
+
+def layer_role(layer: str) -> str:
+    """The role of a declared layer's site: pooled, context (a DiT's text entry), k or v."""
+    if layer in (POOLED_LAYER, POOLED_SITE):
+        return "pooled"
+    if layer == CONTEXT_SITE:
+        return "context"
+    return "k" if layer.endswith(".to_k") else "v"
 
 
 def editable_layer(layer: object, family: str, pooled: bool) -> bool:

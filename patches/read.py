@@ -19,6 +19,7 @@ in it can execute (no pickle, no ``torch.load``). ``read_patch`` refuses, with a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import numpy as np
 from .errors import PatchError
 from .manifest import DIGEST_KEY, FORMAT_VERSION, patch_digest
 from .safetensors_io import read_header
+from .manifest_checks import layer_role
 from .validate import Declared, LoraModule, check_patch, factor_names
 
 _NUMPY_DTYPES = {"F32": "<f4", "F16": "<f2"}
@@ -154,6 +156,12 @@ class PatchFile(RawPatch):
             for space in solution.spaces:
                 if space.rank != declared[space.space]["rank"] or space.left.shape[0] > widths[space.space]:
                     raise PatchError(f"{where}: space {space.space!r} disagrees with erasec.spaces and the tensors")
+            # erasec.shared records T − I per space, not which sites it edits: the declared layers say
+            # (a DiT's context/pooled site, SPEED's to_v only), so a retarget emits exactly those
+            solution = dataclasses.replace(solution, spaces=tuple(
+                dataclasses.replace(space, roles=tuple(sorted({layer_role(layer) for layer in declared[space.space]["layers"]})))
+                for space in solution.spaces
+            ))
             self._cache["shared"] = solution
         return self._cache["shared"]
 

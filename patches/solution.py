@@ -7,10 +7,9 @@ from __future__ import annotations
 import dataclasses
 
 from erasec.ir import LayerFactors, ModelTarget, Solution, SolveReport, SpaceSolution
-from erasec.ir.dit_naming import CONTEXT_SITE, POOLED_SITE
 
 from .errors import PatchError
-from .manifest_checks import POOLED_LAYER
+from .manifest_checks import layer_role
 from .read import PatchFile
 
 
@@ -29,14 +28,6 @@ def patch_target(patch: PatchFile, target: ModelTarget, where: str) -> ModelTarg
     return dataclasses.replace(target, spaces=tuple(spaces))
 
 
-def _role(layer: str) -> str:
-    if layer in (POOLED_LAYER, POOLED_SITE):
-        return "pooled"
-    if layer == CONTEXT_SITE:
-        return "context"
-    return "k" if layer.endswith(".to_k") else "v"
-
-
 def patch_solution(patch: PatchFile, scale: float) -> Solution:
     """The patch's LoRA as a per-layer ``Solution`` of ``scale·ΔW`` (float64 from the stored factors);
     each space edits exactly the roles of its declared layers (SPEED: to_v only; SDXL's pooled space)."""
@@ -53,7 +44,7 @@ def patch_solution(patch: PatchFile, scale: float) -> Solution:
                 rank=patch.rank,
                 layers=tuple(layers),
                 report=SolveReport(condition=float(space.get("condition", 0.0)), residual=0.0, hard_rank=0),
-                roles=tuple(sorted({_role(layer) for layer in space["layers"]})),
+                roles=tuple(sorted({layer_role(layer) for layer in space["layers"]})),
             )
         )
     return Solution(spaces=tuple(spaces))

@@ -189,10 +189,12 @@ def retarget(patch, model, output, force, as_json) -> None:
 @click.option("--attack-lambda", default=0.1, type=float, show_default=True, help="λ of the recoverability attack")
 @click.option("--interference-max", default=12, type=int, show_default=True, help="re-solve concepts alone up to this many")
 @click.option("--max-unrelated", default=200, type=int, show_default=True, help="unrelated prompts per suite (0: all)")
+@click.option("--sequence-length", default=None, type=int, help="a DiT patch: measure at this T5 padding instead of the "
+              "one it was built at (another runtime's); the report says so")
 @encoder_options
 @json_option
 def eval_command(patch, model, suites, prompts, output, images, steps, clip_model, attack_lambda, interference_max,
-                 max_unrelated, device, encoder_dtype, encode_batch, as_json) -> None:
+                 max_unrelated, sequence_length, device, encoder_dtype, encode_batch, as_json) -> None:
     """Measure what PATCH erases, keeps and leaves recoverable on MODEL (exact, text pathway)."""
     from pathlib import Path
 
@@ -205,7 +207,7 @@ def eval_command(patch, model, suites, prompts, output, images, steps, clip_mode
     options = run_command(lambda: EvalOptions(
         suites=tuple(suites) or EvalOptions().suites, prompts=prompts, attack_lambda=attack_lambda,
         interference_max=interference_max, max_unrelated=max_unrelated, device=device, encoder_dtype=encoder_dtype,
-        encode_batch=encode_batch,
+        encode_batch=encode_batch, sequence_length=sequence_length,
     ), loads_models=False)
     show = sys.stderr.isatty() and not as_json  # progress only on a terminal, never in --json mode
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from erasec.ir.dit_naming import MAX_SEQUENCE_LENGTH
+
 from ..errors import EvalError
 from .drift_curve import DriftCurve
 from .metrics import LayerScore
@@ -23,6 +25,9 @@ class EvalOptions:
     device: str = "auto"  # where the text encoders run (compiler/models/placement.py; --device)
     encoder_dtype: str = "fp32"
     encode_batch: int | None = None
+    # a DiT patch measured at another T5 padding than the one it records (another runtime's): the
+    # result says both (None: the patch's own)
+    sequence_length: int | None = None
 
     def __post_init__(self) -> None:
         if not self.attack_lambda > 0:  # λ > 0 keeps λI + ΣW'ᵀW' positive definite (a zeroed W' has none)
@@ -30,6 +35,9 @@ class EvalOptions:
         for option, value in (("--interference-max", self.interference_max), ("--max-unrelated", self.max_unrelated)):
             if value < 0:
                 raise EvalError(f"{option} {value}: must be ≥ 0")
+        length = self.sequence_length
+        if length is not None and not 1 <= length <= MAX_SEQUENCE_LENGTH:
+            raise EvalError(f"--sequence-length {length}: must be in 1..{MAX_SEQUENCE_LENGTH}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +86,19 @@ class EvalResult:
     interference_layers: tuple[tuple[str, tuple[tuple[float, ...], ...]], ...] | None = None
     drift_curve: DriftCurve | None = None  # efficacy against drift of the patch's spec (drift_curve.py)
     drift_note: str = ""  # why there is no curve
+    # a DiT's T5 padding the rows were measured at, and the one the patch was built at (None: SD)
+    sequence_length: int | None = None
+    built_sequence_length: int | None = None
+
+    @property
+    def padding_note(self) -> str | None:
+        """A DiT's padding line: measured at the patch's own, or — said plainly — at another one."""
+        if self.sequence_length is None:
+            return None
+        if self.sequence_length == self.built_sequence_length:
+            return f"T5 padding {self.sequence_length} rows, as the patch was built"
+        return (f"T5 padding {self.sequence_length} rows (--sequence-length), NOT the {self.built_sequence_length} the "
+                "patch was built at: these numbers are what it does under that runtime's padding")
 
     def as_dict(self) -> dict:
         return {
@@ -105,4 +126,6 @@ class EvalResult:
             "attack_lambda": self.attack_lambda,
             "drift_curve": None if self.drift_curve is None else self.drift_curve.as_dict(),
             **({"drift_note": self.drift_note} if self.drift_note else {}),
+            **({"sequence_length": self.sequence_length, "built_sequence_length": self.built_sequence_length}
+               if self.sequence_length is not None else {}),  # absent for SD
         }

@@ -65,10 +65,15 @@ def _requests(spec, preset) -> list[Request]:
 
 
 class _Rows:
-    """Encoded prompts: the last content token of each (pairs), or all its token rows (specificity)."""
+    """Encoded prompts compared as the denoiser reads them. SD: a pair at each prompt's last content
+    token (the row the methods edit), every token row for specificity. A diffusion transformer
+    (``model.sequence_length`` set): every row its runtime feeds at that padding (``seen_rows``: all
+    padded rows for FLUX and SD3, where the padding carries the prompt), a prompt's row r paired with
+    its guide's row r, as the build lowers them (``lowering/rows.RuntimeRows``)."""
 
     def __init__(self, model: TextModel) -> None:
         self.model = model
+        self.padded = model.sequence_length is not None
 
     def last(self, prompts) -> np.ndarray:
         prompts = list(prompts)
@@ -76,11 +81,25 @@ class _Rows:
         rows = self.model.encode(prompts, padded=False)
         return np.stack([r[len(i) - 2] for r, i in zip(rows, ids)])
 
+    def pairs(self, pairs) -> tuple[np.ndarray, np.ndarray]:
+        """(prompt rows, guide rows) of (prompt, guide) pairs, row for row."""
+        prompts, guides = [p for p, _ in pairs], [g for _, g in pairs]
+        if not self.padded:
+            return self.last(prompts), self.last(guides)
+        keys = self.each(prompts)
+        new = self.model.encode(guides, padded=True)
+        return np.concatenate(keys), np.concatenate([g[: k.shape[0]] for k, g in zip(keys, new)])
+
     def all(self, prompts) -> np.ndarray:
-        return np.concatenate(self.model.encode(list(prompts), padded=False))
+        return np.concatenate(self.each(prompts))
 
     def each(self, prompts) -> list[np.ndarray]:
-        return self.model.encode(list(prompts), padded=False)
+        prompts = list(prompts)
+        if not self.padded:
+            return self.model.encode(prompts, padded=False)
+        ids = self.model.tokenize(prompts)
+        rows = self.model.encode(prompts, padded=True)
+        return [r[: min(self.model.seen_rows(len(i)), r.shape[0])] for r, i in zip(rows, ids)]
 
 
 def _spread(prompts: tuple[str, ...], count: int) -> tuple[str, ...]:
@@ -130,7 +149,7 @@ def evaluate_patch(
 ) -> EvalResult:
     """Every metric of docs/evaluation.md for the patch at ``patch_path`` on ``model_location``."""
     from ..models.embedding_cache import CachingModel, EmbeddingCache
-    from ..models.open import open_model  # torch and transformers load here
+    from ..models.patch_model import open_patch_model  # torch and transformers load here
 
     progress("open")
     patch = read_patch(patch_path)
@@ -142,8 +161,13 @@ def evaluate_patch(
     from ..models.placement import EncodeOptions, placed
 
     placement = EncodeOptions(device=options.device, dtype=options.encoder_dtype, batch=options.encode_batch).resolve()
-    model = RecordingModel(placed(open_model(model_location, allow_pickle=options.allow_pickle, pooled=spec.options.pooled),
-                                  placement))  # encoders where --device says (placement.py)
+    if options.sequence_length is not None and patch.sequence_length is None:
+        raise EvalError(f"{patch.path}: --sequence-length {options.sequence_length}: a {patch.base['family']} patch has "
+                        "no T5 padding (diffusion transformers only)")
+    # a DiT at the patch's recorded T5 padding, or --sequence-length's (reported as such)
+    opened = open_patch_model(patch, model_location, allow_pickle=options.allow_pickle,
+                              sequence_length=options.sequence_length)
+    model = RecordingModel(placed(opened, placement))  # encoders where --device says (placement.py)
     patch_target(patch, model.target, model.location)  # every edited module exists with the patch's shapes
     space = model.target.spaces[0]  # the K/V key space (SDXL's pooled space is the build's to score)
     base = model.kv_weights()
@@ -166,10 +190,10 @@ def evaluate_patch(
     everything += [p for pairs in sorted_prompts.pairs.values() for pair in pairs for p in pair]
     everything += [p for group in (sorted_prompts.targets, sorted_prompts.unrelated) for ps in group.values() for p in ps]
     everything += list(spec.preserve)
-    model.encode(sorted(set(everything)), padded=False)  # one batched pass; the rest is answered from the record
+    model.encode(sorted(set(everything)), padded=encoder.padded)  # one batched pass; the rest is answered from the record
 
     progress("metrics")
-    own_rows = [(encoder.last(p for p, _ in r.own), encoder.last(g for _, g in r.own)) for r in requests]
+    own_rows = [encoder.pairs(r.own) for r in requests]
     concepts = []
     for request, (keys, guides) in zip(requests, own_rows):
         pairs = sorted_prompts.pairs.get(request.concept, ())
@@ -179,8 +203,7 @@ def evaluate_patch(
                 concept=request.concept,
                 anchor=request.anchor,
                 efficacy=efficacy(keys, guides, weights, deltas),
-                generality=efficacy(encoder.last(p for p, _ in pairs), encoder.last(g for _, g in pairs), weights, deltas)
-                if pairs
+                generality=efficacy(*encoder.pairs(pairs), weights, deltas) if pairs
                 else None,
                 targets=specificity(encoder.all(targets), weights, deltas) if targets else None,
                 recoverability=recoverability(keys, weights, deltas, options.attack_lambda),
@@ -228,4 +251,6 @@ def evaluate_patch(
         attack_lambda=options.attack_lambda,
         drift_curve=curve,
         drift_note=curve_note,
+        sequence_length=model.sequence_length,
+        built_sequence_length=patch.sequence_length,
     )

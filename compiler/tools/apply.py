@@ -22,7 +22,7 @@ from erasec.patches.read import read_patch
 from erasec.patches.solution import patch_solution, patch_target
 
 from ..errors import BuildError
-from .verify import open_patch_model
+from ..models.patch_model import open_patch_model
 
 
 def apply_patch(

@@ -112,7 +112,7 @@ def compose_patches(
     version: str | None = None,
     force: bool = False,
 ) -> BuildResult:
-    from .verify import open_patch_model
+    from ..models.patch_model import open_patch_model
 
     if len(paths) < 2:
         raise BuildError("compose: give at least two patches")
@@ -144,7 +144,7 @@ def compose_patches(
 
 
 def retarget_patch(path: str, model_location: str, output: str, *, force: bool = False) -> dict:
-    from .verify import open_patch_model
+    from ..models.patch_model import open_patch_model
 
     patch = read_patch(path)
     if "erasec.shared" not in patch.metadata:
@@ -178,6 +178,8 @@ def retarget_patch(path: str, model_location: str, output: str, *, force: bool =
         lowered = Lowering.for_pipeline(replay, pipeline).lower(spec, PRESETS[spec.method])
         # what the patch was solved for: without the preserve prompts filter-preserve dropped, as build
         scored, dropped = drop_named(lowered) if "filter-preserve" in pipeline.names() else (lowered, {})
+        # scored on the sequence space alone, as build reports it (a pooled space's efficacy is its own)
+        scored = replace(scored, spaces=scored.spaces[:1])
         report = replace(score(scored, solution, weights), dropped_preserve=tuple(dropped)).as_dict()
     else:
         report = {"note": "not measured on this model: the patch records no encodings (output.link)"}

@@ -27,38 +27,16 @@ import math
 
 import numpy as np
 
-from erasec.ir.dit_naming import POOLED_SITE
 from erasec.patches.pin import pin_difference
 from erasec.patches.errors import PatchError
-from erasec.patches.manifest_checks import POOLED_LAYER
 from erasec.patches.read import PatchFile, checked, read_raw
 
+from ..models.patch_model import open_patch_model
 from ..models.protocol import TextModel
 
 # relative Frobenius error a stored ΔW may have against the recorded factors, per storage dtype:
 # a few units of each format's rounding (fp32 2^-24, fp16 2^-11, bf16 2^-8) on products of two factors
 DELTA_TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 4e-2}
-
-
-def open_patch_model(
-    patch: PatchFile, location: str, *, allow_pickle: bool = False, sequence_length: int | None = None
-) -> TextModel:
-    """The model opened as the patch was built against it: with the key spaces the patch edits
-    (SDXL's ``add_embedding.linear_1`` or a DiT's pooled ``time_text_embed.text_embedder.linear_1``
-    when the patch carries it, so its sites, pin and ΔW are checked like the others) and, for a
-    diffusion transformer, at the T5 padding the patch records (``erasec.base.sequence_length``):
-    the rows differ with the padding. ``sequence_length`` opens it at another padding instead (``erasec
-    eval --sequence-length``, which reports the difference); a model that is no DiT is opened as
-    it is, and the family check that follows names the mismatch."""
-    from ..models.open import open_model
-
-    layers = patch.layers()
-    pooled = POOLED_LAYER in layers or POOLED_SITE in layers
-    model = open_model(location, allow_pickle=allow_pickle, pooled=pooled)  # headers only: cheap
-    length = patch.sequence_length if sequence_length is None else sequence_length
-    if length is None or model.sequence_length in (None, length):
-        return model
-    return open_model(location, allow_pickle=allow_pickle, pooled=pooled, sequence_length=length)
 
 
 def _check(name: str, ok: bool, detail: str) -> dict:
