@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from erasec.ir import EditProgram
 from erasec.ir.errors import ErasecError
@@ -20,7 +21,7 @@ from erasec.passes.pipeline import Pipeline, ir_callback
 from erasec.compiler.frontend.presets import PRESETS
 from erasec.patches.link import encode_encodings, encode_shared
 
-from .emit import BACKENDS, Emit, PatchRecord, check_rank, emit
+from .emit import BACKENDS, Emit, PatchRecord, check_rank, emit, recorded_component
 from .errors import BuildError, SpecError
 from .eval.efficacy_check import low_efficacy_warning
 from .eval.metrics import Scores, score
@@ -33,6 +34,9 @@ from .models.families import FAMILIES
 from .models.protocol import TextModel
 from .models.recording import RecordingModel
 from .outputs import check_build_output
+
+if TYPE_CHECKING:
+    from .models.embedding_cache import CachingModel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +84,10 @@ class BuildResult:
     prompts: dict[str, int] = field(default_factory=dict)  # {"cached": n, "encoded": m} distinct prompts
     device: dict | None = None  # where the encoders ran (erasec.device; None: no model opened, as compose)
     drift: dict[str, dict] = field(default_factory=dict)  # options.max_drift: key space -> where its budget landed
+    # Wan 2.2: the denoiser this patch edits (erasec.base.component; None: a family with one), and the
+    # results of the further experts' patches the same build wrote (transformer_2's, beside -o)
+    component: str | None = None
+    experts: tuple[BuildResult, ...] = ()
 
     def as_dict(self) -> dict:
         return {
@@ -105,6 +113,8 @@ class BuildResult:
             "prompts": dict(self.prompts),
             "device": self.device,
             **({"drift": dict(self.drift)} if self.drift else {}),  # absent without options.max_drift
+            **({"component": self.component} if self.component is not None else {}),  # Wan only
+            **({"experts": [expert.as_dict() for expert in self.experts]} if self.experts else {}),
         }
 
 
@@ -174,72 +184,142 @@ def build_spec(
     pipeline = Pipeline.parse(pipeline_text(spec), _ir_callback(options, emit_ir))
 
     progress("load")
-    caching = None  # the cache wrapper of a model opened here: its counts go to the summary
+    experts: list[_Expert] = []  # the patch of transformer/ first, then each further expert's (Wan 2.2)
     placement = None  # where its encoders run (erasec.device)
     if model is None:
         from .models.embedding_cache import CachingModel, EmbeddingCache
         from .models.placement import EncodeOptions, placed
 
         placement = EncodeOptions(device=options.device, dtype=options.encoder_dtype, batch=options.encode_batch).resolve()
-
-        try:
-            model = open_model(
-                spec.model, allow_pickle=options.allow_pickle, pooled=spec.options.pooled, family=spec.family,
-                sequence_length=spec.options.sequence_length,
-                text_inputs=TextInputs(spec.text_encoders, spec.tokenizers),
-            )
-        except ErasecError as error:  # the spec's line that named the model; --model needs none
-            if options.model is not None:
-                raise
-            raise type(error)(f"{spec.where('model')}: {error}") from None
         cache = EmbeddingCache.at(options.cache_dir) if options.cache else None
-        model = caching = CachingModel(placed(model, placement), cache)
-    recording = None  # what output.link records
-    if spec.output.link:
-        model = recording = RecordingModel(model)
-    base_weights = model.kv_weights()
-    check_rank(spec, model.target)
+        opened = _open(spec, options, open_model, TextInputs)
+        outputs = [(opened, output)]
+        for component, path in expert_outputs(spec, opened, output, inputs=inputs, options=options):
+            outputs.append((_open(spec, options, open_model, TextInputs, component=component), path))
+        for each, path in outputs:
+            caching = CachingModel(placed(each, placement), cache)
+            experts.append(_Expert(model=caching, caching=caching, output=path))
+        if len(outputs) == 1:  # a merged checkpoint or ONNX graph of a Wan 2.2 folder: transformer/ alone
+            experts[0].unwritten = opened.other_experts
+    else:
+        experts.append(_Expert(model=model, caching=None, output=output))
+    for expert in experts:
+        if spec.output.link:  # what output.link records
+            expert.model = expert.recording = RecordingModel(expert.model)
+        expert.base_weights = expert.model.kv_weights()
+        check_rank(spec, expert.model.target)
     seconds["load"] = time.perf_counter() - clock
 
     progress("encode")
     mark = time.perf_counter()
-    lowered = Lowering.for_pipeline(model, pipeline).lower(spec, preset)
-    model.release_text_encoders()  # every row is encoded: free SDXL's 1.6 GB of encoders (docs/performance.md)
+    for expert in experts:
+        expert.lowered = Lowering.for_pipeline(expert.model, pipeline).lower(spec, preset)
+        expert.model.release_text_encoders()  # every row is encoded: free SDXL's 1.6 GB of encoders (docs/performance.md)
     seconds["encode"] = time.perf_counter() - mark
 
     progress("solve")
     mark = time.perf_counter()
-    try:
-        program = pipeline.apply(lowered)
-    except ErasecError as error:  # a system this spec's rows make: name the spec (the pass is named)
-        raise type(error)(f"{spec.source}: {error}") from None
+    for expert in experts:
+        try:
+            expert.program = pipeline.apply(expert.lowered)
+        except ErasecError as error:  # a system this spec's rows make: name the spec (the pass is named)
+            raise type(error)(f"{spec.source}{_expert_words(expert, experts)}: {error}") from None
     seconds["solve"] = time.perf_counter() - mark
 
     progress("evaluate")
     mark = time.perf_counter()
-    # the text-pathway K/V scores, and the pooled path's on their own (one space each), on what the
-    # patch was solved for: without the preserve prompts filter-preserve dropped (issue 12 item 6)
-    scored, dropped = drop_named(lowered) if "filter-preserve" in pipeline.names() else (lowered, {})
-    scores = score(replace(scored, spaces=scored.spaces[:1]), program.solution, base_weights)
-    scores = replace(scores, dropped_preserve=tuple(dropped))
-    pooled_scores = None
-    if len(scored.spaces) > 1:
-        pooled_scores = score(replace(scored, spaces=scored.spaces[1:]), program.solution, base_weights)
+    for expert in experts:
+        # the text-pathway K/V scores, and the pooled path's on their own (one space each), on what the
+        # patch was solved for: without the preserve prompts filter-preserve dropped (issue 12 item 6)
+        lowered, program = expert.lowered, expert.program
+        scored, dropped = drop_named(lowered) if "filter-preserve" in pipeline.names() else (lowered, {})
+        scores = score(replace(scored, spaces=scored.spaces[:1]), program.solution, expert.base_weights)
+        expert.scores = replace(scores, dropped_preserve=tuple(dropped))
+        if len(scored.spaces) > 1:
+            expert.pooled_scores = score(replace(scored, spaces=scored.spaces[1:]), program.solution, expert.base_weights)
     seconds["evaluate"] = time.perf_counter() - mark
 
     progress("emit")
     mark = time.perf_counter()
-    encodings = recording.encodings if recording is not None else None
-    job = _emit_job(spec, pipeline, program, model, encodings, scores, base_weights, output, extra_metadata)
-    if placement is not None and job.record is not None:
-        job = replace(job, record=replace(job.record, device=placement.as_dict()))
-    size, rank = emit(job)
+    jobs = []
+    for expert in experts:  # every expert solved before any file is written
+        encodings = expert.recording.encodings if expert.recording is not None else None
+        job = _emit_job(spec, pipeline, expert.program, expert.model, encodings, expert.scores, expert.base_weights,
+                        expert.output, extra_metadata)
+        if placement is not None and job.record is not None:
+            job = replace(job, record=replace(job.record, device=placement.as_dict()))
+        jobs.append(job)
+    for expert, job in zip(experts, jobs):
+        expert.size, expert.rank = emit(job)
     seconds["emit"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - clock
 
+    first, *others = (_result(spec, pipeline, expert, seconds, placement) for expert in experts)
+    return replace(first, experts=tuple(others)) if others else first
+
+
+@dataclass(slots=True)
+class _Expert:
+    """One patch a build writes: the model's ``transformer/`` (or UNet), or a further expert of a Wan 2.2
+    folder (``transformer_2``), each with its own rows, solve, scores and file; filled stage by stage."""
+
+    model: TextModel
+    caching: CachingModel | None  # the cache wrapper of a model the build opened: its counts go to the summary
+    output: Path
+    unwritten: tuple[str, ...] = ()  # the folder's further experts this build's output leaves unedited
+    recording: RecordingModel | None = None
+    base_weights: Mapping | None = None
+    lowered: EditProgram | None = None
+    program: EditProgram | None = None
+    scores: Scores | None = None
+    pooled_scores: Scores | None = None
+    size: int = 0
+    rank: int = 0
+
+
+def _open(spec: Spec, options: BuildOptions, open_model, text_inputs, component: str | None = None) -> TextModel:
+    try:
+        return open_model(
+            spec.model, allow_pickle=options.allow_pickle, pooled=spec.options.pooled, family=spec.family,
+            sequence_length=spec.options.sequence_length,
+            text_inputs=text_inputs(spec.text_encoders, spec.tokenizers), component=component,
+        )
+    except ErasecError as error:  # the spec's line that named the model; --model needs none
+        if options.model is not None:
+            raise
+        raise type(error)(f"{spec.where('model')}: {error}") from None
+
+
+def expert_output(output: str | os.PathLike, component: str) -> Path:
+    """Where a further expert's patch goes: ``-o``'s name with ``.<component>`` before its suffix
+    (``wan.safetensors`` → ``wan.transformer_2.safetensors``), in the same folder."""
+    path = Path(output)
+    return path.with_name(f"{path.stem}.{component}{path.suffix}")
+
+
+def expert_outputs(spec: Spec, model: TextModel, output: Path, *, inputs: tuple, options: BuildOptions):
+    """(component, path) of each further expert of the opened folder (Wan 2.2's ``transformer_2``) whose
+    patch this build also writes, each path checked by the output policy before any work; none for a
+    merged checkpoint or ONNX output (one artifact: the model's ``transformer/``, the summary says so)."""
+    others = model.other_experts
+    if not others or not BACKENDS[spec.output.format].lora:
+        return ()
+    pairs = tuple((component, expert_output(output, component)) for component in others)
+    for _, path in pairs:
+        check_build_output(spec, path, inputs=(*inputs, output), force=options.force, cache_dir=options.cache_dir)
+    return pairs
+
+
+def _expert_words(expert: _Expert, experts: list[_Expert]) -> str:
+    """`` (transformer_2)`` in a message about one expert of several; nothing for a single model."""
+    return f" ({expert.model.component})" if len(experts) > 1 else ""
+
+
+def _result(spec: Spec, pipeline, expert: _Expert, seconds: dict, placement) -> BuildResult:
+    program, scores, caching = expert.program, expert.scores, expert.caching
     spaces = program.spaces
     return BuildResult(
-        output=output,
+        output=expert.output,
         name=spec.name,
         version=spec.version,
         family=program.target.family,
@@ -249,23 +329,38 @@ def build_spec(
         erase_rows=sum(s.erase.total for s in spaces),
         preserve_rows=sum(s.preserve.total for s in spaces),
         hard_rows=sum(s.hard.count for s in spaces),
-        rank=rank,
+        rank=expert.rank,
         layers=len(program.target.sites),
         dtype=spec.output.dtype,
-        size_bytes=size,
+        size_bytes=expert.size,
         seconds=seconds,
         scores=scores,
-        pooled_scores=pooled_scores,
+        pooled_scores=expert.pooled_scores,
         paths=edited_paths(program),
         condition=max(s.report.condition for s in program.solution.spaces),
         format=spec.output.format,
         diagnostics=tuple(f"{d.severity} [{d.origin}] {d.message}" for d in program.diagnostics)
         + low_efficacy_warning(spec, scores)  # a concept erased far less than its method normally does
-        + format_warning(spec, program),
+        + format_warning(spec, program)
+        + expert_warning(spec, expert),
         prompts={"cached": caching.hits if caching else 0, "encoded": len(caching.encoded) if caching else 0},
         device=placement.as_dict() if placement is not None else None,
         drift=drift_report(program),
+        component=recorded_component(expert.model),
     )
+
+
+def expert_warning(spec: Spec, expert: _Expert) -> tuple[str, ...]:
+    """A merged checkpoint or ONNX output of a Wan 2.2 folder edits ``transformer/`` alone: say that the
+    low-noise expert keeps the concept and how to edit it too (docs/models.md, "Wan 2.2's two experts")."""
+    if not expert.unwritten:
+        return ()
+    warning = (
+        f"warning [experts] output.format {spec.output.format} edits {expert.model.component}/ only; "
+        f"{', '.join(expert.unwritten)} still renders the concept: build with output.format peft or kohya (a "
+        "patch per expert), then erasec apply each (docs/models.md)"
+    )
+    return (warning,)
 
 
 def drift_report(program: EditProgram) -> dict[str, dict]:

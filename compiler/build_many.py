@@ -79,6 +79,8 @@ def build_one(
         return ManyResult(spec=spec, output=output, ok=False, seconds=time.perf_counter() - clock, error=str(error))
     summary = result.as_dict()
     summary.pop("scores", None), summary.pop("pooled_scores", None)
+    for expert in summary.get("experts", ()):  # Wan 2.2: transformer_2's patch beside the spec's
+        expert.pop("scores", None), expert.pop("pooled_scores", None)
     return ManyResult(spec=spec, output=output, ok=True, seconds=time.perf_counter() - clock, summary=summary)
 
 

@@ -22,6 +22,7 @@ from erasec.patches.manifest import Manifest, write_patch
 
 from .errors import SpecError
 from .frontend.spec import Spec
+from .models.families import FAMILIES
 from .models.protocol import TextModel
 from .version import erasec_version
 
@@ -105,7 +106,16 @@ def patch_manifest(job: Emit, rank: int) -> Manifest:
         device=record.device,
         # the T5 padding the rows were computed at (None for SD): the opened model's, defaulted or not
         sequence_length=job.model.sequence_length if job.model is not None else None,
+        component=recorded_component(job.model),
     )
+
+
+def recorded_component(model: TextModel | None) -> str | None:
+    """The denoiser a patch records it edits (``erasec.base.component``): for a family with several
+    (Wan 2.2's ``transformer``/``transformer_2``) the opened model's, else none (the one there is)."""
+    if model is None or not FAMILIES[model.family].experts:
+        return None
+    return model.component
 
 
 def _write_lora(job: Emit) -> tuple[int, int]:

@@ -40,6 +40,8 @@ def describe(patch: PatchFile) -> dict:
             "sha256_fp16": base.get("sha256_fp16"),
             "text_encoder_sha256": None if not encoder else encoder.get("sha256"),
             "sequence_length": patch.sequence_length,  # a DiT's T5 padding (None: SD)
+            # Wan 2.2: the expert the patch edits (transformer/ or transformer_2/); absent for one denoiser
+            **({"component": base["component"]} if base.get("component") else {}),
         },
         "rank": patch.rank,
         "spaces": [
@@ -94,6 +96,8 @@ def render(facts: dict) -> str:
         f"            text encoder {base['text_encoder_sha256'] or '(not pinned)'}",
         *([f"            T5 padding {base['sequence_length']} rows per prompt (built at; load it where the runtime "
              "pads the same, docs/models.md)"] if base.get("sequence_length") is not None else []),
+        *([f"            expert {base['component']}/ (load it into that transformer only; docs/models.md)"]
+          if base.get("component") else []),
         f"  rank      {facts['rank']} in each of {len(facts['layers'])} layers  "
         + ", ".join(f"{s['space']}: {s['form']}" for s in facts["spaces"]),
         f"  sha256    {facts['sha256']} (tensor bytes; A1111 shows {facts['sha256'][:12]})",

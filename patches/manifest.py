@@ -84,6 +84,9 @@ class Manifest:
     # erasec.base as sequence_length even when the spec left it to the pipeline's default: the rows
     # differ with the padding, so every command re-opens the model at it (docs/patch-format.md)
     sequence_length: int | None = None
+    # the denoiser folder the patch edits, recorded in erasec.base as component for a family with several
+    # (Wan 2.2: transformer or transformer_2, each its own text embedder, so its own patch); None: the one
+    component: str | None = None
 
     def metadata(self) -> dict[str, str]:
         ss_v2, base_version, architecture, implementation, resolution = _FAMILY_KEYS[self.family]
@@ -102,6 +105,7 @@ class Manifest:
                     **self.base_pin,
                     "text_encoder": self.text_encoder,
                     **({"sequence_length": self.sequence_length} if self.sequence_length is not None else {}),
+                    **({"component": self.component} if self.component is not None else {}),
                 }
             ),
             "erasec.spaces": _json(list(self.spaces)),

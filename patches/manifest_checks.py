@@ -24,6 +24,9 @@ NETWORK_MODULES = {
     "sd1": "networks.lora", "sd2": "networks.lora", "sdxl": "networks.lora",
     "flux": "networks.lora_flux", "chroma": "networks.lora_flux", "sd3": "networks.lora_sd3", "wan": "networks.lora_wan",
 }
+# erasec.base.component: the denoiser folders of a family with several, the first its default
+# (compiler/models/families Family.denoisers; tests/compiler/test_wan_experts.py keeps them equal)
+DENOISERS = {"wan": ("transformer", "transformer_2")}
 DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}
 KV_LAYER = re.compile(
     r"(?:(?:down|up)_blocks\.\d{1,3}\.attentions\.\d{1,3}|mid_block\.attentions\.0)"
@@ -159,6 +162,21 @@ def check_sequence_length(path: Path, base: dict, spec: dict) -> None:
     asked = (spec.get("options") or {}).get("sequence_length")
     if asked is not None and asked != length:
         raise fail(path, key, f"{length} disagrees with erasec.spec options.sequence_length {asked!r}; the file was edited")
+
+
+def check_component(path: Path, base: dict) -> None:
+    """Which denoiser a patch edits (``erasec.base``'s ``component``): one of its family's folders for
+    a family with several (Wan 2.2's ``transformer``, ``transformer_2``; absent: the first, as erasec
+    wrote before it edited the second), never recorded for a family with one."""
+    key = "erasec.base.component"
+    component = base.get("component")
+    allowed = DENOISERS.get(base["family"])
+    if allowed is None:
+        if "component" in base:
+            raise fail(path, key, f"{component!r} recorded for {base['family']}, which has one denoiser")
+        return
+    if "component" in base and component not in allowed:
+        raise fail(path, key, f"{component!r} is not one of {', '.join(allowed)}")
 
 
 def layer_role(layer: str) -> str:

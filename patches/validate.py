@@ -36,6 +36,7 @@ from .manifest_checks import (
     ADAPTER_KEY,
     DTYPES,
     check_base,
+    check_component,
     check_sequence_length,
     check_name,
     check_report,
@@ -104,6 +105,7 @@ def check_patch(
     check_spec(path, spec, metadata)
     check_base(path, base)
     check_sequence_length(path, base, spec)
+    check_component(path, base)
     layout = spec.get("output", {}).get("format", "kohya")
     rank = rank_of(path, metadata, layout, base["family"])
     pooled = (spec.get("options") or {}).get("pooled") is True

@@ -72,7 +72,9 @@ def build(spec, output, model, as_json, print_ir_after, print_ir_changed, verify
     """Compile SPEC into a LoRA patch.
 
     -o is checked before any work: a rebuild replaces an erasec patch of the same name; any other
-    existing file needs --force; an input, a folder, a symbolic link or a device is refused.
+    existing file needs --force; an input, a folder, a symbolic link or a device is refused. A Wan 2.2
+    folder's second expert gets its own patch beside -o, named with .transformer_2 before the suffix
+    (checked the same way).
     """
     from ..build import BuildOptions, build as run_build
 
@@ -137,6 +139,7 @@ def build_many(folder, output, model, jobs, ray_address, no_cache, force, allow_
     )
     lines = [
         f"{'built ' if r.ok else 'FAILED'} {r.output if r.ok else r.spec}  ({r.seconds:.1f}s)"
+        + "".join(f"\n  and {e['output']} ({e['component']}/)" for e in ((r.summary or {}).get("experts") or ()))
         + ("" if r.ok else f"\n  erasec: error: {r.error}")
         for r in results
     ]

@@ -145,7 +145,7 @@ POOLED_KOHYA_NOTE = (
     "diffusers, ComfyUI and A1111/Forge load both (docs/models.md)"
 )
 
-_FORMAT_NAMES = {"kohya": "kohya LoRA", "peft": "PEFT/diffusers LoRA", "checkpoint": "merged checkpoint", "onnx": "ONNX UNet"}
+_FORMAT_NAMES = {"kohya": "kohya LoRA", "peft": "PEFT/diffusers LoRA", "checkpoint": "merged checkpoint", "onnx": "ONNX graph"}
 
 
 def _placement_words(device: dict | None) -> str:
@@ -209,4 +209,30 @@ def build_summary(result) -> str:
             lines.append(f"  preserved prompts ({pooled.preserve_rows} rows)          specificity {pooled.specificity:.4f}")
         if result.format == "kohya":
             lines.append(f"  note: {POOLED_KOHYA_NOTE}")
+    lines.extend(_expert_lines(result))
     return "\n".join(lines)
+
+
+def _expert_lines(result) -> list[str]:
+    """Wan 2.2: the further experts' patches the build wrote beside -o, and how each loads (docs/models.md)."""
+    experts = getattr(result, "experts", ())
+    if not experts:
+        return []
+    head = f"  {result.output} edits {result.component}/; Wan 2.2's other expert has its own text embedder, so its own patch:"
+    lines = ["", head]
+    for expert in experts:
+        lines.append(f"built {expert.output} ({human_size(expert.size_bytes)}) for {expert.component}/: rank "
+                     f"{expert.rank} in each of {expert.layers} layers, condition {expert.condition:.3g}")
+        for request in expert.scores.requests:
+            lines.append(f"  {request.request[:34]:<34} {request.rows:>6}   {request.efficacy:8.4f}")
+        if expert.scores.specificity is not None:
+            lines.append(f"  preserved prompts ({expert.scores.preserve_rows} rows)          "
+                         f"specificity {expert.scores.specificity:.4f}")
+        lines.extend(f"  {diagnostic}" for diagnostic in expert.diagnostics if diagnostic not in result.diagnostics)
+    if result.format == "peft":
+        loads = "; ".join(f"pipe.load_lora_weights('{e.output}', load_into_{e.component}=True)" for e in experts)
+        lines.append(f"  diffusers: pipe.load_lora_weights('{result.output}'); {loads}")
+    else:
+        lines.append("  ComfyUI: load each patch with a LoraLoaderModelOnly on its own expert's model "
+                     "(high noise: transformer/, low noise: transformer_2/)")
+    return lines

@@ -79,13 +79,17 @@ def tokenizer_folder(component: str) -> str:
 class DiTModel:
     """An opened diffusion transformer, a ``protocol.TextModel``; ``open.open_model`` builds it.
 
-    ``unet_weights_file``: the safetensors file of ``transformer/`` holding the edited weights (the
+    ``unet_weights_file``: the safetensors file of ``component`` holding the edited weights (the
     name the embedding cache and the checkpoint writer read for every model class).
     ``sequence_length``: the T5 padding the rows are computed at (the spec's
     ``options.sequence_length``, else the family's pipeline default).
     ``native_prefix``: a single file's, whose tensors keep their native names under it (None: a
     diffusers folder). ``inputs``: where the text encoders and tokenizers are when not all in the
     folder (None: every one in ``path``'s component folders).
+    ``component``: the folder of the edited transformer (``transformer``, or Wan 2.2's low-noise
+    ``transformer_2``: its own weights and text embedder, so its own key rows); a single file is the
+    one transformer it holds. ``other_experts``: the folder's further transformers a build also edits,
+    each into a patch of its own (``Family.experts``).
     """
 
     location: str
@@ -99,6 +103,8 @@ class DiTModel:
     placement: Placement = CPU_PATH  # where and how the text encoders run (placement.py)
     native_prefix: str | None = None
     inputs: TextSources | None = None
+    component: str = "transformer"
+    other_experts: tuple[str, ...] = ()
     _loaded: _Loaded = field(default_factory=_Loaded, init=False, repr=False)
 
     @property

@@ -28,11 +28,12 @@ _KV = re.compile(r"^(?P<path>blocks\.(?P<block>\d+)\.attn2\.to_(?P<role>[kv]))\.
 
 def open_dit_folder(
     path: Path, location: str, *, family: str | None, pooled: bool, sequence_length: int | None,
-    inputs: TextInputs | None = None,
+    inputs: TextInputs | None = None, component: str | None = None,
 ) -> DiTModel:
     """The ``DiTModel`` of the diffusers folder at ``path`` (a ``transformer/`` folder). ``inputs``:
     text encoders and tokenizers given apart (``dit_inputs.py``), used instead of the folder's; a
-    folder that lacks one it needs is refused naming where it was looked for."""
+    folder that lacks one it needs is refused naming where it was looked for. ``component``: which
+    of the folder's transformers is edited (None: ``transformer``; Wan 2.2 also ``transformer_2``)."""
     name = TRANSFORMER_CLASSES.get(transformer_class(path) or "")
     if name is None:
         found = transformer_class(path)
@@ -42,6 +43,7 @@ def open_dit_folder(
         raise ModelError(f"{location}: the spec says family {family!r} but the folder's transformer is {name!r}; "
                          "remove family: or give the right model")
     facts = FAMILIES[name]
+    component = _checked_component(path, location, facts, component)
     length = facts.sequence_length if sequence_length is None else sequence_length
     if not isinstance(length, int) or not 1 <= length <= MAX_SEQUENCE_LENGTH:
         raise ModelError(f"{location}: sequence_length {length!r} is not an integer in 1..{MAX_SEQUENCE_LENGTH}")
@@ -53,7 +55,7 @@ def open_dit_folder(
                                   optional=optional)
     else:
         _check_components(path, facts)
-    weights_file = _weights_file(path / facts.denoiser, facts)
+    weights_file = _weights_file(path / component, facts)
     tensors = TensorFile(weights_file, pickled=False)
     dim = _key_width(path, facts, tensors, weights_file)
     if sources is not None:
@@ -68,8 +70,23 @@ def open_dit_folder(
     if pooled:
         spaces.append(_pooled_space(path, facts, tensors, weights_file, location))
     target = ModelTarget(family=name, name=location, spaces=tuple(spaces))
+    others = tuple(c for c in facts.denoisers if c != component and (path / c).is_dir())
     return DiTModel(location=location, path=path, layout="diffusers", target=target,
-                    unet_weights_file=weights_file, _file=tensors, sequence_length=length, inputs=sources)
+                    unet_weights_file=weights_file, _file=tensors, sequence_length=length, inputs=sources,
+                    component=component, other_experts=others)
+
+
+def _checked_component(path: Path, location: str, facts: Family, component: str | None) -> str:
+    """The transformer folder to edit: ``transformer`` unless asked for another of the family's
+    (Wan 2.2's ``transformer_2``), which the folder must hold."""
+    if component is None or component == facts.denoiser:
+        return facts.denoiser
+    if component not in facts.experts:
+        held = ", ".join(f"{c}/" for c in facts.denoisers)
+        raise ModelError(f"{location}: a {facts.pipeline} folder has no transformer {component!r} (only {held})")
+    if not (path / component).is_dir():
+        raise ModelError(f"{location}: has no {component}/ folder, only {facts.denoiser}/ (as a Wan 2.1 folder)")
+    return component
 
 
 def _lacks_components(path: Path, facts: Family, pooled: bool) -> bool:

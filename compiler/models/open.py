@@ -143,6 +143,7 @@ def open_model(
     family: str | None = None,
     sequence_length: int | None = None,
     text_inputs: TextInputs | None = None,
+    component: str | None = None,
 ) -> TextModel:
     """Open a diffusers folder, a single-file checkpoint, ``builtin:NAME[.safetensors]`` or a hub id
     ``org/name[@revision]`` (or ``hf:org/name``) from the local Hugging Face cache (``hub_cache.py``).
@@ -155,7 +156,8 @@ def open_model(
     A folder with ``transformer/`` is a diffusion transformer (``dit_open.py``), and so is a
     single file with a DiT's native tensor names (``dit_files.py``). ``text_inputs``: a diffusion
     transformer's text encoders and tokenizers given apart from it (``dit_inputs.py``; the spec's
-    ``text_encoders``/``tokenizers``).
+    ``text_encoders``/``tokenizers``). ``component``: which transformer of a DiT folder is edited
+    (None: ``transformer``; Wan 2.2's ``transformer_2``); a single file is the one it holds.
     """
     if location.startswith("builtin:"):
         path = builtin_model_path(location.removeprefix("builtin:"), cache_dir)
@@ -170,7 +172,7 @@ def open_model(
         )
     if path.is_dir() and (path / "transformer").is_dir():
         model = open_dit_folder(path, location, family=family, pooled=pooled, sequence_length=sequence_length,
-                                inputs=text_inputs)
+                                inputs=text_inputs, component=component)
         return dataclasses.replace(model, cache_dir=cache_dir)
     tensors = None
     if not path.is_dir():

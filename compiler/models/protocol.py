@@ -52,6 +52,11 @@ class TextModel(Protocol):
         """A diffusion transformer's T5 padding, the rows ``encode(padded=True)`` computes (a patch
         records it); None for SD, whose padding is CLIP's fixed 77."""
 
+    @property
+    def component(self) -> str:
+        """The folder of the edited denoiser: ``unet``, ``transformer``, or Wan 2.2's second expert
+        ``transformer_2`` (its own weights and text embedder; a Wan patch records which)."""
+
     def seen_rows(self, tokens: int) -> int:
         """How many leading rows of a padded prompt of ``tokens`` ids the denoiser attends to."""
 

@@ -91,6 +91,16 @@ class SDModel:
         """SD has no T5 padding (its CLIP rows are always 77)."""
         return None
 
+    @property
+    def component(self) -> str:
+        """The one denoiser of an SD model."""
+        return "unet"
+
+    @property
+    def other_experts(self) -> tuple[str, ...]:
+        """No further denoiser (``DiTModel.other_experts``: Wan 2.2's second transformer)."""
+        return ()
+
     def seen_rows(self, tokens: int) -> int:
         """Every padded row: cross-attention attends to all 77."""
         return MODEL_MAX_LENGTH

@@ -51,6 +51,10 @@ class ModelWrapper:
     def sequence_length(self) -> int | None:
         return self.inner.sequence_length
 
+    @property
+    def component(self) -> str:
+        return self.inner.component
+
     def seen_rows(self, tokens: int) -> int:
         return self.inner.seen_rows(tokens)
 

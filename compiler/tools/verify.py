@@ -165,7 +165,9 @@ def _model_checks(patch: PatchFile, model: TextModel) -> list[dict]:
             not differ,
             f"the {len(layers)} touched tensors match the pin ({'exact' if base['sha256'] == actual['sha256'] else 'fp16-rounded'})"
             if not differ
-            else f"{len(differ)} of {len(layers)} touched tensors differ from the pin: {shown}",
+            else f"{len(differ)} of {len(layers)} touched tensors differ from the pin: {shown}"
+            + (f" (the patch edits {base['component']}/: give the folder holding it, or that expert's own file)"
+               if base.get("component") else ""),
         )
     )
     if not differ:

@@ -29,7 +29,7 @@ def _models(opened: SDModel) -> dict:
 
 def test_the_protocol_names_what_its_callers_use():
     assert MEMBERS == [
-        "base_pin", "checkpoint_source", "encode", "encode_pooled", "family", "kv_weights", "location",
+        "base_pin", "checkpoint_source", "component", "encode", "encode_pooled", "family", "kv_weights", "location",
         "padded_rows", "release_text_encoders", "seen_rows", "sequence_length", "site_gram", "storage_dtype", "target",
         "text_encoder_pin", "tokenize",
     ]
@@ -50,7 +50,7 @@ def test_wrappers_answer_as_the_model_they_wrap(tiny_sd1_path):
     module_paths = [site.module_path for site in opened.target.sites[:2]]
     for kind, model in _models(opened).items():
         assert (model.location, model.family, model.target) == (opened.location, "sd1", opened.target), kind
-        assert model.storage_dtype() == "fp32"
+        assert model.storage_dtype() == "fp32" and model.component == "unet"
         assert model.base_pin(module_paths) == opened.base_pin(module_paths)
         assert model.text_encoder_pin() == opened.text_encoder_pin()
         assert model.checkpoint_source().weights_file == opened.unet_weights_file

@@ -158,5 +158,6 @@ WAN = Family(
     encoder_slots=(EncoderSlot("t5", "text_encoder", "UMT5EncoderModel", "text_encoders.umt5xxl.transformer."),),
     native_marks="blocks.N.cross_attn, text_embedding",
     to_native=wan_to_native,
+    experts=("transformer_2",),  # Wan 2.2's low-noise expert (WanPipeline.transformer_2, boundary_ratio)
 )
 FAMILIES = (FLUX, CHROMA, SD3, WAN)

@@ -94,6 +94,9 @@ class Family:
     native_marks: str = ""  # a DiT single file's telling names, in words (refusals): "txt_in, vector_in"
     # a DiT's diffusers state dict → its native single-file names (models/dit_layout.py; None: not written)
     to_native: Callable[[Mapping], dict] | None = None
+    # further denoiser folders a DiT folder may hold beside ``denoiser``, each reading the same text through
+    # its own weights, so each edited by a patch of its own (Wan 2.2's low-noise expert ``transformer_2``)
+    experts: tuple[str, ...] = ()
 
     @property
     def transformer(self) -> bool:
@@ -104,6 +107,11 @@ class Family:
     def pooled(self) -> bool:
         """Whether the family has a pooled text path (``options.pooled``)."""
         return self.pooled_encoder is not None
+
+    @property
+    def denoisers(self) -> tuple[str, ...]:
+        """Every denoiser folder a folder of this family may hold: ``denoiser`` first, then ``experts``."""
+        return (self.denoiser, *self.experts)
 
     def encoder_slot(self, component: str) -> EncoderSlot:
         """The separate-input slot of ``component`` (a DiT family's)."""
