@@ -8,6 +8,8 @@ from erasec.ir.dit_naming import POOLED_SITE
 from erasec.patches.manifest_checks import POOLED_LAYER
 from erasec.patches.read import PatchFile
 
+from ..errors import ModelError
+from .families import FAMILIES
 from .protocol import TextModel
 
 
@@ -20,13 +22,22 @@ def open_patch_model(
     diffusion transformer, at the T5 padding the patch records (``erasec.base.sequence_length``):
     the rows differ with the padding. ``sequence_length`` opens it at another padding instead (``erasec
     eval --sequence-length``, which reports the difference); a model that is no DiT is opened as
-    it is, and the family check that follows names the mismatch."""
+    it is, and the family check that follows names the mismatch. A Wan 2.2 patch opens the expert it
+    records (``erasec.base.component``: ``transformer_2``, the low-noise expert, has its own weights
+    and text embedder); a folder without it is refused in one line naming both."""
     from .open import open_model  # torch and transformers load here
 
     layers = patch.layers()
     pooled = POOLED_LAYER in layers or POOLED_SITE in layers
-    model = open_model(location, allow_pickle=allow_pickle, pooled=pooled)  # headers only: cheap
+    component = patch.base.get("component")
+    try:
+        model = open_model(location, allow_pickle=allow_pickle, pooled=pooled, component=component)  # headers only
+    except ModelError as error:
+        if component is None:
+            raise
+        default = FAMILIES[patch.base["family"]].denoiser
+        raise ModelError(f"{patch.path}: is a patch of {component}/, not {default}/; {error}") from None
     length = patch.sequence_length if sequence_length is None else sequence_length
     if length is None or model.sequence_length in (None, length):
         return model
-    return open_model(location, allow_pickle=allow_pickle, pooled=pooled, sequence_length=length)
+    return open_model(location, allow_pickle=allow_pickle, pooled=pooled, sequence_length=length, component=component)
