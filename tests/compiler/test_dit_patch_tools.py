@@ -321,3 +321,28 @@ def test_eval_refuses_a_padding_for_an_sd_patch_and_one_out_of_range(built, tmp_
     assert run("build", spec, "-o", tmp_path / "sd.safetensors").exit_code == 0
     fails(("eval", tmp_path / "sd.safetensors", "--model", "builtin:tiny-sd1", "--sequence-length", "256"),
           "a sd1 patch has no T5 padding")
+
+
+def test_a_checkpoint_build_from_a_single_file_keeps_its_native_names(built, tmp_path):
+    """A BFL/SAI single file with its encoders apart (as ComfyUI keeps them): the merged file has the
+    input's tensor names, dtypes and every other byte of it, and its edited tensors (``txt_in``,
+    ``vector_in.in_layer`` / SAI ``context_embedder``, ``y_embedder.mlp.0``) are W0 + the ΔW the
+    folder's patch of the same spec records. (diffusers' FLUX single-file converter assumes FLUX's
+    3072-wide blocks, so a tiny single file is not loaded through it.)"""
+    from erasec.ir.dit_naming import native_module_path
+
+    family = built["family"]
+    single, encoders = tmp_path / "model.safetensors", tmp_path / "enc"
+    assert run("export-single-file", f"builtin:{MODELS[family]}", "-o", single, "--text-encoders", encoders).exit_code == 0
+    slots = {path.stem: path.name for path in sorted(encoders.glob("*.safetensors"))}
+    text = _spec(single.name, (ERASE_A,), ("a photo of a cat",), output="{format: checkpoint}").replace(
+        "method: uce", f"text_encoders: {json.dumps({s: f'enc/{n}' for s, n in slots.items()})}\n"
+        "tokenizers: {t5: enc/t5_tokenizer}\nmethod: uce")
+    merged = _build(tmp_path, "merged", text)
+    before, after = load_file(str(single)), load_file(str(merged))
+    assert sorted(before) == sorted(after)
+    deltas = {f"{native_module_path(layer, family)}.weight": delta for layer, delta in _deltas(built["a"], built["base"]).items()}
+    assert sorted(deltas) == sorted(name for name in before if not np.array_equal(before[name], after[name]))
+    for name, delta in deltas.items():
+        assert _relative(after[name].astype(np.float64), before[name].astype(np.float64) + delta) < 1e-6, name
+    assert merged.read_bytes()[:200] == single.read_bytes()[:200]  # the header (names, offsets) unchanged
