@@ -241,3 +241,38 @@ def test_the_component_record_is_checked():
         check_component(Path("p.safetensors"), {"family": "wan", "component": "transformer_3"})
     with pytest.raises(PatchError, match=r"^p.safetensors: erasec.base.component: 'transformer' recorded for flux, which has one denoiser$"):
         check_component(Path("p.safetensors"), {"family": "flux", "component": "transformer"})
+
+
+@pytest.mark.slow  # three builds of two experts each (≈ 16 s)
+def test_compose_of_transformer_2_patches_is_the_union_builds_transformer_2_patch(tmp_path):
+    """compose opens the recorded expert: two linked transformer_2 patches compose to the union spec's
+    transformer_2 patch (ΔW to 1e-8), recording transformer_2; a transformer/ patch does not join them."""
+    def spec(name: str, concepts: list[str]) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        erase = "".join(f"  - {{concept: {c}, anchor: a painter}}\n" for c in concepts)
+        path.write_text(
+            f"erasec: 1\nname: {name}\nversion: 1.0.0\nmodel: builtin:tiny-wan\nmethod: uce\nerase:\n{erase}"
+            f"preserve: [a photo of a cat]\noptions:\n  sequence_length: {LENGTH}\noutput:\n  format: peft\n  link: true\n"
+        )
+        return path
+
+    for name, concepts in (("a", ["Van Gogh"]), ("b", ["Claude Monet"]), ("ab", ["Van Gogh", "Claude Monet"])):
+        result = run("build", spec(name, concepts), "-o", tmp_path / f"{name}.safetensors")
+        assert result.exit_code == 0, result.output
+    second = {name: tmp_path / f"{name}.transformer_2.safetensors" for name in ("a", "b", "ab")}
+    out = tmp_path / "c.safetensors"
+    result = run("compose", second["a"], second["b"], "-o", out, "--name", "ab")
+    assert result.exit_code == 0, result.output
+    assert read_patch(out).base["component"] == "transformer_2"
+    assert not out.with_name("c.transformer_2.safetensors").exists()  # compose writes the one patch
+    weights = load_file(str(_tiny_wan() / EXPERT_FILE))
+    composed, union = _deltas(out, weights), _deltas(second["ab"], weights)
+    for layer, delta in union.items():
+        assert np.linalg.norm(composed[layer] - delta) <= 1e-8 * np.linalg.norm(delta), layer
+    fails(["compose", second["a"], tmp_path / "b.safetensors", "-o", tmp_path / "x.safetensors"], "pins another base")
+
+
+def _tiny_wan() -> Path:
+    from erasec.compiler.models.builtin import builtin_model_path
+
+    return builtin_model_path("tiny-wan")
