@@ -195,14 +195,17 @@ def build_summary(result) -> str:
         )
         prompt, value = scores.worst_preserve
         lines.append(f"  least preserved: {prompt!r} {value:.4f}")
-    lines.append("  (text pathway, all edited K/V layers, on the spec's own rows; 1 = fully erased / fully kept)")
+    # a DiT's text entry is context_embedder (Wan's sites are K/V, as SD's); its pooled site is its own
+    text_entry = result.family in ("flux", "chroma", "sd3")
+    layers = "the edited text-entry layer" if text_entry else "all edited K/V layers"
+    lines.append(f"  (text pathway, {layers}, on the spec's own rows; 1 = fully erased / fully kept)")
     from erasec.patches.inspect import drift_lines  # erasec inspect prints the same lines
 
     lines.extend(drift_lines(getattr(result, "drift", None) or {}))
     for diagnostic in result.diagnostics:
         lines.append(f"  {diagnostic}")
     if pooled is not None:
-        lines.append("  pooled path (add_embedding.linear_1):")
+        lines.append(f"  pooled path ({'time_text_embed.text_embedder.linear_1' if text_entry else 'add_embedding.linear_1'}):")
         for request in pooled.requests:
             lines.append(f"  {request.request[:34]:<34} {request.rows:>6}   {request.efficacy:8.4f}")
         if pooled.specificity is not None:

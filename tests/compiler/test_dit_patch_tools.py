@@ -113,7 +113,13 @@ def test_a_dit_patch_records_the_padding_it_was_built_at(built):
 
 
 def test_a_defaulted_padding_is_recorded_as_the_pipelines(tmp_path):
-    patch = _build(tmp_path, "d", _spec("builtin:tiny-flux", (ERASE_A,), (), length=None, output="{format: peft}"))
+    (tmp_path / "d.yaml").write_text(_spec("builtin:tiny-flux", (ERASE_A,), (), length=None, output="{format: peft}"))
+    patch = tmp_path / "d.safetensors"
+    result = run("build", tmp_path / "d.yaml", "-o", patch)
+    assert result.exit_code == 0, result.output
+    # the summary names FLUX's own sites, not SD's K/V and add_embedding
+    assert "(text pathway, the edited text-entry layer, on the spec's own rows" in result.output
+    assert "pooled path (time_text_embed.text_embedder.linear_1):" in result.output
     read = read_patch(patch)
     assert "sequence_length" not in read.spec["options"] or read.spec["options"]["sequence_length"] is None
     assert read.sequence_length == FAMILIES["flux"].sequence_length == 512
