@@ -213,6 +213,7 @@ def _write(tmp_path: Path, family: str, layout: str, weights: dict[str, np.ndarr
         report={"efficacy": {"x": 1.0}, "specificity": 1.0},
         base_pin=base_pin({f"{p}.weight": weights[p] for ls in layers.values() for p in ls}, dtype="fp32"),
         layout=layout,
+        sequence_length=512,  # a DiT patch records the T5 padding it was built at
     )
     path = tmp_path / f"{family}-{layout}.safetensors"
     write_patch(path, tensors, {**manifest.metadata(), **header})
