@@ -66,7 +66,7 @@ COMPILER_ALLOWED = {
     "emit": _LEAVES | {"frontend", "models", "onnx_graphs"},
     "build": _LEAVES | {"frontend", "models", "lowering", "eval", "outputs", "emit"},
     "tools": _LEAVES | {"frontend", "models", "lowering", "eval", "outputs", "emit", "build"},
-    "build_many": _LEAVES | {"build"},
+    "build_many": _LEAVES | {"build", "models"},  # models: the encoder placement (--device) it passes to each build
     "cli": _LEAVES | {"frontend", "models", "lowering", "eval", "outputs", "onnx_graphs", "emit", "build", "tools",
                       "build_many"},
 }
