@@ -28,3 +28,27 @@ def onnx_output(path, feeds, **kwargs) -> np.ndarray:
 
     session = open_session(path, ["CPUExecutionProvider"])
     return run_step(session, feeds, **kwargs)[0]
+
+
+DIT_MODELS = {"flux": "tiny-flux", "chroma": "tiny-chroma", "sd3": "tiny-sd3", "wan": "tiny-wan"}
+
+
+def dit_parity_spec(model: str) -> str:
+    """The DiT parity spec on ``model``: a PEFT patch (what diffusers loads), 8 T5 rows; FLUX and SD3
+    edit their pooled ``linear_1`` too, so the Gemm site is patched beside ``context_embedder``."""
+    pooled = "  pooled: true\n" if model in ("tiny-flux", "tiny-sd3") else ""
+    return (
+        f"erasec: 1\nname: onnx-dit-parity\nversion: 1.0.0\nmodel: builtin:{model}\nmethod: uce\n"
+        "erase:\n  - {concept: Van Gogh, anchor: a painter}\n  - {concept: Kelly McKernan, anchor: an artist}\n"
+        "preserve: [Claude Monet]\n"
+        f"options:\n  sequence_length: 8\n{pooled}"
+    )
+
+
+def transformer_output(transformer, feeds: dict) -> np.ndarray:
+    """A diffusers transformer's output on numpy ``feeds`` named as its graph's inputs."""
+    import torch
+
+    with torch.no_grad():
+        inputs = {name: torch.from_numpy(value) for name, value in feeds.items()}
+        return transformer(**inputs, return_dict=False)[0].numpy()

@@ -1,11 +1,11 @@
 """``erasec apply PATCH --onnx unet.onnx -o out.onnx --mode bake|switchable|adapter``: a patch file
-applied to a UNet graph, with no model (the ONNX step of ``erasec build``, which may export the graph
+applied to a UNet graph (or a diffusion transformer's), with no model (the ONNX step of ``erasec build``, which may export the graph
 first, is ``compiler/onnx_graphs/build.py``).
 
 The patch is read and hash-checked by ``erasec.patches.read``; its LoRA factors, with
 ``alpha / r`` folded in, come from ``patches/solution.py`` — exactly what a LoRA loader
 would add. The graph is rewritten by the ONNX backend (``backends/onnx``), which confirms the
-located K/V tensors against the patch's base pin before touching anything.
+located site tensors against the patch's base pin before touching anything.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ default — and dynamo with its optimizer on), or ``B = Transpose(W)`` of a name
 (``[out, in]``: legacy without folding, dynamo ``optimize=False``). research/ecosystem.md §4.3.
 A Linear on 2-D rows — SDXL's ``add_embedding.linear_1``, the ``options.pooled`` site — is a
 ``Gemm(x, W, b, transB=1)`` over ``W [out, in]`` in both exporters' graphs (seen on tiny-sdxl).
+A diffusion transformer's sites are the same two shapes (seen on tiny-flux, -chroma, -sd3, -wan):
+``context_embedder`` and Wan's ``attn2.to_k/to_v`` read 3-D rows, a ``MatMul`` (then ``Add`` of the
+bias, which is never touched); the pooled ``time_text_embed.text_embedder.linear_1`` a ``Gemm``.
 
 The module path is read, never guessed, from one of:
 
@@ -193,7 +196,7 @@ def locate_sites(graph: ir.Graph, sites: dict[str, tuple[int, int] | None], *, w
                 if shape != expected:
                     refused[name] = (
                         f"node {node.name!r} holds {weight.name!r} of shape {list(shape)}, "
-                        f"not {list(expected)} (K and V packed by attention fusion?)"
+                        f"not {list(expected)}: another model's graph, or K and V packed by attention fusion"
                     )
                     break
                 if name in matches and matches[name].matmul is not node:

@@ -128,7 +128,7 @@ def confirm_base(
     if differ:
         first = differ[0].removesuffix(".weight")
         raise BackendError(
-            f"{where}: {len(differ)} of the {len(weights)} located K/V weights differ from the patch's base pin "
+            f"{where}: {len(differ)} of the {len(weights)} located weights differ from the patch's base pin "
             f"(first {first}); "
             "the graph was exported from another model, or was already patched"
         )

@@ -119,6 +119,73 @@ def unet_inputs(session: OnnxSession, *, batch: int = 2, size: int | None = None
     return feeds
 
 
+TRANSFORMER_TEXT_ROWS = 77  # encoder rows fed to a transformer graph whose sequence length is symbolic
+
+
+def _family_of_transformer(inputs: dict) -> str | None:
+    """A transformer graph's family from its inputs (export_transformer.py's names, optimum's for FLUX/SD3)."""
+    if "hidden_states" not in inputs or "encoder_hidden_states" not in inputs:
+        return None
+    if "img_ids" in inputs:
+        return "flux" if "pooled_projections" in inputs else "chroma"
+    return {4: "sd3", 5: "wan"}.get(len(inputs["hidden_states"].shape))
+
+
+def transformer_inputs(session: OnnxSession, *, batch: int = 1, size: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded example inputs for a diffusion transformer graph, as its pipeline makes them: latents of
+    ``size`` × ``size`` (default 32; FLUX and Chroma pack 2 × 2 of them per image token, with
+    ``FluxPipeline``'s image ids), standard-normal encoder rows (77 where the length is symbolic; zero
+    text ids), the pooled vector, a timestep (FLUX and Chroma take ``t / 1000``), FLUX-dev's guidance
+    3.5, Chroma's all-true attention mask; Wan's latents have 2 frames. Fixed dimensions are the graph's."""
+    rng = np.random.default_rng(seed)
+    inputs = {i.name: i for i in session.session.get_inputs()}
+    family = _family_of_transformer(inputs)
+    if family is None:
+        raise BackendError(f"{session.path}: neither a UNet nor a transformer graph (no input 'sample' or 'hidden_states')")
+
+    def dims(name: str, fallback: Sequence[int]) -> list[int]:
+        return [d if isinstance(d, int) and d > 0 else f for d, f in zip(inputs[name].shape, fallback)]
+
+    def normal(name: str, shape) -> np.ndarray:
+        return rng.standard_normal(shape).astype(_NUMPY.get(inputs[name].type, np.float32))
+
+    size = size or 32
+    batch = dims("hidden_states", (batch,))[0]
+    rows = dims("encoder_hidden_states", (batch, TRANSFORMER_TEXT_ROWS, 1))
+    feeds: dict[str, np.ndarray] = {}
+    if family in ("flux", "chroma"):
+        height = width = size // 2
+        states = dims("hidden_states", (batch, height * width, 1))
+        if states[1] != height * width:  # a fixed token count: a square of it
+            height = width = round(states[1] ** 0.5)
+        ids = np.zeros((height, width, 3))
+        ids[..., 1], ids[..., 2] = np.arange(height)[:, None], np.arange(width)[None, :]
+        feeds["hidden_states"] = normal("hidden_states", states)
+        feeds["img_ids"] = ids.reshape(-1, 3).astype(np.float32)
+        feeds["txt_ids"] = np.zeros((rows[1], 3), dtype=np.float32)
+        timestep = 0.981
+    else:
+        fallback = (batch, 1, size, size) if family == "sd3" else (batch, 1, 2, size, size)
+        feeds["hidden_states"] = normal("hidden_states", dims("hidden_states", fallback))
+        timestep = 981.0
+    feeds["encoder_hidden_states"] = normal("encoder_hidden_states", rows)
+    feeds["timestep"] = np.full((batch,), timestep, dtype=_NUMPY.get(inputs["timestep"].type, np.float32))
+    if "pooled_projections" in inputs:
+        feeds["pooled_projections"] = normal("pooled_projections", dims("pooled_projections", (batch, 1)))
+    if "guidance" in inputs:
+        feeds["guidance"] = np.full((batch,), 3.5, dtype=_NUMPY.get(inputs["guidance"].type, np.float32))
+    if "attention_mask" in inputs:
+        feeds["attention_mask"] = np.ones((batch, rows[1] + feeds["hidden_states"].shape[1]), dtype=bool)
+    return feeds
+
+
+def example_inputs(session: OnnxSession, *, seed: int = 0, size: int | None = None) -> dict[str, np.ndarray]:
+    """``unet_inputs`` for a UNet graph (input ``sample``), else ``transformer_inputs``."""
+    if "sample" in {i.name for i in session.session.get_inputs()}:
+        return unet_inputs(session, seed=seed, size=size)
+    return transformer_inputs(session, seed=seed, size=size)
+
+
 def run_step(
     session: OnnxSession,
     feeds: dict[str, np.ndarray],
@@ -127,7 +194,7 @@ def run_step(
     adapter: str | Path | None = None,
     repeat: int = 1,
 ) -> tuple[np.ndarray, list[float]]:
-    """One UNet evaluation (the noise prediction of one denoising step), ``repeat`` times;
+    """One UNet or transformer evaluation (the noise prediction of one denoising step), ``repeat`` times;
     returns the output and each run's seconds."""
     import onnxruntime as ort
 
@@ -164,16 +231,17 @@ def run_onnx(
     size: int | None = None,
     repeat: int = 1,
 ) -> dict:
-    """Open ``path`` (a UNet graph, or an export-onnx folder), run one step; a JSON-able summary."""
+    """Open ``path`` (a UNet or transformer graph, or an export-onnx folder), run one step; a JSON-able summary."""
     path = Path(path)
     if path.is_dir():
-        path = path / "unet" / "model.onnx"
+        path = next((path / c / "model.onnx" for c in ("unet", "transformer") if (path / c).is_dir()), path / "unet" / "model.onnx")
     session = open_session(path, providers)
     output, seconds = run_step(
-        session, unet_inputs(session, seed=seed, size=size), erase_scale=erase_scale, adapter=adapter, repeat=repeat
+        session, example_inputs(session, seed=seed, size=size), erase_scale=erase_scale, adapter=adapter, repeat=repeat
     )
     return {
         "graph": str(path),
+        "output": session.session.get_outputs()[0].name,
         "provider": session.provider,
         "providers": list(session.providers),
         "requested": list(session.requested),

@@ -17,12 +17,15 @@ from .common import emit, fail, human_size, json_option, quiet_libraries, run_co
               "model's; checked before any work)")
 @click.option("--exporter", default="dynamo", type=click.Choice(["dynamo", "legacy"]), show_default=True)
 @click.option("--opset", default=None, type=int, help="ONNX opset (default 20 for dynamo, 17 for legacy)")
-@click.option("--static", is_flag=True, help="fixed batch 2 and the model's sample size (faster to export)")
+@click.option("--static", is_flag=True, help="fixed batch 2 and the model's sample size (faster to export); a "
+              "transformer: the example's shapes (docs/onnx.md)")
 @click.option("--components", default=None,
-              help="comma list of unet, text_encoder, text_encoder_2 (default: all the model has)")
+              help="comma list of unet, text_encoder, text_encoder_2, or a diffusion transformer's transformer, "
+              "transformer_2 (default: all the model has)")
 @json_option
 def export_onnx(model, output, exporter, opset, static, components, as_json) -> None:
-    """Export MODEL's UNet and text encoder(s) to ONNX graphs that erasec can patch."""
+    """Export MODEL's UNet and text encoder(s), or a diffusion transformer's transformer, to ONNX graphs
+    that erasec can patch."""
     from pathlib import Path
 
     def action():
@@ -56,11 +59,13 @@ def export_onnx(model, output, exporter, opset, static, components, as_json) -> 
 @click.option("--erase-scale", default=None, type=float, help="feed the switchable graph's erase_scale (0 = base)")
 @click.option("--adapter", default=None, type=click.Path(dir_okay=False), help="an .onnx_adapter to activate")
 @click.option("--seed", default=0, type=int, show_default=True, help="seed of the example latents and states")
-@click.option("--size", default=None, type=int, help="latent height and width (default: the graph's, else 64)")
+@click.option("--size", default=None, type=int,
+              help="latent height and width (default: the graph's, else 64; a transformer's 32)")
 @click.option("--repeat", default=1, type=int, show_default=True, help="runs to time (median reported)")
 @json_option
 def run_onnx(graph, providers, erase_scale, adapter, seed, size, repeat, as_json) -> None:
-    """Run one denoising step of a UNet GRAPH (or export folder) in ONNX Runtime; say which provider ran."""
+    """Run one denoising step of a UNet or transformer GRAPH (or export folder) in ONNX Runtime; say which
+    provider ran."""
     def action():
         require_extra("onnx", "run-onnx")  # a missing onnx extra: one line, before importing it
         from erasec.backends.onnx.runtime import run_onnx as run
@@ -71,7 +76,7 @@ def run_onnx(graph, providers, erase_scale, adapter, seed, size, repeat, as_json
     result = run_command(action)
     text = (
         f"ran {result['graph']} on {result['provider']} (session providers: {', '.join(result['providers'])})\n"
-        f"  out_sample {result['output_shape']}  mean |x| {result['output_mean_abs']:.4g}  "
+        f"  {result['output']} {result['output_shape']}  mean |x| {result['output_mean_abs']:.4g}  "
         f"finite {result['finite']}  median {result['median_ms']:.1f} ms over {result['runs']} run(s)"
     )
     emit(result, as_json, text)

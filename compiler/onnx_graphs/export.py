@@ -46,7 +46,7 @@ from ..errors import BuildError
 
 Exporter = Literal["dynamo", "legacy"]
 EXPORTERS: tuple[str, ...] = ("dynamo", "legacy")
-COMPONENTS: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2", "transformer", "transformer_2")  # the last two: a DiT's
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
 SDXL_UNET_INPUTS = ("text_embeds", "time_ids")  # optimum's names for added_cond_kwargs
 UNET_OUTPUT = "out_sample"
@@ -152,8 +152,14 @@ def _fold_constants(model) -> None:
     common.RemoveUnusedNodesPass()(model)
 
 
-def _export(module, args, path: Path, *, input_names, output_names, dynamic_axes, options: ExportOptions) -> None:
-    """One torch → ONNX export into ``path`` (a scratch file; the caller re-saves it)."""
+def export_module(
+    module, args, path: Path, *, input_names, output_names, dynamic_axes, options: ExportOptions, varargs: bool = False
+) -> None:
+    """One torch → ONNX export into ``path`` (a scratch file; the caller re-saves it). ``varargs``: the
+    module's ``forward(*inputs)`` takes every input as one variadic argument (the transformer wrapper).
+
+    An operator the legacy exporter has no ONNX symbolic for (``aten::rms_norm``, the RMSNorm q/k norms
+    of FLUX, Chroma, SD3.5 and Wan in diffusers 0.42) is refused in one line naming it."""
     import warnings
 
     import torch
@@ -161,17 +167,22 @@ def _export(module, args, path: Path, *, input_names, output_names, dynamic_axes
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings and deprecation notes, not ours to fix
         if options.exporter == "legacy":
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                dynamo=False,
-                opset_version=options.opset_version,
-                do_constant_folding=True,
-                input_names=list(input_names),
-                output_names=list(output_names),
-                dynamic_axes=dynamic_axes if options.dynamic else None,
-            )
+            try:
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    opset_version=options.opset_version,
+                    do_constant_folding=True,
+                    input_names=list(input_names),
+                    output_names=list(output_names),
+                    dynamic_axes=dynamic_axes if options.dynamic else None,
+                )
+            except torch.onnx.errors.UnsupportedOperatorError as error:
+                first = str(error).strip().splitlines()[0]
+                raise BuildError(f"export-onnx: the legacy exporter cannot export this model ({first}); "
+                                 "use --exporter dynamo") from None
             return
         from torch.export import Dim
 
@@ -180,6 +191,7 @@ def _export(module, args, path: Path, *, input_names, output_names, dynamic_axes
             shapes = tuple(
                 {axis: Dim.AUTO for axis in dynamic_axes[name]} if name in dynamic_axes else None for name in input_names
             )
+            shapes = (shapes,) if varargs else shapes
         program = torch.onnx.export(
             module,
             args,
@@ -192,7 +204,26 @@ def _export(module, args, path: Path, *, input_names, output_names, dynamic_axes
             verbose=False,
         )
         _fold_constants(program.model)
+        if options.dynamic:
+            _name_dynamic_dims(program.model, dynamic_axes)
         program.save(str(path), external_data=True)
+
+
+def _name_dynamic_dims(model, dynamic_axes) -> None:
+    """The dynamo exporter names a symbolic dimension after its symbol (``s21``); give the graph's
+    inputs and outputs the axis names the legacy exporter writes (``batch``, ``sequence``, …), so that
+    one name marks the dimensions that must agree (FLUX's ``image_tokens`` in ``hidden_states`` and ``img_ids``)."""
+    import onnx_ir as ir
+
+    for value in (*model.graph.inputs, *model.graph.outputs):
+        axes = dynamic_axes.get(value.name)
+        if not axes or value.shape is None:
+            continue
+        dims = list(value.shape.dims)
+        for axis, name in axes.items():
+            if axis < len(dims) and not isinstance(dims[axis], int):
+                dims[axis] = ir.SymbolicDim(name)
+        value.shape = ir.Shape(dims)
 
 
 def sdxl_conditioning(config, text_embeds_dim: int | None = None) -> tuple[int, int]:
@@ -246,7 +277,7 @@ def export_unet(unet, path: Path, options: ExportOptions, *, text_embeds_dim: in
             f"export-onnx: a UNet with addition_embed_type {config.addition_embed_type!r} is not exported; "
             "SD1.x, SD2.x and SDXL UNets are"
         )
-    _export(
+    export_module(
         _unet_wrapper(unet if unet.dtype == torch.float32 else unet.to(torch.float32)),
         args,
         path,
@@ -267,7 +298,7 @@ def export_text_encoder(encoder, path: Path, options: ExportOptions, *, hidden_s
     axes = {"input_ids": {0: "batch", 1: "sequence"}}
     axes.update({name: {0: "batch", 1: "sequence"} for name in outputs if name not in ("pooler_output", "text_embeds")})
     axes.update({name: {0: "batch"} for name in outputs if name in ("pooler_output", "text_embeds")})
-    _export(
+    export_module(
         _text_encoder_wrapper(encoder if encoder.dtype == torch.float32 else encoder.to(torch.float32), outputs),
         args,
         path,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from erasec.backends.onnx import load_graph, write_graph
 
+from erasec.ir.dit_naming import is_dit
+
 from ..errors import BuildError
 from .export import COMPONENTS, ExportOptions, ExportResult, export_text_encoder, export_unet
 
@@ -38,6 +40,8 @@ def export_onnx(location: str, folder: str | Path, options: ExportOptions = Expo
 
     check_output_folder(folder, inputs=model_inputs(location))  # before any work (compiler/outputs.py)
     model = open_model(location)
+    if is_dit(model.family):
+        return _export_transformer_model(model, location, folder, options)
     single = model.layout != "diffusers"
     if single:
         present = ("unet", *(component for component, _, _ in model.encoders))
@@ -75,6 +79,42 @@ def export_onnx(location: str, folder: str | Path, options: ExportOptions = Expo
     return ExportResult(
         folder=folder, files=files, exporter=options.exporter, opset=options.opset_version, seconds=seconds
     )
+
+
+def _export_transformer_model(model, location: str, folder: Path, options: ExportOptions) -> ExportResult:
+    """A diffusion transformer's ``transformer/`` (and Wan 2.2's second expert, ``transformer_2/``) as
+    ``folder/<component>/model.onnx`` (``export_transformer.py``); its text encoders (T5, CLIP) are not
+    exported, nor is a single file."""
+    from .export_transformer import export_transformer, load_transformer
+
+    if model.layout != "diffusers":
+        raise BuildError(
+            f"{location}: export-onnx reads a {model.family} transformer from a diffusers folder, not a single "
+            "file; export the folder (erasec build and apply read the file)"
+        )
+    present = tuple(c for c in ("transformer", "transformer_2") if (model.path / c).is_dir())
+    components = options.components or present
+    absent = [component for component in components if component not in present]
+    if absent:
+        raise BuildError(
+            f"{location}: export-onnx exports a {model.family} model's {' and '.join(present)}, not its {absent[0]}"
+        )
+    files: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+    for component in components:
+        clock = time.perf_counter()
+        module = load_transformer(model.path / component)
+        target = folder / component / "model.onnx"
+        with tempfile.TemporaryDirectory(prefix="erasec-export-") as scratch:
+            scratch_file = Path(scratch) / "model.onnx"
+            export_transformer(module, model.family, scratch_file, options)
+            graph = load_graph(scratch_file)
+            graph.producer_name = f"erasec export-onnx ({options.exporter} exporter)"
+            write_graph(graph, target)
+        files[component] = target
+        seconds[component] = time.perf_counter() - clock
+        logger.info("exported %s in %.1fs", component, seconds[component])
+    return ExportResult(folder=folder, files=files, exporter=options.exporter, opset=options.opset_version, seconds=seconds)
 
 
 def _write_tokenizers(model, folder: Path, components) -> None:

@@ -242,7 +242,7 @@ def test_weights_that_are_not_the_patch_base_are_refused_before_any_change():
     weights = _weights()
     model = _graph("dynamo", _weights(seed=7))  # another model
     nodes = [(n.name, tuple(v.name for v in n.inputs)) for n in model.graph]
-    with pytest.raises(BackendError, match=r"2 of the 2 located K/V weights differ from the patch's base pin \(first "):
+    with pytest.raises(BackendError, match=r"2 of the 2 located weights differ from the patch's base pin \(first "):
         patch_graph(model, _deltas(weights), OnnxOptions(mode="switchable"), where="unet.onnx")
     assert [(n.name, tuple(v.name for v in n.inputs)) for n in model.graph] == nodes
     assert "erase_scale" not in [v.name for v in model.graph.inputs]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_helpers import onnx_output, parity_spec, unet_output
+from onnx_helpers import DIT_MODELS, dit_parity_spec, onnx_output, parity_spec, transformer_output, unet_output
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +119,71 @@ def reference_parts(tiny_sd1_path):
         if "attn2" in name and (name.endswith("to_k") or name.endswith("to_v"))
     }
     return tokenizer, encoder, layers
+
+
+@pytest.fixture(scope="session")
+def transformer_graphs(tmp_path_factory, erasec_cache_dir):
+    """(family, exporter) → its tiny built-in's transformer graph, exported on first use (dynamic shapes:
+    the parity feeds are smaller than the export's example)."""
+    from erasec.compiler.onnx_graphs.export import ExportOptions
+    from erasec.compiler.onnx_graphs.export_model import export_onnx
+
+    folder = tmp_path_factory.mktemp("onnx-dit-export")
+    graphs = {}
+
+    def graph(family: str, exporter: str = "dynamo"):
+        if (family, exporter) not in graphs:
+            options = ExportOptions(exporter=exporter, components=("transformer",))
+            result = export_onnx(f"builtin:{DIT_MODELS[family]}", folder / family / exporter, options)
+            graphs[family, exporter] = result.files["transformer"]
+        return graphs[family, exporter]
+
+    return graph
+
+
+@pytest.fixture(scope="session")
+def dit_onnx_patch(tmp_path_factory, erasec_cache_dir):
+    """family → its DiT parity patch (PEFT), built on first use (Wan 2.2: the first expert's)."""
+    from erasec.compiler.build import build
+
+    patches = {}
+
+    def patch(family: str = "flux"):
+        if family not in patches:
+            folder = tmp_path_factory.mktemp(f"onnx-dit-patch-{family}")
+            (folder / "spec.yaml").write_text(dit_parity_spec(DIT_MODELS[family]) + "output: {format: peft}\n")
+            build(folder / "spec.yaml", folder / "patch.safetensors")
+            patches[family] = folder / "patch.safetensors"
+        return patches[family]
+
+    return patch
+
+
+@pytest.fixture(scope="session")
+def dit_reference(transformer_graphs, dit_onnx_patch):
+    """(family, exporter) → example inputs (``transformer_inputs`` on its graph: batch 2, Chroma's 1;
+    8 × 8 latents, 77 text rows), the PyTorch transformer's output before and after diffusers fuses the
+    patch at 1.0 (the pipeline's own ``load_lora_weights`` + ``fuse_lora``), and the unpatched graph's."""
+    from diffusers import DiffusionPipeline
+
+    from erasec.backends.onnx.runtime import open_session, transformer_inputs
+    from erasec.compiler.models.builtin import builtin_model_path
+
+    references = {}
+
+    def outputs(family: str = "flux", exporter: str = "dynamo"):
+        if (family, exporter) in references:
+            return references[family, exporter]
+        graph = transformer_graphs(family, exporter)
+        feeds = transformer_inputs(open_session(graph, ["CPUExecutionProvider"]), batch=2, size=8, seed=1)
+        pipe = DiffusionPipeline.from_pretrained(builtin_model_path(DIT_MODELS[family]), local_files_only=True)
+        base = transformer_output(pipe.transformer, feeds)
+        patch = dit_onnx_patch(family)
+        pipe.load_lora_weights(str(patch.parent), weight_name=patch.name)
+        pipe.fuse_lora(lora_scale=1.0)
+        fused = transformer_output(pipe.transformer, feeds)
+        assert np.max(np.abs(fused - base)) > 1e-3, "the patch must change the output for parity to mean anything"
+        references[family, exporter] = (feeds, base, fused, onnx_output(graph, feeds))
+        return references[family, exporter]
+
+    return outputs

@@ -379,7 +379,7 @@ def test_damaged_weights_are_one_line_without_numpy_warnings(onnx_case, value):
         result = run("apply", patch, "--onnx", graph, "-o", out)
     error = _error(result)
     if np.isfinite(value):
-        assert error.startswith(f"{graph}: 1 of the 1 located K/V weights differ from the patch's base pin")
+        assert error.startswith(f"{graph}: 1 of the 1 located weights differ from the patch's base pin")
     else:
         assert error == (
             f"{graph}: 'onnx::MatMul_100' (node '{_legacy_name(LAYER)}') holds NaN or infinity; the graph is damaged"
