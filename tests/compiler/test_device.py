@@ -34,7 +34,7 @@ erase:
   - {{concept: Van Gogh, anchor: a painter}}
   - {{concept: Kelly McKernan, anchor: art}}
 preserve: [Claude Monet, a photo of a cat, a river at dusk]
-options: {{lambda: 0.1{extra}}}
+options: {{lambda: 1.0{extra}}}
 output: {{format: peft}}
 """
 MODELS = {"tiny-flux": ", sequence_length: 16", "tiny-sd1": ""}
