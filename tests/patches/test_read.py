@@ -213,6 +213,9 @@ def _metadata(path: Path) -> dict[str, str]:
         ("ss_network_dim", "0", "ss_network_dim: '0' is not a rank"),
         ("ss_network_alpha", "455", "ss_network_alpha: '455', expected '1'"),
         ("lora_adapter_metadata", "{}", "a kohya patch carries no PEFT config"),
+        ("erasec.device", "[]", "erasec.device: is a JSON list, expected a JSON object"),
+        ("erasec.device", '{"kind":"tpu","dtype":"fp32","batch":1}', r"erasec.device: .* is not \{kind: cpu\|cuda"),
+        ("erasec.device", '{"kind":"cuda","dtype":"fp32","batch":0}', r"erasec.device: .* is not \{kind: cpu\|cuda"),
     ],
 )
 def test_crafted_metadata_is_one_line_naming_the_file_and_key(patch, tmp_path, key, value, message):
