@@ -8,6 +8,12 @@ row, each with the row's guide and ``weight`` × its weight. The generator of a 
 ``seed`` and the row's own provenance (prompt, token, copy), so the mined rows do not depend on
 the order of the spec's entries. Only guide targets (the shared form) can be mined: a per-layer
 target for ``k + η`` would need the base weights.
+
+The pass mines the explicit erase rows and leaves folded ones (``ir.Moments``) as they are, so it does
+not stop the lowering from folding: with a last-token row rule every erase row is explicit (each is a
+prompt's subject row), and where rows fold — a diffusion transformer's hundreds of padded rows per
+prompt, once they outnumber the key width — each prompt's subject row is mined and memory stays
+O(d² + prompts·d) (docs/compiler.md, "Rows stream in and fold into moments").
 """
 
 from __future__ import annotations
@@ -63,15 +69,12 @@ class MineNeighborsPass(EditPass):
             guides=np.concatenate(guides),
             weights=np.concatenate(weights),
             provenance=tuple(provenance),
+            folded=rows.folded,
         )
-
-    def reads_erase_rows(self) -> bool:
-        return self.count > 0
 
     def apply(self, program: EditProgram) -> EditProgram:
         if self.count == 0:
             return program
-        self.check_unfolded(program)
         spaces = []
         for space in program.spaces:
             if not space.erase.shared:

@@ -58,3 +58,22 @@ def test_refuses_a_zero_radius():
 def test_round_trip():
     text = "mine-neighbors{count=8 radius=0.05 seed=3 weight=0.5}"
     assert str(Pipeline.parse(text)) == text
+
+
+def test_folded_erase_rows_stay_folded_and_the_explicit_ones_are_mined():
+    """A diffusion transformer's padded rows fold once they outnumber the key width; the pass mines
+    the explicit (subject) rows and keeps the moments as they were, so the lowering may fold."""
+    from erasec.ir import MomentSum
+
+    program = random_program(np.random.default_rng(3))
+    space = program.spaces[0]
+    rng = np.random.default_rng(4)
+    extra = rng.standard_normal((6, space.erase.keys.shape[1]))
+    fold = MomentSum(extra.shape[1], cross=True)
+    fold.add(extra, np.ones(6), ["p"] * 6, rng.standard_normal(extra.shape))
+    folded = replace(space.erase, folded=fold.result())
+    program = replace(program, spaces=(replace(space, erase=folded), *program.spaces[1:]))
+    assert not MineNeighborsPass(count=3).reads_erase_rows()
+    mined = MineNeighborsPass(count=3).apply(program).spaces[0].erase
+    assert mined.count == 4 * space.erase.count
+    assert mined.folded is folded.folded
