@@ -153,10 +153,12 @@ def _fold_constants(model) -> None:
 
 
 def export_module(
-    module, args, path: Path, *, input_names, output_names, dynamic_axes, options: ExportOptions, varargs: bool = False
+    module, args, path: Path, *, input_names, output_names, dynamic_axes, options: ExportOptions,
+    variadic_from: int | None = None,
 ) -> None:
-    """One torch → ONNX export into ``path`` (a scratch file; the caller re-saves it). ``varargs``: the
-    module's ``forward(*inputs)`` takes every input as one variadic argument (the transformer wrapper).
+    """One torch → ONNX export into ``path`` (a scratch file; the caller re-saves it). ``variadic_from``:
+    the inputs from this index on reach ``forward`` as one ``*args`` (the transformer wrapper's 0, the
+    SDXL UNet's ``text_embeds``, ``time_ids`` 3): torch.export wants their dynamic shapes nested so.
 
     An operator the legacy exporter has no ONNX symbolic for (``aten::rms_norm``, the RMSNorm q/k norms
     of FLUX, Chroma, SD3.5 and Wan in diffusers 0.42) is refused in one line naming it."""
@@ -191,7 +193,8 @@ def export_module(
             shapes = tuple(
                 {axis: Dim.AUTO for axis in dynamic_axes[name]} if name in dynamic_axes else None for name in input_names
             )
-            shapes = (shapes,) if varargs else shapes
+            if variadic_from is not None and len(shapes) > variadic_from:  # none given: the flat form
+                shapes = (*shapes[:variadic_from], shapes[variadic_from:])
         program = torch.onnx.export(
             module,
             args,
@@ -285,6 +288,7 @@ def export_unet(unet, path: Path, options: ExportOptions, *, text_embeds_dim: in
         output_names=(UNET_OUTPUT,),
         dynamic_axes=axes,
         options=options,
+        variadic_from=len(UNET_INPUTS),
     )
 
 

@@ -124,7 +124,7 @@ def export_transformer(transformer, family: str, path: Path, options: ExportOpti
         output_names=(TRANSFORMER_OUTPUT,),
         dynamic_axes={name: dims for name, dims in axes.items() if dims},
         options=options,
-        varargs=True,
+        variadic_from=0,
     )
 
 
