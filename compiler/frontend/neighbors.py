@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-NEIGHBOR_KEYS = ("count", "radius", "weight", "vocabulary")
+NEIGHBOR_KEYS = ("count", "radius", "weight", "vocabulary", "rows")
+# which rows of a kept neighbour are preserved: its subject (last-token) row encoded alone, or every row
+# after BOS (padding included) of the neighbour in each of ``NEIGHBOR_TEMPLATES`` (compiler/lowering/neighbors.py)
+NEIGHBOR_ROWS = ("last", "all")
 VOCABULARY_KEYS = ("file", "names")
 BUILTIN = "builtin"
 MAX_COUNT = 100  # neighbours per erased concept: past this the preserve rows crowd the erase rows
@@ -36,6 +39,7 @@ class Neighbors:
     # paraphrase), not a neighbour: calibrated on builtin:minilm-sd1 (docs/compiler.md, "Neighbours")
     radius: float = 0.9
     weight: float = 1.0  # preserve weight of each neighbour's row (a spec's preserve prompts weigh 1)
+    rows: str = "last"  # NEIGHBOR_ROWS: "all" = every row of the neighbour in the templates, each at ``weight``
     builtin: bool = True  # the shipped vocabulary (compiler/data/neighbors/)
     names: tuple[str, ...] = ()  # the spec's own vocabulary, files expanded, first spelling kept
     # where each of ``names`` was written ("names.txt line 3"), for errors; not part of canonical()
@@ -45,7 +49,10 @@ class Neighbors:
         vocabulary: list = [BUILTIN] if self.builtin else []
         if self.names:
             vocabulary.append({"names": list(self.names)})
-        return {"count": self.count, "radius": self.radius, "weight": self.weight, "vocabulary": vocabulary}
+        out = {"count": self.count, "radius": self.radius, "weight": self.weight, "vocabulary": vocabulary}
+        if self.rows != "last":  # listed only when set, so older specs keep their JSON
+            out["rows"] = self.rows
+        return out
 
 
 def read_neighbors(reader, node: Node) -> Neighbors:
@@ -71,6 +78,12 @@ def read_neighbors(reader, node: Node) -> Neighbors:
         if not 1e-6 <= weight <= 1e6:
             raise reader.error(value, f"{path}.weight", f"{value.value} is not in [1e-06, 1e+06]")
         values["weight"] = weight
+    if "rows" in fields:
+        value = fields["rows"][1]
+        rows = reader.string(value, f"{path}.rows")
+        if rows not in NEIGHBOR_ROWS:
+            raise reader.error(value, f"{path}.rows", f"{rows!r} is not one of {', '.join(NEIGHBOR_ROWS)}")
+        values["rows"] = rows
     if "vocabulary" in fields:
         values.update(_vocabulary(reader, fields["vocabulary"][1], f"{path}.vocabulary"))
     return Neighbors(**values)

@@ -41,6 +41,11 @@ class Preset:
     # neighbours mined from the vocabulary and preserved per erased concept (compiler/lowering/neighbors.py;
     # 0 = off unless the spec sets options.neighbors)
     neighbors: int = 0
+    # which rows of each prior prompt are preserved: "tokens" (every token row after BOS) or "padded" (every
+    # row after BOS, padding included: a contextual encoder's padding rows carry the prompt, issue 15)
+    prior_rows: Literal["tokens", "padded"] = "tokens"
+    # the neighbour rows a method that mines by default preserves (compiler/frontend/neighbors.py, NEIGHBOR_ROWS)
+    neighbor_rows: str = "last"
 
 
 PRESETS: dict[str, Preset] = {

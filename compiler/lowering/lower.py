@@ -188,8 +188,9 @@ class Lowering:
         # the preserved prompts' padding rows are held too (docs/compiler.md, "Implicit concepts")
         which = "all" if erase_padded else "subject"
         sources = [(prompt, prompt, preserve_scale, which) for prompt in retain]
-        prior_rows = sum(self.model.padded_rows - 1 if implicit_padded else len(ids[prompt]) - 1 for prompt in prior)
-        prior_which = "padded" if implicit_padded else "tokens"
+        prior_padded = implicit_padded or preset.prior_rows == "padded"
+        prior_rows = sum(self.model.padded_rows - 1 if prior_padded else len(ids[prompt]) - 1 for prompt in prior)
+        prior_which = "padded" if prior_padded else "tokens"
         if isinstance(rows, RuntimeRows):  # a DiT's prior: every row its runtime feeds (the padding carries text)
             prior_rows = sum(rows.visible(prompt, self.model.padded_rows) for prompt in prior)
             prior_which = "all"

@@ -34,7 +34,14 @@ from dataclasses import replace
 from importlib import resources
 
 import numpy as np
-from erasec.ir import Diagnostic, EditProgram, PreserveRows, Provenance, phrase_pattern
+from erasec.ir import (
+    Diagnostic,
+    EditProgram,
+    MomentSum,
+    PreserveRows,
+    Provenance,
+    phrase_pattern,
+)
 
 from ..errors import SpecError
 from ..frontend.neighbors import Neighbors
@@ -45,6 +52,9 @@ from .prompts import ordered_entries
 # the built-in vocabulary's lists, one kind a file (compiler/data/README.md gives sources and licences)
 BUILTIN_KINDS = ("artists", "public-figures", "characters", "brands", "places", "landmarks", "objects", "safe")
 LABEL = "<neighbor> "  # the provenance prompt of a mined row: "<neighbor> Claude Monet"
+# ``rows: all``: each kept neighbour is preserved in these contexts, every row after BOS (padding included):
+# a prompt about a neighbour moves over all its rows, not only at the name's last token (issue 15)
+NEIGHBOR_TEMPLATES = ("{}", "a photo of {}", "a painting by {}", "a picture of {}")
 
 
 def builtin_vocabulary() -> tuple[tuple[str, str], ...]:
@@ -63,7 +73,7 @@ def neighbor_settings(spec: Spec, preset: Preset) -> Neighbors | None:
     """The spec's ``options.neighbors``, else the method's (``Preset.neighbors``); None when off."""
     settings = spec.options.neighbors
     if settings is None and preset.neighbors > 0:
-        settings = Neighbors(count=preset.neighbors)
+        settings = Neighbors(count=preset.neighbors, rows=preset.neighbor_rows)
     return settings if settings is not None and settings.count > 0 else None
 
 
@@ -145,21 +155,63 @@ def mine(lowering, spec: Spec, program: EditProgram, settings: Neighbors) -> Edi
     within = int(inside.sum())
     summary = f"{len(candidates)} vocabulary entries considered, {within} within radius {settings.radius:g} of an erased concept"
     summary += f" and {named} naming one left out" if named else " left out"
-    extra = PreserveRows(
-        keys=rows[picked] if picked else np.zeros((0, gram.shape[0])),
-        weights=np.full(len(picked), settings.weight),
-        provenance=tuple(
-            Provenance(request="preserve", prompt=LABEL + names[i], token=tokens[i]) for i in picked
-        ),
-    )
+    if settings.rows == "all":
+        extra, folded = _all_rows(lowering, [names[i] for i in picked], settings.weight, space.preserve.folded, gram.shape[0])
+        summary += f"; {len(picked)} neighbours preserved over every row in {len(NEIGHBOR_TEMPLATES)} templates"
+    else:
+        extra = PreserveRows(
+            keys=rows[picked] if picked else np.zeros((0, gram.shape[0])),
+            weights=np.full(len(picked), settings.weight),
+            provenance=tuple(
+                Provenance(request="preserve", prompt=LABEL + names[i], token=tokens[i]) for i in picked
+            ),
+        )
+        folded = space.preserve.folded
     preserve = space.preserve
     merged = PreserveRows(
         keys=np.concatenate([preserve.keys, extra.keys]),
         weights=np.concatenate([preserve.weights, extra.weights]),
         provenance=preserve.provenance + extra.provenance,
-        folded=preserve.folded,
+        folded=folded,
     )
     program = replace(program, spaces=(replace(space, preserve=merged), *program.spaces[1:]))
     return program.with_diagnostics(
         *(Diagnostic(origin="neighbors", severity="note", message=m) for m in (*notes, summary))
+    )
+
+
+def _all_rows(lowering, names: list[str], weight: float, folded, dim: int):
+    """``rows: all``: every row after BOS of each neighbour in each of ``NEIGHBOR_TEMPLATES`` (77 padded
+    rows, BOS dropped: it is the same for every prompt), each at ``weight``. The subject row of each
+    prompt stays explicit (its provenance names the neighbour); the rest fold into the preserve moments
+    when the pipeline reads no preserve rows (``lowering.fold_preserve``), else stay explicit too.
+    Returns (explicit rows, folded moments merged with ``folded``)."""
+    prompts = [(name, template.format(name)) for name in names for template in NEIGHBOR_TEMPLATES]
+    fold = MomentSum(dim, cross=False) if lowering.fold_preserve else None
+    keys, provenance = [], []
+    for start in range(0, len(prompts), lowering.STREAM):
+        batch = prompts[start : start + lowering.STREAM]
+        ids = lowering._ids([p for _, p in batch])
+        encoded = lowering._encode([p for _, p in batch], True)
+        for name, prompt in batch:
+            array = encoded[prompt]
+            subject = len(ids[prompt]) - 2
+            tokens = np.arange(1, array.shape[0])
+            keep = tokens == subject if fold is not None else np.ones(tokens.size, dtype=bool)
+            keys.append(array[tokens[keep]])
+            provenance += [Provenance(request="preserve", prompt=LABEL + prompt, token=int(t)) for t in tokens[keep]]
+            if fold is not None:
+                fold.add(array[tokens[~keep]], np.full(int((~keep).sum()), weight), [LABEL + prompt])
+    explicit = np.concatenate(keys) if keys else np.zeros((0, dim))
+    extra = PreserveRows(keys=explicit, weights=np.full(explicit.shape[0], weight), provenance=tuple(provenance))
+    mine_folded = fold.result() if fold is not None else None
+    if mine_folded is None or folded is None:
+        return extra, folded if mine_folded is None else mine_folded
+    return extra, replace(
+        folded,
+        gram=folded.gram + mine_folded.gram,
+        plain=folded.plain + mine_folded.plain,
+        rows=folded.rows + mine_folded.rows,
+        weight=folded.weight + mine_folded.weight,
+        prompts=tuple(sorted({*folded.prompts, *mine_folded.prompts})),
     )

@@ -232,3 +232,71 @@ def test_a_preset_turns_mining_on(tmp_path, minilm):
     assert neighbor_settings(spec, preset) == Neighbors(count=5)
     off = load_spec(_spec(tmp_path, "{count: 0}"), methods=tuple(PRESETS))
     assert neighbor_settings(off, preset) is None
+
+
+# -- rows: all (every row of each kept neighbour in a few templates) and the padded prior ------------
+
+
+def test_neighbors_rows_read_recorded_and_checked(tmp_path):
+    spec = load_spec(_spec(tmp_path, "{count: 3, rows: all}"), methods=tuple(PRESETS))
+    assert spec.options.neighbors == Neighbors(count=3, rows="all")
+    assert '"rows":"all"' in spec.canonical_json()
+    recorded = parse_spec(dump_spec(spec), source="recorded", base_dir=None, methods=tuple(PRESETS))
+    assert recorded.options.neighbors == spec.options.neighbors
+    last = load_spec(_spec(tmp_path, "{count: 3}", name="last.yaml"), methods=tuple(PRESETS))
+    assert last.options.neighbors.rows == "last" and '"rows"' not in last.canonical_json()  # older specs keep their JSON
+    with pytest.raises(SpecError, match=re.escape("options.neighbors.rows: 'every' is not one of last, all")):
+        load_spec(_spec(tmp_path, "{rows: every}", name="bad.yaml"), methods=tuple(PRESETS))
+
+
+def test_rows_all_preserves_every_row_of_each_neighbour_in_each_template(tmp_path, minilm):
+    """Folded (the default lowering) and explicit rows are the same moments; the subject rows stay
+    explicit and labelled; the kept neighbours' sentences move less than with their last-token row only."""
+    from erasec.compiler.lowering.neighbors import NEIGHBOR_TEMPLATES
+
+    path = _spec(tmp_path, f"{{count: 2, rows: all, vocabulary: [{{names: {_names()}}}]}}")
+    spec, folded = _lowered(minilm, path)
+    explicit = Lowering(minilm, fold_preserve=False).lower(spec, PRESETS["uce"])
+    _, last = _lowered(minilm, _spec(tmp_path, f"{{count: 2, vocabulary: [{{names: {_names()}}}]}}", name="last.yaml"))
+    kept = sorted({p.prompt.removeprefix(LABEL) for p in last.spaces[0].preserve.provenance if p.prompt.startswith(LABEL)})
+    prompts = [t.format(name) for name in kept for t in NEIGHBOR_TEMPLATES]
+    labels = [p.prompt.removeprefix(LABEL) for p in explicit.spaces[0].preserve.provenance if p.prompt.startswith(LABEL)]
+    assert sorted(set(labels)) == sorted(prompts)
+    assert len(labels) == len(prompts) * (minilm.padded_rows - 1)  # every row after BOS, padding included
+    subject = [p.prompt.removeprefix(LABEL) for p in folded.spaces[0].preserve.provenance if p.prompt.startswith(LABEL)]
+    assert sorted(subject) == sorted(prompts)  # one explicit row each; the rest folded
+    moment = lambda space: space.preserve.keys.T @ (space.preserve.keys * space.preserve.weights[:, None]) + (
+        space.preserve.folded.gram if space.preserve.folded is not None else 0
+    )
+    np.testing.assert_allclose(moment(folded.spaces[0]), moment(explicit.spaces[0]), rtol=1e-9, atol=1e-9)
+    assert "2 neighbours preserved over every row in 4 templates" in [d.message for d in folded.diagnostics if d.origin == "neighbors"][-1]
+    solve = Pipeline.parse("canonicalize,solve")
+    sentences = [f"a landscape painted by {name}" for name in kept]  # a context the templates do not have
+    moved_all = _movement(minilm, folded, solve.apply(folded).solution, sentences).mean()
+    moved_last = _movement(minilm, last, solve.apply(last).solution, sentences).mean()
+    assert moved_all < 0.7 * moved_last, (moved_all, moved_last)
+
+
+def test_padded_prior_preserves_the_padding_rows_of_everyday_text(tmp_path, minilm):
+    """``Preset.prior_rows = "padded"``: each prior prompt gives its 76 rows after BOS (weight spread
+    over them), and the prior captions' padding rows move less."""
+    from dataclasses import replace
+
+    from erasec.compiler.lowering.prompts import prior_prompts
+
+    spec = load_spec(_spec(tmp_path, ""), methods=tuple(PRESETS), model=str(minilm.location))
+    tokens, padded = (Lowering(minilm).lower(spec, replace(PRESETS["erasec"], prior_rows=r)) for r in ("tokens", "padded"))
+    prior = prior_prompts("coco")
+    count = lambda program: program.spaces[0].preserve.count + (program.spaces[0].preserve.folded.rows if program.spaces[0].preserve.folded else 0)
+    assert count(padded) - count(tokens) == sum(minilm.padded_rows - len(ids) for ids in minilm.tokenize(prior))
+    solve = Pipeline.parse("canonicalize,invariants{centroids=3},solve")
+    captions = prior[:40]
+    padding = np.concatenate([rows[len(ids) :] for rows, ids in zip(minilm.encode(captions, padded=True), minilm.tokenize(captions))])
+
+    def moved(program) -> float:
+        solved = solve.apply(program).solution.spaces[0]
+        gram = program.spaces[0].site_gram
+        change = padding @ (solved.left @ solved.right.T).T
+        return float(np.sqrt(np.einsum("ij,jk,ik->", change, gram, change) / np.einsum("ij,jk,ik->", padding, gram, padding)))
+
+    assert moved(padded) < 0.7 * moved(tokens), (moved(padded), moved(tokens))
