@@ -32,26 +32,26 @@ separate files the user gives).
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from erasec.backends.checkpoint import CheckpointSource
-from erasec.ir import KeySpace, LinearSite, ModelTarget
+from erasec.ir import LinearSite, ModelTarget
 from erasec.ir.dit_naming import native_module_path
 
 from ..errors import ModelError
-from . import bert, grams, pins
+from . import bert
+from .site_weights import SiteWeights
 from .dit_inputs import TextSources, load_tokenizer_path
 from .families import FAMILIES, Encoder, Family
 from .placement import CPU_PATH, Placement
 from .sd_components import shipped_clip_folder
-from .tensor_files import LazyWeights, TensorFile, first_line, read_json
+from .tensor_files import TensorFile, first_line, read_json
 from .tokenizer import MODEL_MAX_LENGTH, load_clip_tokenizer
 
-KV_CACHE_BYTES = 512 * 2**20
 # Wan's text embedder in its native names (diffusers' convert_wan_transformer_to_diffusers)
 _NATIVE_TENSORS = {"condition_embedder.text_embedder.linear_1": "text_embedding.0",
                    "condition_embedder.text_embedder.linear_2": "text_embedding.2"}
@@ -76,7 +76,7 @@ def tokenizer_folder(component: str) -> str:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
-class DiTModel:
+class DiTModel(SiteWeights):
     """An opened diffusion transformer, a ``protocol.TextModel``; ``open.open_model`` builds it.
 
     ``unet_weights_file``: the safetensors file of ``component`` holding the edited weights (the
@@ -147,29 +147,6 @@ class DiTModel:
             return name
         module, _, leaf = name.rpartition(".")
         return f"{self.native_prefix}{_NATIVE_TENSORS[module]}.{leaf}"
-
-    def kv_weights(self) -> Mapping[str, np.ndarray]:
-        """module_path → read-only float32 (out, in) weight of every edited site (as ``SDModel``'s)."""
-        weights = LazyWeights(
-            self._file, {site.module_path: (self.weight_name(site), site.in_features) for site in self.target.sites}
-        )
-        if sum(4 * site.out_features * site.in_features for site in self.target.sites) > KV_CACHE_BYTES:
-            return weights
-        if self._loaded.kv is None:
-            self._loaded.kv = dict(weights.items())
-        return dict(self._loaded.kv)
-
-    def site_gram(self, space: KeySpace, roles: Sequence[str]) -> np.ndarray:
-        return grams.site_gram(self.kv_weights(), space, roles, self.location)
-
-    def storage_dtype(self) -> str | None:
-        return pins.storage_dtype(self)
-
-    def base_pin(self, module_paths: Sequence[str]) -> dict:
-        return pins.model_base_pin(self, module_paths)
-
-    def text_encoder_pin(self) -> dict | None:
-        return pins.model_text_encoder_pin(self)
 
     def checkpoint_source(self) -> CheckpointSource:
         return CheckpointSource(

@@ -18,7 +18,7 @@ never from a hub (``sd_components.py`` loads them and the text encoders).
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,20 +26,20 @@ from typing import Literal
 import numpy as np
 
 from erasec.backends.checkpoint import CheckpointSource
-from erasec.ir import KeySpace, LinearSite, ModelTarget
+from erasec.ir import LinearSite, ModelTarget
 from erasec.ir.naming import checkpoint_weight_name
 
-from . import grams, pins, sd_components, text_encoders
+from . import sd_components, text_encoders
+from .site_weights import SiteWeights
 from .families import FAMILIES, Encoder, HiddenState
 from .placement import CPU_PATH, Placement
-from .tensor_files import LazyWeights, TensorFile
+from .tensor_files import TensorFile
 from .tokenizer import MODEL_MAX_LENGTH
 
 Layout = Literal["diffusers", "single-file"]
 
 _ENCODE_CHUNK = 64
 
-KV_CACHE_BYTES = 512 * 2**20
 
 
 class _Loaded:
@@ -58,7 +58,7 @@ class _Loaded:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
-class SDModel:
+class SDModel(SiteWeights):
     """An opened SD1.x/SD2.x/SDXL model, a ``protocol.TextModel``; ``open.open_model`` builds it. Its
     fields say which model it is; what it loads on demand lives in ``_loaded``, a memo that
     ``dataclasses.replace`` starts anew (another target reads its own weights). ``cache_dir``: where
@@ -108,36 +108,6 @@ class SDModel:
     def weight_name(self, site: LinearSite) -> str:
         """The K/V tensor's name in ``unet_weights_file``."""
         return checkpoint_weight_name(site, self.layout)
-
-    def kv_weights(self) -> Mapping[str, np.ndarray]:
-        """module_path -> read-only float32 (out, in) weight; half-precision files are upcast exactly.
-
-        Held in memory when all of them take at most ``KV_CACHE_BYTES`` in fp32 (SD1/SD2: 0.2 GB);
-        otherwise read from the file on each access, one at a time — SDXL's 140 matrices would take
-        1.4 GB beside the text encoders (docs/performance.md).
-        """
-        weights = LazyWeights(
-            self._file,
-            {site.module_path: (self.weight_name(site), site.in_features) for site in self.target.sites},
-        )
-        if sum(4 * site.out_features * site.in_features for site in self.target.sites) > KV_CACHE_BYTES:
-            return weights
-        if self._loaded.kv is None:
-            self._loaded.kv = dict(weights.items())
-        return dict(self._loaded.kv)
-
-    def site_gram(self, space: KeySpace, roles: Sequence[str]) -> np.ndarray:
-        """``Σ_l W0_lᵀ W0_l`` over ``space``'s sites whose role is in ``roles`` (``grams.site_gram``)."""
-        return grams.site_gram(self.kv_weights(), space, roles, self.location)
-
-    def storage_dtype(self) -> str | None:
-        return pins.storage_dtype(self)
-
-    def base_pin(self, module_paths: Sequence[str]) -> dict:
-        return pins.model_base_pin(self, module_paths)
-
-    def text_encoder_pin(self) -> dict | None:
-        return pins.model_text_encoder_pin(self)
 
     def checkpoint_source(self) -> CheckpointSource:
         return CheckpointSource(

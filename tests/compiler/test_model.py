@@ -92,7 +92,7 @@ def test_kv_weights_equal_diffusers_unet(model: SDModel, tiny_sd1_path: Path) ->
 
 
 def test_large_kv_weights_are_read_on_demand(model: SDModel, monkeypatch) -> None:
-    import erasec.compiler.models.sd as frontend
+    import erasec.compiler.models.site_weights as frontend
 
     cached = model.kv_weights()
     monkeypatch.setattr(frontend, "KV_CACHE_BYTES", 0)
