@@ -42,7 +42,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -224,24 +224,37 @@ class Variant:
     label: str
     method: str
     options: dict
+    # lowering fields of the preset itself (``preset.prior_rows=tokens``): a Preset the spec cannot name
+    fields: dict = field(default_factory=dict)
+
+
+PRESET_FIELDS = ("prior_rows", "prior_scale", "neighbors", "neighbor_rows", "lam", "erase_scale")
 
 
 def parse_variant(text: str, methods) -> Variant:
-    """``preset[:key=value,key=value]`` → a Variant; dotted keys nest (``rece.rounds=2``)."""
+    """``preset[:key=value,key=value]`` → a Variant; dotted keys nest (``rece.rounds=2``); ``preset.FIELD``
+    keys (``PRESET_FIELDS``) replace the preset's own lowering defaults, e.g. ``erasec:preset.prior_rows=tokens``."""
     method, _, rest = text.partition(":")
     if method not in methods:
         raise DataError(f"--variant {text!r}: unknown preset {method!r} (erasec methods lists {', '.join(methods)})")
     options: dict = {}
+    fields: dict = {}
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
             raise DataError(f"--variant {text!r}: {part!r} is not key=value")
+        if key.strip().startswith("preset."):
+            name = key.strip().removeprefix("preset.")
+            if name not in PRESET_FIELDS:
+                raise DataError(f"--variant {text!r}: preset.{name} is not one of {', '.join('preset.' + f for f in PRESET_FIELDS)}")
+            fields[name] = yaml.safe_load(value)
+            continue
         node = options
         *parents, leaf = key.strip().split(".")
         for parent in parents:
             node = node.setdefault(parent, {})
         node[leaf] = yaml.safe_load(value)
-    return Variant(label=text if rest else method, method=method, options=options)
+    return Variant(label=text if rest else method, method=method, options=options, fields=fields)
 
 
 def spec_text(concepts: list[Concept], variant: Variant) -> str:
@@ -256,6 +269,8 @@ def spec_text(concepts: list[Concept], variant: Variant) -> str:
 
 def build(model, concepts: list[Concept], variant: Variant, weights: dict[str, np.ndarray]):
     """(ΔW per site, rank, seconds) of the variant's patch for ``concepts``, built in-process."""
+    from dataclasses import replace
+
     from erasec.compiler.frontend.methods import pipeline_text
     from erasec.compiler.frontend.presets import PRESETS
     from erasec.compiler.frontend.reader import parse_spec
@@ -265,7 +280,7 @@ def build(model, concepts: list[Concept], variant: Variant, weights: dict[str, n
     spec = parse_spec(spec_text(concepts, variant), source="selective.yaml", base_dir=ROOT, methods=tuple(PRESETS))
     clock = time.perf_counter()
     pipeline = Pipeline.parse(pipeline_text(spec))
-    lowered = Lowering.for_pipeline(model, pipeline).lower(spec, PRESETS[spec.method])
+    lowered = Lowering.for_pipeline(model, pipeline).lower(spec, replace(PRESETS[spec.method], **variant.fields))
     program = pipeline.apply(lowered)
     seconds = time.perf_counter() - clock
     space = program.solution.spaces[0]

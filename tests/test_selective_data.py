@@ -133,3 +133,11 @@ def test_variants_carry_spec_options():
         selective.parse_variant("ucee:lambda=1", ("erasec", "uce"))
     with pytest.raises(selective.DataError, match="is not key=value"):
         selective.parse_variant("uce:lambda", ("erasec", "uce"))
+
+
+def test_variants_carry_preset_fields():
+    """``preset.FIELD`` keys replace the preset's lowering defaults (the spec cannot name them)."""
+    v = selective.parse_variant("erasec:preset.prior_rows=tokens,preset.prior_scale=3000,lambda=1", ("erasec", "uce"))
+    assert (v.fields, v.options) == ({"prior_rows": "tokens", "prior_scale": 3000}, {"lambda": 1})
+    with pytest.raises(selective.DataError, match="preset.pipeline is not one of preset.prior_rows"):
+        selective.parse_variant("erasec:preset.pipeline=solve", ("erasec", "uce"))
