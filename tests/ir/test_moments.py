@@ -112,7 +112,7 @@ def test_orthogonalize_reads_the_folded_preserve_moment():
 
 @pytest.mark.parametrize(
     "pipeline",
-    ["adversarial{rounds=1},solve", "mine-neighbors{count=2},solve", "orthogonalize{mode=separable},solve"],
+    ["adversarial{rounds=1},solve", "orthogonalize{mode=separable},solve"],
 )
 def test_passes_that_read_erase_rows_refuse_folded_ones(pipeline):
     program = _folded(random_program(np.random.default_rng(4), dim=6, erase=4, preserve=3, requests=("x", "y")), erase=2)
@@ -123,7 +123,8 @@ def test_passes_that_read_erase_rows_refuse_folded_ones(pipeline):
 
 
 def test_sum_reading_pipelines_take_folded_rows():
-    for text in ("canonicalize,solve", "canonicalize,filter-preserve,check-conflicts,invariants,solve"):
+    # mine-neighbors mines the explicit rows and keeps the folded ones (tests/passes/test_mine_neighbors.py)
+    for text in ("canonicalize,solve", "canonicalize,filter-preserve,check-conflicts,invariants,solve", "mine-neighbors,solve"):
         assert not Pipeline.parse(text).reads_erase_rows()
     assert not Pipeline.parse("adversarial{rounds=0},solve").reads_erase_rows()
 
