@@ -196,7 +196,10 @@ def build_summary(result) -> str:
         prompt, value = scores.worst_preserve
         lines.append(f"  least preserved: {prompt!r} {value:.4f}")
     # a DiT's text entry is context_embedder (Wan's sites are K/V, as SD's); its pooled site is its own
-    text_entry = result.family in ("flux", "chroma", "sd3")
+    from ..models.families import FAMILIES
+
+    facts = FAMILIES.get(result.family)
+    text_entry = facts is not None and facts.transformer and facts.text_projection is None
     layers = "the edited text-entry layer" if text_entry else "all edited K/V layers"
     lines.append(f"  (text pathway, {layers}, on the spec's own rows; 1 = fully erased / fully kept)")
     from erasec.patches.inspect import drift_lines  # erasec inspect prints the same lines

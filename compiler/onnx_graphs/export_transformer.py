@@ -30,29 +30,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import BuildError
+from ..models.families.dit import TRANSFORMER_CLASSES
 from .export import ExportOptions, export_module
 
 TRANSFORMER_OUTPUT = "out_hidden_states"
+_CLASS_OF = {family: name for name, family in TRANSFORMER_CLASSES.items()}  # family → its diffusers class
 # example sizes: distinct values, so that torch.export gives every dynamic dimension its own symbol
 _BATCH, _TOKENS_H, _TOKENS_W, _TEXT, _FRAMES = 2, 4, 6, 12, 3
 
 
 def _inputs(family: str, config, batch: int) -> tuple[tuple[str, tuple, dict[int, str]], ...]:
-    """(name, example shape, dynamic axes) of each input, in the order the wrapper passes them."""
+    """(name, example shape, dynamic axes) of each input, in the order the wrapper passes them: the
+    forward signature of the family's diffusers transformer class."""
     tokens = _TOKENS_H * _TOKENS_W
-    if family in ("flux", "chroma"):
+    kind = _CLASS_OF.get(family)
+    if kind in ("FluxTransformer2DModel", "ChromaTransformer2DModel"):
         common = (
             ("hidden_states", (batch, tokens, config.in_channels), {0: "batch", 1: "image_tokens"}),
             ("encoder_hidden_states", (batch, _TEXT, config.joint_attention_dim), {0: "batch", 1: "sequence"}),
         )
         ids = (("img_ids", (tokens, 3), {0: "image_tokens"}), ("txt_ids", (_TEXT, 3), {0: "sequence"}))
-        if family == "chroma":
+        if kind == "ChromaTransformer2DModel":
             mask = ("attention_mask", (batch, _TEXT + tokens), {0: "batch", 1: "sequence_and_image_tokens"})
             return (*common, ("timestep", (batch,), {0: "batch"}), *ids, mask)
         pooled = ("pooled_projections", (batch, config.pooled_projection_dim), {0: "batch"})
         guidance = (("guidance", (batch,), {0: "batch"}),) if config.guidance_embeds else ()
         return (*common, pooled, ("timestep", (batch,), {0: "batch"}), *ids, *guidance)
-    if family == "sd3":
+    if kind == "SD3Transformer2DModel":
         patch = config.patch_size
         return (
             ("hidden_states", (batch, config.in_channels, _TOKENS_H * patch, _TOKENS_W * patch),
@@ -61,7 +65,7 @@ def _inputs(family: str, config, batch: int) -> tuple[tuple[str, tuple, dict[int
             ("pooled_projections", (batch, config.pooled_projection_dim), {0: "batch"}),
             ("timestep", (batch,), {0: "batch"}),
         )
-    if family == "wan":
+    if kind == "WanTransformer3DModel":
         frames, height, width = config.patch_size
         return (
             ("hidden_states", (batch, config.in_channels, _FRAMES * frames, _TOKENS_H * height, _TOKENS_W * width),
@@ -109,11 +113,12 @@ def export_transformer(transformer, family: str, path: Path, options: ExportOpti
     dimension at the example's (batch 2, Chroma 1; 24 image tokens, 12 text rows)."""
     import torch
 
-    batch = 1 if family == "chroma" else _BATCH
+    fixed_batch = _CLASS_OF.get(family) == "ChromaTransformer2DModel"  # its time embedding bakes the batch in
+    batch = 1 if fixed_batch else _BATCH
     inputs = _inputs(family, transformer.config, batch)
     generator = torch.Generator().manual_seed(0)
     args = tuple(_example(name, shape, generator) for name, shape, _ in inputs)
-    axes = {name: {k: v for k, v in dims.items() if not (family == "chroma" and v == "batch")} for name, _, dims in inputs}
+    axes = {name: {k: v for k, v in dims.items() if not (fixed_batch and v == "batch")} for name, _, dims in inputs}
     axes[TRANSFORMER_OUTPUT] = axes["hidden_states"]  # the output has the latents' layout
     names = tuple(name for name, _, _ in inputs)
     export_module(

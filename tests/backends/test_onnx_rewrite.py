@@ -234,7 +234,7 @@ def test_a_packed_weight_under_the_sites_name_is_refused_by_shape():
     weights = _weights()
     weights[K] = np.zeros((2 * OUT, D), np.float32)  # K and V interleaved into one tensor
     model = _graph("legacy", weights)
-    with pytest.raises(BackendError, match=r"holds 'onnx::MatMul_100' of shape \[6, 8\], not \[6, 4\] \(K and V packed"):
+    with pytest.raises(BackendError, match=r"holds 'onnx::MatMul_100' of shape \[6, 8\], not \[6, 4\]: another model's graph, or K and V packed"):
         patch_graph(model, _deltas(_weights(), pin=False), OnnxOptions(verify_base=False), where="unet.onnx")
 
 
