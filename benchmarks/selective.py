@@ -228,7 +228,7 @@ class Variant:
     fields: dict = field(default_factory=dict)
 
 
-PRESET_FIELDS = ("prior_rows", "prior_scale", "neighbors", "neighbor_rows", "lam", "erase_scale")
+PRESET_FIELDS = ("rows", "prior_rows", "prior_scale", "neighbors", "neighbor_rows", "lam", "erase_scale")
 
 
 def parse_variant(text: str, methods) -> Variant:

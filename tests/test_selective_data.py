@@ -139,5 +139,5 @@ def test_variants_carry_preset_fields():
     """``preset.FIELD`` keys replace the preset's lowering defaults (the spec cannot name them)."""
     v = selective.parse_variant("erasec:preset.prior_rows=tokens,preset.prior_scale=3000,lambda=1", ("erasec", "uce"))
     assert (v.fields, v.options) == ({"prior_rows": "tokens", "prior_scale": 3000}, {"lambda": 1})
-    with pytest.raises(selective.DataError, match="preset.pipeline is not one of preset.prior_rows"):
+    with pytest.raises(selective.DataError, match="preset.pipeline is not one of preset.rows"):
         selective.parse_variant("erasec:preset.pipeline=solve", ("erasec", "uce"))

@@ -22,7 +22,7 @@ The reference holds for the method as published, so a spec that changes its bala
 from __future__ import annotations
 
 # the lowest efficacy over N = 1, 10, 100, 1000 in docs/results.md (builtin:minilm-sd1)
-NORMAL_EFFICACY = {"erasec": 0.824, "uce": 0.667, "uce-legacy": 0.735, "rece-joint": 0.705, "time": 0.061, "speed": 0.021}
+NORMAL_EFFICACY = {"erasec": 0.844, "uce": 0.667, "uce-legacy": 0.735, "rece-joint": 0.705, "time": 0.061, "speed": 0.021}
 FAR_BELOW = 0.5  # warn below this fraction of the method's normal efficacy
 
 _RANDOM_ENCODERS = ("builtin:tiny-sd1", "builtin:tiny-sd2", "builtin:tiny-sdxl")

@@ -256,10 +256,10 @@ def test_a_build_erasing_far_less_than_its_method_normally_does_warns_with_the_r
     assert done.exit_code == 0, done.output
     result = json.loads(done.output)
     efficacy = result["scores"]["efficacy"]["Van Gogh"]
-    assert efficacy < 0.5 * 0.824  # erasec's floor on builtin:minilm-sd1 (docs/results.md), halved
+    assert efficacy < 0.5 * 0.844  # erasec's floor on builtin:minilm-sd1 (docs/results.md), halved
     warning = (
         f"warning [efficacy] efficacy {efficacy:.2f} ('Van Gogh') is far below what erasec normally reaches "
-        "(0.82 or more on builtin:minilm-sd1, docs/results.md): builtin:tiny-sd1 has a random-weight text encoder, "
+        "(0.84 or more on builtin:minilm-sd1, docs/results.md): builtin:tiny-sd1 has a random-weight text encoder, "
         "so prompts have no meaning; use builtin:minilm-sd1 or a real model"
     )
     assert [d for d in result["diagnostics"] if "[efficacy]" in d] == [warning]
@@ -290,5 +290,5 @@ def test_the_readme_spec_builds_beside_the_examples_and_erases(tmp_path, minilm_
     done = run("build", tmp_path / "spec.yaml", "-o", tmp_path / "p.safetensors", "--json")
     assert done.exit_code == 0, done.output
     result = json.loads(done.output)
-    assert min(result["scores"]["efficacy"].values()) > 0.5 * 0.824
+    assert min(result["scores"]["efficacy"].values()) > 0.5 * 0.844
     assert not [d for d in result["diagnostics"] if "[efficacy]" in d]

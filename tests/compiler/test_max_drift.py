@@ -26,7 +26,7 @@ from erasec.passes.filter_preserve import drop_named
 from erasec.passes.pipeline import Pipeline
 from erasec.patches.read import read_patch
 
-BUDGET = 0.02  # this spec drifts 0.028 (tiny-sd1) and 0.041 (minilm-sd1) at full strength; its floor 0.014 and 0.015
+BUDGET = 0.02  # this spec drifts 0.036 (tiny-sd1) and 0.041 (minilm-sd1) at full strength; its floor on tiny-sd1 0.018
 LANDS = 2e-3  # measured drift within this fraction below the budget (fp32 tensors, the search's 1e-4)
 ENTRY = "{concept: Van Gogh, anchor: art, synonyms: [Vincent van Gogh], templates: ['a painting in the style of {}']}"
 
