@@ -193,6 +193,7 @@ def build_spec(
         placement = EncodeOptions(device=options.device, dtype=options.encoder_dtype, batch=options.encode_batch).resolve()
         cache = EmbeddingCache.at(options.cache_dir) if options.cache else None
         opened = _open(spec, options, open_model, TextInputs)
+        spec = format_for_family(spec, opened)
         outputs = [(opened, output)]
         for component, path in expert_outputs(spec, opened, output, inputs=inputs, options=options):
             outputs.append((_open(spec, options, open_model, TextInputs, component=component), path))
@@ -202,6 +203,7 @@ def build_spec(
         if len(outputs) == 1:  # a merged checkpoint or ONNX graph of a Wan 2.2 folder: transformer/ alone
             experts[0].unwritten = opened.other_experts
     else:
+        spec = format_for_family(spec, model)
         experts.append(_Expert(model=model, caching=None, output=output))
     for expert in experts:
         if spec.output.link:  # what output.link records
@@ -369,10 +371,25 @@ def drift_report(program: EditProgram) -> dict[str, dict]:
     return {space.space: space.drift.as_dict() for space in program.spaces if space.drift is not None}
 
 
+def format_for_family(spec: Spec, model: TextModel) -> Spec:
+    """A spec that leaves ``output.format`` to erasec gets the layout its model's runtimes load: kohya
+    for SD (every SD runtime reads it), PEFT for a diffusion transformer — diffusers drops kohya names
+    on a DiT without an error, and ComfyUI loads PEFT ones for FLUX, Chroma and SD3 (docs/models.md,
+    "DiT patches: which file loads where")."""
+    if spec.output.format_chosen or not FAMILIES[model.family].transformer:
+        return spec
+    return replace(spec, output=replace(spec.output, format="peft"))
+
+
 def format_warning(spec: Spec, program: EditProgram) -> tuple[str, ...]:
     """A DiT patch in kohya's names loads in kohya's tools and ComfyUI, but diffusers drops those names
     without an error (docs/models.md, "DiT patches: which file loads where"): say so at build time."""
     family = FAMILIES[program.target.family]
+    if family.transformer and family.text_projection is not None and spec.output.format == "peft":
+        return (  # Wan: ComfyUI maps no transformer.* names (docs/models.md)
+            f"note [format] this PEFT file loads in diffusers' {family.pipeline}; ComfyUI applies no PEFT names "
+            "to Wan: for ComfyUI build with output.format: kohya (docs/models.md)",
+        )
     if not family.transformer or spec.output.format != "kohya":
         return ()
     return (

@@ -175,7 +175,7 @@ class SpecPartsReader(NodeReader):
         out = OutputSpec()
         if "format" in fields:
             format_ = self.choice(fields["format"][1], "output.format", OUTPUT_FORMATS)
-            out = dataclasses.replace(out, format=format_)
+            out = dataclasses.replace(out, format=format_, format_chosen=True)
         if "dtype" in fields:
             dtype = self.choice(fields["dtype"][1], "output.dtype", OUTPUT_DTYPES)
             out = dataclasses.replace(out, dtype=dtype)

@@ -73,6 +73,9 @@ class Options:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutputSpec:
     format: str = "kohya"
+    # whether the spec wrote output.format; when not, a diffusion transformer's build writes PEFT
+    # (compiler/build.py format_for_family). Not part of the canonical spec (the recorded one says the format)
+    format_chosen: bool = field(default=False, compare=False)
     dtype: str = "fp32"
     rank: int | str = "auto"
     link: bool = False  # carry the rows in the patch so that `erasec compose` can re-solve (docs/patch-format.md)

@@ -249,3 +249,22 @@ def test_wan_rows_are_keyed_by_the_transformers_text_embedder_too(built, tmp_pat
     assert second.hits == 0
     np.testing.assert_array_equal(other, open_model(str(copy), sequence_length=LENGTH).encode([PROMPT], padded=True)[0])
     assert not np.allclose(rows, other)
+
+
+@pytest.mark.parametrize(("output", "layout"), [("", "peft"), ("output:\n  format: kohya\n", "kohya")])
+def test_a_dit_spec_that_names_no_format_gets_the_peft_file_diffusers_loads(tmp_path, output, layout):
+    """diffusers drops kohya names on a DiT without an error, so a FLUX spec that leaves output.format
+    to erasec gets PEFT names (recorded as such in the patch's spec); one that asks for kohya gets it,
+    with the build's warning."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"erasec: 1\nname: fmt\nversion: 1.0.0\nmodel: builtin:tiny-flux\nmethod: uce\n"
+        f"erase:\n  - {{concept: {PROMPT}, anchor: {ANCHOR}}}\noptions:\n  sequence_length: {LENGTH}\n{output}"
+    )
+    patch = tmp_path / "patch.safetensors"
+    result = run("build", spec, "-o", patch)
+    assert result.exit_code == 0, result.output
+    assert read_patch(patch).spec["output"]["format"] == layout
+    names = load_file(str(patch))
+    assert all(k.startswith("transformer.") for k in names) == (layout == "peft"), sorted(names)[:2]
+    assert ("does not apply kohya names" in result.output) == (layout == "kohya")
