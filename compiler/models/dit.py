@@ -105,7 +105,14 @@ class DiTModel(SiteWeights):
     inputs: TextSources | None = None
     component: str = "transformer"
     other_experts: tuple[str, ...] = ()
+    # opened without its text encoders (``open_model(need_text=False)``: erasec apply reads weights only):
+    # the missing-encoder error every text member raises instead of reading rows from nothing
+    text_missing: str | None = None
     _loaded: _Loaded = field(default_factory=_Loaded, init=False, repr=False)
+
+    def _need_text(self) -> None:
+        if self.text_missing is not None:
+            raise ModelError(self.text_missing)
 
     @property
     def family(self) -> str:
@@ -147,6 +154,10 @@ class DiTModel(SiteWeights):
             return name
         module, _, leaf = name.rpartition(".")
         return f"{self.native_prefix}{_NATIVE_TENSORS[module]}.{leaf}"
+
+    def text_encoder_pin(self) -> dict | None:
+        self._need_text()
+        return SiteWeights.text_encoder_pin(self)
 
     def checkpoint_source(self) -> CheckpointSource:
         return CheckpointSource(
@@ -210,6 +221,7 @@ class DiTModel(SiteWeights):
     def tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
         """The ids of the space's first row family, unpadded: SD3's CLIP-L ids (BOS … EoT, ≤ 77), the
         others' T5 ids (… EOS, ≤ ``sequence_length``)."""
+        self._need_text()
         if not prompts:
             return []
         clips = self._clip_components()
@@ -222,6 +234,7 @@ class DiTModel(SiteWeights):
 
     def encode(self, prompts: Sequence[str], *, padded: bool) -> list[np.ndarray]:
         """Read-only float64 rows per prompt (module docstring), in the caller's order."""
+        self._need_text()
         prompts = list(prompts)
         if not prompts:
             return []
@@ -308,6 +321,8 @@ class DiTModel(SiteWeights):
         """Read-only float64 pooled rows, one per prompt: FLUX's CLIP-L ``pooler_output``, SD3's
         CLIP-L ⊕ CLIP-G ``text_embeds`` (both at 77 padded tokens, as the pipelines make them)."""
         import torch
+
+        self._need_text()
 
         prompts = list(prompts)
         if not prompts:

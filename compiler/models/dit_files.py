@@ -52,15 +52,22 @@ def dit_file(tensors: TensorFile, family: str | None, location: str) -> tuple[st
 
 def open_dit_file(
     tensors: TensorFile, location: str, name: str, prefix: str, *, pooled: bool, sequence_length: int | None,
-    inputs: TextInputs,
+    inputs: TextInputs, need_text: bool = True,
 ) -> DiTModel:
-    """The ``DiTModel`` of the single file ``tensors`` (family ``name``, native names under ``prefix``)."""
+    """The ``DiTModel`` of the single file ``tensors`` (family ``name``, native names under ``prefix``).
+    ``need_text=False``: a missing encoder is not an error until text is asked for (``DiTModel.text_missing``)."""
     facts = FAMILIES[name]
     where = tensors.path
     length = facts.sequence_length if sequence_length is None else sequence_length
     if not isinstance(length, int) or not 1 <= length <= MAX_SEQUENCE_LENGTH:
         raise ModelError(f"{location}: sequence_length {length!r} is not an integer in 1..{MAX_SEQUENCE_LENGTH}")
-    sources = resolve_sources(facts, needed_components(facts, pooled), inputs, location, single_file=tensors)
+    missing = None
+    try:
+        sources = resolve_sources(facts, needed_components(facts, pooled), inputs, location, single_file=tensors)
+    except ModelError as error:
+        if need_text:
+            raise
+        sources, missing = TextSources(encoders={}, tokenizers={}, pads={}), str(error)
     dim = _key_width(tensors, facts, prefix, sources, where)
     sites = _sites(tensors, facts, prefix, dim, where)
     encoder = "+".join(encoder.component for encoder in facts.encoders)
@@ -70,7 +77,7 @@ def open_dit_file(
     target = ModelTarget(family=name, name=location, spaces=tuple(spaces))
     return DiTModel(location=location, path=tensors.path, layout="single-file", target=target,
                     unet_weights_file=tensors.path, _file=tensors, sequence_length=length, native_prefix=prefix,
-                    inputs=sources)
+                    inputs=sources, text_missing=missing)
 
 
 def _native_shape(tensors: TensorFile, prefix: str, module: str, facts: Family, where: Path) -> tuple:

@@ -144,6 +144,7 @@ def open_model(
     sequence_length: int | None = None,
     text_inputs: TextInputs | None = None,
     component: str | None = None,
+    need_text: bool = True,
 ) -> TextModel:
     """Open a diffusers folder, a single-file checkpoint, ``builtin:NAME[.safetensors]`` or a hub id
     ``org/name[@revision]`` (or ``hf:org/name``) from the local Hugging Face cache (``hub_cache.py``).
@@ -158,6 +159,8 @@ def open_model(
     transformer's text encoders and tokenizers given apart from it (``dit_inputs.py``; the spec's
     ``text_encoders``/``tokenizers``). ``component``: which transformer of a DiT folder is edited
     (None: ``transformer``; Wan 2.2's ``transformer_2``); a single file is the one it holds.
+    ``need_text=False``: a DiT single file whose text encoders are not at hand opens anyway, its text
+    members raising the missing-encoder error when called (``erasec apply`` reads weights only).
     """
     if location.startswith("builtin:"):
         path = builtin_model_path(location.removeprefix("builtin:"), cache_dir)
@@ -180,7 +183,7 @@ def open_model(
         found = None if tensors.pickled else dit_file(tensors, family, location)
         if found is not None:
             model = open_dit_file(tensors, location, *found, pooled=pooled, sequence_length=sequence_length,
-                                  inputs=text_inputs or TextInputs())
+                                  inputs=text_inputs or TextInputs(), need_text=need_text)
             return dataclasses.replace(model, cache_dir=cache_dir)
     if text_inputs:
         raise ModelError(f"{location}: text_encoders/tokenizers apply to diffusion transformers (FLUX, Chroma, "

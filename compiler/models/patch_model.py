@@ -14,7 +14,8 @@ from .protocol import TextModel
 
 
 def open_patch_model(
-    patch: PatchFile, location: str, *, allow_pickle: bool = False, sequence_length: int | None = None
+    patch: PatchFile, location: str, *, allow_pickle: bool = False, sequence_length: int | None = None,
+    need_text: bool = True,
 ) -> TextModel:
     """The model opened as the patch was built against it: with the key spaces the patch edits
     (SDXL's ``add_embedding.linear_1`` or a DiT's pooled ``time_text_embed.text_embedder.linear_1``
@@ -24,14 +25,16 @@ def open_patch_model(
     eval --sequence-length``, which reports the difference); a model that is no DiT is opened as
     it is, and the family check that follows names the mismatch. A Wan 2.2 patch opens the expert it
     records (``erasec.base.component``: ``transformer_2``, the low-noise expert, has its own weights
-    and text embedder); a folder without it is refused in one line naming both."""
+    and text embedder); a folder without it is refused in one line naming both. ``need_text=False``: a DiT
+single file without its text encoders opens for what needs only its weights (``open_model``)."""
     from .open import open_model  # torch and transformers load here
 
     layers = patch.layers()
     pooled = POOLED_LAYER in layers or POOLED_SITE in layers
     component = patch.base.get("component")
     try:
-        model = open_model(location, allow_pickle=allow_pickle, pooled=pooled, component=component)  # headers only
+        model = open_model(location, allow_pickle=allow_pickle, pooled=pooled, component=component,  # headers only
+                           need_text=need_text)
     except ModelError as error:
         if component is None:
             raise
@@ -40,4 +43,5 @@ def open_patch_model(
     length = patch.sequence_length if sequence_length is None else sequence_length
     if length is None or model.sequence_length in (None, length):
         return model
-    return open_model(location, allow_pickle=allow_pickle, pooled=pooled, sequence_length=length, component=component)
+    return open_model(location, allow_pickle=allow_pickle, pooled=pooled, sequence_length=length, component=component,
+                      need_text=need_text)

@@ -32,7 +32,7 @@ def apply_patch(
     if not math.isfinite(scale) or scale == 0:
         raise BuildError(f"--scale: {scale} must be a finite, non-zero number")
     patch = read_patch(patch_path)
-    model = open_patch_model(patch, model_location, allow_pickle=allow_pickle)
+    model = open_patch_model(patch, model_location, allow_pickle=allow_pickle, need_text=False)  # weights only
     if patch.base["family"] != model.target.family:
         raise BuildError(f"{patch.path}: the patch is for {patch.base['family']}, the model is {model.target.family}")
     target = patch_target(patch, model.target, model.location)

@@ -228,3 +228,26 @@ def test_an_encoder_of_the_wrong_kind_or_slot_is_refused(exported, tmp_path):
           "a FluxPipeline model has no 'clip_g' text encoder; its slots are t5, clip_l")
     fails(["build", spec, "-o", out, "--text-encoder", "t5"], "--text-encoder 't5': not SLOT=PATH")
     assert not out.exists()
+
+
+def test_apply_merges_into_a_single_file_whose_encoders_are_apart(exported, tmp_path):
+    """ComfyUI keeps the transformer file without its encoders. Merging a patch into it reads weights
+    only, so ``erasec apply`` needs no encoders: the merged file's txt_in is W0 + ΔW and nothing else
+    changes. Commands that read text (verify's efficacy re-measure) still say which encoder is missing."""
+    folder = exported["flux"]
+    spec = folder / "apply.yaml"
+    spec.write_text(_spec(str(folder / "model.safetensors"), _inputs_yaml(folder, "flux")))
+    patch = tmp_path / "patch.safetensors"
+    result = run("build", spec, "-o", patch, "--allow-outside-spec")
+    assert result.exit_code == 0, result.output
+    merged = tmp_path / "merged.safetensors"
+    result = run("apply", patch, "--model", folder / "model.safetensors", "-o", merged)
+    assert result.exit_code == 0, result.output
+    before, after = load_file(str(folder / "model.safetensors")), load_file(str(merged))
+    deltas = _delta(patch)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {"txt_in.weight", "vector_in.in_layer.weight"}
+    expected = before["txt_in.weight"].double().numpy() + deltas["transformer.context_embedder"]
+    got = after["txt_in.weight"].double().numpy()
+    assert np.linalg.norm(got - expected) <= 1e-6 * np.linalg.norm(expected)
+    fails(["verify", patch, "--model", folder / "model.safetensors"], "no T5 text encoder (t5, FluxPipeline's text_encoder_2)")
