@@ -30,7 +30,7 @@ from .common import (
     quiet_libraries,
     return_freed_memory,
     run_command,
-    slot_paths,
+    text_input_options,
     use_all_cores,
 )
 from ..version import erasec_version
@@ -61,11 +61,7 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="replace an existing -o file that is not an erasec patch of the spec's name "
               "(never an input, a link or a device)")
 @click.option("--allow-outside-spec", is_flag=True, help="let the spec name files outside its folder (trusted specs only)")
-@click.option("--text-encoder", "text_encoders", multiple=True, callback=slot_paths, metavar="SLOT=FILE",
-              help="a diffusion transformer's text encoder given apart (t5, clip_l, clip_g; ComfyUI's files); "
-              "overrides the spec's text_encoders")
-@click.option("--tokenizer", "tokenizers", multiple=True, callback=slot_paths, metavar="SLOT=PATH",
-              help="its tokenizer folder or tokenizer.json (a T5 file needs one); overrides the spec's tokenizers")
+@text_input_options
 @encoder_options
 def build(spec, output, model, as_json, print_ir_after, print_ir_changed, verify_each, allow_pickle, no_cache, force,
           allow_outside_spec, text_encoders, tokenizers, device, encoder_dtype, encode_batch) -> None:

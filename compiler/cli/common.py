@@ -93,6 +93,20 @@ def json_option(function):
     return click.option("--json", "as_json", is_flag=True, help="print the result as JSON")(function)
 
 
+def text_input_options(function):
+    """``--text-encoder SLOT=FILE`` and ``--tokenizer SLOT=PATH``: a diffusion transformer's text encoders
+    and tokenizers given apart from it (docs/models.md, "Single files and separate encoders")."""
+    for option in reversed((
+        click.option("--text-encoder", "text_encoders", multiple=True, callback=slot_paths, metavar="SLOT=FILE",
+                     help="a diffusion transformer's text encoder given apart (t5, clip_l, clip_g; ComfyUI's files); "
+                     "overrides the spec's text_encoders"),
+        click.option("--tokenizer", "tokenizers", multiple=True, callback=slot_paths, metavar="SLOT=PATH",
+                     help="its tokenizer folder or tokenizer.json (a T5 file needs one); overrides the spec's tokenizers"),
+    )):
+        function = option(function)
+    return function
+
+
 def slot_paths(context, parameter, values) -> tuple[tuple[str, str | None], ...]:
     """``--text-encoder``/``--tokenizer`` values ``SLOT=PATH`` as (slot, path) pairs; a value
     without ``=`` has path None (``Spec.with_text_inputs`` refuses it in one line, as the slots)."""

@@ -11,7 +11,17 @@ import click
 from erasec.ir.errors import ErasecError
 
 from ..extras import require_extra
-from .common import EXIT_CHECK_FAILED, NoBar, build_summary, emit, encoder_options, fail, json_option, run_command
+from .common import (
+    EXIT_CHECK_FAILED,
+    NoBar,
+    build_summary,
+    emit,
+    encoder_options,
+    fail,
+    json_option,
+    run_command,
+    text_input_options,
+)
 
 
 @click.command()
@@ -30,12 +40,15 @@ def inspect(patch, as_json) -> None:
 @click.argument("patch")
 @click.option("--model", required=True, help="model folder, single file or builtin:NAME")
 @click.option("--allow-pickle", is_flag=True, help="open a .ckpt/.pt model (read with torch.load(weights_only=True))")
+@text_input_options
 @json_option
-def verify(patch, model, allow_pickle, as_json) -> None:
+def verify(patch, model, allow_pickle, text_encoders, tokenizers, as_json) -> None:
     """Check that PATCH is intact and belongs to MODEL; exit 1 with the reason when not."""
     from ..tools.verify import verify_patch
 
-    result = run_command(lambda: verify_patch(patch, model, allow_pickle=allow_pickle))
+    result = run_command(lambda: verify_patch(
+        patch, model, allow_pickle=allow_pickle, text_encoders=text_encoders, tokenizers=tokenizers
+    ))
     lines = [f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']:<9} {c['detail']}" for c in result["checks"]]
     lines.append(f"{patch}: {'verified against ' + model if result['ok'] else 'does NOT verify: ' + result['reason']}")
     emit(result, as_json, "\n".join(lines))

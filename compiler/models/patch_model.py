@@ -15,7 +15,7 @@ from .protocol import TextModel
 
 def open_patch_model(
     patch: PatchFile, location: str, *, allow_pickle: bool = False, sequence_length: int | None = None,
-    need_text: bool = True,
+    need_text: bool = True, text_inputs=None,
 ) -> TextModel:
     """The model opened as the patch was built against it: with the key spaces the patch edits
     (SDXL's ``add_embedding.linear_1`` or a DiT's pooled ``time_text_embed.text_embedder.linear_1``
@@ -26,7 +26,8 @@ def open_patch_model(
     it is, and the family check that follows names the mismatch. A Wan 2.2 patch opens the expert it
     records (``erasec.base.component``: ``transformer_2``, the low-noise expert, has its own weights
     and text embedder); a folder without it is refused in one line naming both. ``need_text=False``: a DiT
-single file without its text encoders opens for what needs only its weights (``open_model``)."""
+single file without its text encoders opens for what needs only its weights (``open_model``);
+``text_inputs``: its encoders given apart (``dit_inputs.TextInputs``, verify's ``--text-encoder``)."""
     from .open import open_model  # torch and transformers load here
 
     layers = patch.layers()
@@ -34,7 +35,7 @@ single file without its text encoders opens for what needs only its weights (``o
     component = patch.base.get("component")
     try:
         model = open_model(location, allow_pickle=allow_pickle, pooled=pooled, component=component,  # headers only
-                           need_text=need_text)
+                           need_text=need_text, text_inputs=text_inputs)
     except ModelError as error:
         if component is None:
             raise
@@ -44,4 +45,4 @@ single file without its text encoders opens for what needs only its weights (``o
     if length is None or model.sequence_length in (None, length):
         return model
     return open_model(location, allow_pickle=allow_pickle, pooled=pooled, sequence_length=length, component=component,
-                      need_text=need_text)
+                      need_text=need_text, text_inputs=text_inputs)

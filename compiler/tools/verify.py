@@ -31,6 +31,7 @@ from erasec.patches.pin import pin_difference
 from erasec.patches.errors import PatchError
 from erasec.patches.read import PatchFile, checked, read_raw
 
+from ..errors import ModelError
 from ..models.patch_model import open_patch_model
 from ..models.protocol import TextModel
 
@@ -116,9 +117,19 @@ def _layers_check(patch: PatchFile) -> dict:
     )
 
 
-def verify_patch(patch_path: str, model_location: str, *, allow_pickle: bool = False) -> dict:
-    """Every check's result and the overall answer, as JSON-able data."""
+def verify_patch(
+    patch_path: str, model_location: str, *, allow_pickle: bool = False, text_encoders=(), tokenizers=()
+) -> dict:
+    """Every check's result and the overall answer, as JSON-able data. ``text_encoders``/``tokenizers``:
+    (slot, path) pairs for a diffusion transformer whose encoders lie apart from it (``--text-encoder``)."""
     from ..eval.efficacy import efficacy_check
+    from ..models.dit_inputs import TextInputs
+
+    for option, pairs in (("--text-encoder", text_encoders), ("--tokenizer", tokenizers)):
+        for slot, path in pairs:
+            if path is None:
+                raise ModelError(f"{option} {slot}: expected SLOT=PATH (t5, clip_l or clip_g = a file or folder)")
+    text_inputs = TextInputs(encoders=tuple(sorted(text_encoders)), tokenizers=tuple(sorted(tokenizers)))
 
     raw = read_raw(patch_path)
     checks = [
@@ -134,7 +145,7 @@ def verify_patch(patch_path: str, model_location: str, *, allow_pickle: bool = F
         patch = checked(raw)
         checks += [_layers_check(patch), _finite_check(patch)]
     if all(check["ok"] for check in checks):
-        model = open_patch_model(patch, model_location, allow_pickle=allow_pickle)
+        model = open_patch_model(patch, model_location, allow_pickle=allow_pickle, text_inputs=text_inputs or None)
         checks += _model_checks(patch, model)
         if all(check["ok"] for check in checks):
             checks.append(efficacy_check(patch, model, _tolerance))

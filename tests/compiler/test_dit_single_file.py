@@ -251,3 +251,9 @@ def test_apply_merges_into_a_single_file_whose_encoders_are_apart(exported, tmp_
     got = after["txt_in.weight"].double().numpy()
     assert np.linalg.norm(got - expected) <= 1e-6 * np.linalg.norm(expected)
     fails(["verify", patch, "--model", folder / "model.safetensors"], "no T5 text encoder (t5, FluxPipeline's text_encoder_2)")
+    # given the encoders, as build takes them, verify re-measures and passes
+    given = [arg for slot in SLOTS["flux"] for arg in ("--text-encoder", f"{slot}={folder / 'enc' / slot}.safetensors")]
+    result = run("verify", patch, "--model", folder / "model.safetensors", *given,
+                 "--tokenizer", f"t5={folder / 'enc' / 't5_tokenizer'}")
+    assert result.exit_code == 0, result.output
+    fails(["verify", patch, "--model", folder / "model.safetensors", "--text-encoder", "t5"], "--text-encoder t5: expected SLOT=PATH")
