@@ -229,8 +229,9 @@ def render_html(result: EvalResult, images: list[dict] | None = None) -> str:
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{_STYLE}</style></head><body>\n<h1>{title}</h1>\n"
-        f"<p>{_e(result.method)} on {_e(result.model)}: {result.edited_layers} of {result.layers} K/V layers edited. "
-        "Text pathway, exact: the numbers compare the edited K/V outputs with the base ones "
+        f"<p>{_e(result.method)} on {_e(result.model)}: {result.edited_layers} of {result.layers} "
+        f"{result.layer_kind} layers edited. Text pathway, exact: the numbers compare the edited layers' "
+        "outputs with the base ones "
         "(definitions: docs/evaluation.md).</p>\n"
         f"<h2>Erased</h2>\n{_concepts_table(result)}\n<h2>Kept</h2>\n{_kept_table(result)}\n"
         f'<h2>Interference</h2>\n<p class="interference">{_e(_interference_text(result))}</p>\n'

@@ -14,7 +14,7 @@ from .results import EvalResult
 def render_table(result: EvalResult) -> str:
     lines = [
         f"{result.name} {result.version} ({result.method}) on {result.model}: "
-        f"{result.edited_layers} of {result.layers} K/V layers edited",
+        f"{result.edited_layers} of {result.layers} {result.layer_kind} layers edited",
         *([f"  {result.padding_note}"] if result.padding_note else []),
         "",
         f"  {'erased concept':<28} {'efficacy':>9} {'generality':>11} {'moved':>7} {'recoverable':>12}",

@@ -89,6 +89,7 @@ class EvalResult:
     # a DiT's T5 padding the rows were measured at, and the one the patch was built at (None: SD)
     sequence_length: int | None = None
     built_sequence_length: int | None = None
+    layer_kind: str = "K/V"  # what the measured sites are: "K/V", or a DiT's "text-entry" (context_embedder)
 
     @property
     def padding_note(self) -> str | None:

@@ -242,6 +242,7 @@ def evaluate_patch(
         method=spec.method,
         layers=len(weights),
         edited_layers=len(edited & set(weights)),
+        layer_kind="text-entry" if any(site.role == "context" for site in space.sites) else "K/V",
         concepts=tuple(concepts),
         specificity=kept,
         least_kept=least,

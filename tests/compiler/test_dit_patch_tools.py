@@ -311,6 +311,7 @@ def test_eval_measures_at_the_recorded_padding_and_reports_another(built, tmp_pa
     text = run("eval", built["a"], "--model", model, "--suite", "coco", "--max-unrelated", "4",
                "--sequence-length", "32").output
     assert "T5 padding 32 rows (--sequence-length), NOT the 8 the patch was built at" in text
+    assert "1 of 1 text-entry layers edited" in text  # context_embedder, not a K/V layer
     other = ok_json("eval", built["a"], "--model", model, "--suite", "coco", "--max-unrelated", "4",
                     "--sequence-length", "32")
     assert (other["sequence_length"], other["built_sequence_length"]) == (32, LENGTH)
