@@ -99,9 +99,10 @@ def text_input_options(function):
     for option in reversed((
         click.option("--text-encoder", "text_encoders", multiple=True, callback=slot_paths, metavar="SLOT=FILE",
                      help="a diffusion transformer's text encoder given apart (t5, clip_l, clip_g; ComfyUI's files); "
-                     "overrides the spec's text_encoders"),
+                     "in build it overrides the spec's text_encoders"),
         click.option("--tokenizer", "tokenizers", multiple=True, callback=slot_paths, metavar="SLOT=PATH",
-                     help="its tokenizer folder or tokenizer.json (a T5 file needs one); overrides the spec's tokenizers"),
+                     help="its tokenizer folder or tokenizer.json (a T5 file needs one); in build it overrides the spec's "
+                     "tokenizers"),
     )):
         function = option(function)
     return function
